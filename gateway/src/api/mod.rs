@@ -1,0 +1,212 @@
+//! The HTTP API (axum): health, latest point values, recent events and rejects, Prometheus metrics.
+//!
+//! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
+//! never touch point state directly.
+
+mod metrics;
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::config::PointKind;
+use crate::core::{CoreHandle, PointFilter};
+use crate::metrics::Metrics;
+use crate::model::{Batch, Quality, Registry};
+use crate::source::mqtt::decode::fmt_ns;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub core: CoreHandle,
+    pub metrics: Arc<Metrics>,
+    /// Weak, so the API never keeps the core channel open at shutdown.
+    pub batches: mpsc::WeakSender<Batch>,
+}
+
+/// An error as clients see it: a status and a one-line message, never internals.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Unavailable,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down".to_owned()),
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl From<crate::core::CoreStopped> for ApiError {
+    fn from(_: crate::core::CoreStopped) -> Self {
+        Self::Unavailable
+    }
+}
+
+/// The API's routes over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .route("/api/v1/points", get(points))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/rejects", get(rejects))
+        .with_state(state)
+}
+
+async fn healthz(State(st): State<AppState>) -> Json<Value> {
+    let brokers: Vec<Value> = st
+        .metrics
+        .brokers
+        .iter()
+        .map(|b| json!({ "id": b.id, "connected": b.connected.load(std::sync::atomic::Ordering::Relaxed) }))
+        .collect();
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "site": st.registry.site.id,
+        "uptime_s": st.metrics.started.elapsed().as_secs(),
+        "mqtt": brokers,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PointsQuery {
+    grid: Option<String>,
+    device: Option<String>,
+    category: Option<String>,
+}
+
+/// One point as the API shows it.
+#[derive(Debug, Serialize)]
+struct PointView<'a> {
+    device: &'a str,
+    point: &'a str,
+    grid: &'a str,
+    category: &'a str,
+    unit: &'a str,
+    value: Value,
+    ts: String,
+    ts_ns: i64,
+    quality: Quality,
+}
+
+async fn points(
+    State(st): State<AppState>,
+    query: Result<Query<PointsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let reg = &st.registry;
+    let filter = PointFilter {
+        grid: match &q.grid {
+            Some(g) => Some(reg.grid_id(g).ok_or_else(|| ApiError::BadRequest(format!("grid {g:?} is not defined")))?),
+            None => None,
+        },
+        device: match &q.device {
+            Some(d) => {
+                Some(reg.device_id(d).ok_or_else(|| ApiError::BadRequest(format!("device {d:?} is not defined")))?)
+            }
+            None => None,
+        },
+        category: q.category.clone(),
+    };
+    let states = st.core.points(filter).await?;
+    let views: Vec<PointView> = states
+        .iter()
+        .map(|(id, s)| {
+            let p = reg.point(*id);
+            let d = reg.device(p.device);
+            PointView {
+                device: &d.id,
+                point: &p.name,
+                grid: &reg.grid(d.grid).id,
+                category: &d.category,
+                unit: &p.unit,
+                value: typed(p.kind, s.value),
+                ts: fmt_ns(s.ts),
+                ts_ns: s.ts,
+                quality: s.quality,
+            }
+        })
+        .collect();
+    Ok(Json(views).into_response())
+}
+
+/// A value as JSON of the point's type.
+fn typed(kind: PointKind, v: f64) -> Value {
+    match kind {
+        PointKind::Float => json!(v),
+        PointKind::Int => json!(v.round() as i64),
+        PointKind::Bool => json!(v != 0.0),
+    }
+}
+
+async fn devices(State(st): State<AppState>) -> Json<Value> {
+    let reg = &st.registry;
+    let list: Vec<Value> = reg
+        .devices
+        .iter()
+        .map(|d| {
+            let points: Vec<Value> = d
+                .points
+                .clone()
+                .map(|i| {
+                    let p = &reg.points[i as usize];
+                    json!({ "name": p.name, "unit": p.unit, "kind": p.kind })
+                })
+                .collect();
+            json!({
+                "id": d.id, "name": d.name, "grid": reg.grid(d.grid).id, "category": d.category,
+                "tags": d.tags, "points": points,
+            })
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(st): State<AppState>,
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let events = st.core.events(q.limit.unwrap_or(100).min(10_000)).await?;
+    let reg = &st.registry;
+    let list: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let d = reg.device(e.device);
+            json!({
+                "device": d.id, "grid": reg.grid(d.grid).id, "category": d.category, "kind": e.kind,
+                "ts": fmt_ns(e.ts), "ts_ns": e.ts, "attributes": e.attributes,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(list)).into_response())
+}
+
+async fn rejects(State(st): State<AppState>) -> Json<Value> {
+    Json(json!(st.metrics.rejects.recent()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! Wires the modules into a running gateway and shuts it down in order: sources stop reading and hand
+//! over what they hold, the core drains its channel, then the API stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::api::{self, AppState};
+use crate::broker::{self, BrokerError};
+use crate::config::Config;
+use crate::core::{self, Core};
+use crate::metrics::Metrics;
+use crate::model::Registry;
+use crate::sim;
+use crate::source::mqtt::{MqttError, MqttSource, SourceContext};
+use crate::source::pool::SamplePool;
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    #[error("API cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Extras for `demo` and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Run the simulated park against this broker (`host`, `port`), one round per period.
+    pub simulate: Option<(String, u16, Duration)>,
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then stops cleanly.
+///
+/// # Errors
+/// Start-up failures: a port already taken, unreadable TLS files.
+pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) -> Result<(), AppError> {
+    let registry = Arc::new(Registry::from_config(&config));
+    if config.broker.embedded {
+        let cfg = config.broker.clone();
+        tokio::task::spawn_blocking(move || broker::start(&cfg))
+            .await
+            .map_err(|e| BrokerError::Start(e.to_string()))??;
+    }
+    let metrics = Arc::new(Metrics::new(
+        config.mqtt.brokers.iter().map(|b| b.id.clone()).collect(),
+        config.mqtt.subscriptions.iter().map(|s| (s.broker.clone(), s.topic.clone())).collect(),
+        config.api.rejects_kept,
+    ));
+    let pool = Arc::new(SamplePool::default());
+    let (tx, rx) = mpsc::channel(config.core.channel_batches);
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| AppError::Bind { addr: config.api.listen, source })?;
+
+    let (handle, core_task) =
+        core::spawn(Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept), rx);
+    let state =
+        AppState { registry: registry.clone(), core: handle, metrics: metrics.clone(), batches: tx.downgrade() };
+    let ctx = SourceContext {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        pool,
+        tx,
+        batch_samples: config.core.batch_samples,
+    };
+    let mut sources = Vec::new();
+    for i in 0..config.mqtt.brokers.len() {
+        let source = MqttSource::new(&config, i, ctx.clone())?;
+        sources.push(tokio::spawn(source.run(shutdown.clone())));
+    }
+    // Only the sources hold senders now, so the core stops once they have.
+    drop(ctx);
+
+    let api_stop = CancellationToken::new();
+    let api = {
+        let stop = api_stop.clone();
+        let router = api::router(state);
+        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await })
+    };
+    info!(api = %config.api.listen, brokers = config.mqtt.brokers.len(), devices = registry.devices.len(), points = registry.points.len(), "parkwatch running.");
+
+    let sim_task = extras
+        .simulate
+        .map(|(host, port, period)| tokio::spawn(sim::run(registry.clone(), host, port, period, shutdown.clone())));
+
+    shutdown.cancelled().await;
+    info!("Shutting down.");
+    for s in sources {
+        let _ = s.await;
+    }
+    if let Some(t) = sim_task {
+        let _ = t.await;
+    }
+    // Every sender is gone now: the core drains what is queued and stops.
+    let _ = core_task.await;
+    api_stop.cancel();
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), api).await {
+        return Err(AppError::Serve(e));
+    }
+    info!("Stopped.");
+    Ok(())
+}

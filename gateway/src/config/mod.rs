@@ -1,0 +1,439 @@
+//! The TOML configuration: its serde model, loading with secret expansion, and validation.
+//!
+//! Loading never stops at the first semantic problem: [`load`] collects every problem with the file,
+//! the key path and what was expected, so `parkwatch check` can list them all at once.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use validate::{expand_env, Problem};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub site: Site,
+    #[serde(default)]
+    pub grids: Vec<Grid>,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    #[serde(default)]
+    pub mqtt: Mqtt,
+    /// The embedded MQTT broker, for parks without one.
+    #[serde(default)]
+    pub broker: EmbeddedBroker,
+    #[serde(default)]
+    pub api: Api,
+    #[serde(default)]
+    pub core: Core,
+}
+
+/// The site (park) this gateway serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Short identifier, used as the `site` tag and in central MQTT topics.
+    pub id: String,
+    pub name: Option<String>,
+    /// IANA time zone for day/night rules and daily reports.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+fn default_timezone() -> String {
+    "Asia/Shanghai".into()
+}
+
+/// A grid cell of the park (网格化管理).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grid {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// A field device: a meter, detector, sensor or reader.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub id: String,
+    pub name: Option<String>,
+    /// Id of the grid cell the device is in.
+    pub grid: String,
+    /// Measurement name in the central store: `electrical`, `environment`, `energy`, `access`, ...
+    pub category: String,
+    /// Extra tags forwarded with every sample.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub points: Vec<Point>,
+}
+
+/// A measured value of a device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Point {
+    pub name: String,
+    /// Engineering unit after scaling: `V`, `A`, `mA`, `°C`, `kWh`, `dB(A)`, `µg/m³`...
+    #[serde(default)]
+    pub unit: String,
+    #[serde(default)]
+    pub kind: PointKind,
+}
+
+/// The value type of a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PointKind {
+    #[default]
+    Float,
+    Int,
+    Bool,
+}
+
+/// MQTT connections and what to subscribe to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    #[serde(default)]
+    pub brokers: Vec<Broker>,
+    #[serde(default)]
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// One MQTT broker connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broker {
+    pub id: String,
+    /// Host name or address; `${VAR}` is taken from the environment.
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Defaults to `parkwatch-<site id>-<broker id>`; must be stable for persistent sessions.
+    pub client_id: Option<String>,
+    /// `${VAR}` is taken from the environment.
+    pub username: Option<String>,
+    /// `${VAR}` is taken from the environment; prefer `password_file`.
+    pub password: Option<String>,
+    /// A file holding the password (trailing newline ignored), e.g. a systemd credential.
+    pub password_file: Option<PathBuf>,
+    /// Keep the session (subscriptions and queued QoS 1 messages) across reconnects.
+    #[serde(default = "yes")]
+    pub persistent_session: bool,
+    /// Seconds between keep-alive pings.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// First reconnect delay, milliseconds; doubles up to `reconnect_max_ms`, with jitter.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// Largest MQTT packet accepted from the broker, bytes.
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: usize,
+    pub tls: Option<Tls>,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn yes() -> bool {
+    true
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_reconnect_min() -> u64 {
+    500
+}
+fn default_reconnect_max() -> u64 {
+    30_000
+}
+fn default_max_packet() -> usize {
+    256 * 1024
+}
+
+/// TLS for a broker connection (rustls).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file with the CA certificates that sign the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain, for brokers that require client authentication.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// How a subscription's payloads are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// A JSON document; values by JSON pointer, or top-level keys named like the device's points.
+    #[default]
+    Json,
+    /// A bare number (or `true` / `false`); the point comes from `{point}` in the topic or `point`.
+    Number,
+    /// A discrete event (card denied, door forced...): kind plus attributes, not numbers.
+    Event,
+}
+
+/// One topic subscription and how its messages map to points or events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Id of the broker connection.
+    pub broker: String,
+    /// Topic filter with named segments: `park/{grid}/meter/{device}/telemetry`. `+` and `#` also work.
+    pub topic: String,
+    /// 0 or 1. With 1, a message is acknowledged only once its samples are handed on.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// A fixed device, for topics without `{device}`.
+    pub device: Option<String>,
+    /// A fixed point, for `number` payloads on topics without `{point}`.
+    pub point: Option<String>,
+    /// JSON fields to read; when empty, top-level keys named like the device's points are read.
+    #[serde(default)]
+    pub fields: Vec<Field>,
+    /// Where the sample time is; without it, the time of receipt is used.
+    pub timestamp: Option<Timestamp>,
+    /// For `event` payloads: a fixed kind, when neither `{kind}` in the topic nor `kind_pointer` gives one.
+    pub event_kind: Option<String>,
+    /// For `event` payloads: JSON pointer to the kind. Default `/event`.
+    pub kind_pointer: Option<String>,
+    /// Larger payloads are rejected, bytes.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Timestamps further ahead than this are rejected, seconds.
+    #[serde(default = "default_max_future")]
+    pub max_future_secs: u64,
+    /// Timestamps older than this are rejected, seconds.
+    #[serde(default = "default_max_past")]
+    pub max_past_secs: u64,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_max_future() -> u64 {
+    300
+}
+fn default_max_past() -> u64 {
+    7 * 24 * 3600
+}
+
+/// One JSON field mapped to a point.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Field {
+    pub point: String,
+    /// RFC 6901 JSON pointer, e.g. `/data/ua`. Default: `/<point>`.
+    pub pointer: Option<String>,
+    /// value = raw × scale + offset.
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// A missing optional field is not a reject (devices that send partial updates).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Where a payload's timestamp is and its unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timestamp {
+    /// JSON pointer, e.g. `/ts`.
+    pub pointer: String,
+    pub unit: TimeUnit,
+}
+
+/// Unit of a payload timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    S,
+    Ms,
+    Us,
+    Ns,
+    Rfc3339,
+}
+
+/// The embedded MQTT broker (rumqttd).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBroker {
+    #[serde(default)]
+    pub embedded: bool,
+    #[serde(default = "default_broker_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_broker_connections")]
+    pub max_connections: usize,
+    /// Largest payload the broker accepts, bytes.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+}
+
+impl Default for EmbeddedBroker {
+    fn default() -> Self {
+        Self {
+            embedded: false,
+            listen: default_broker_listen(),
+            max_connections: default_broker_connections(),
+            max_payload_bytes: default_max_payload(),
+        }
+    }
+}
+
+fn default_broker_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+fn default_broker_connections() -> usize {
+    1000
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// Loopback by default: the API has no authentication yet.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// How many recent rejected messages `GET /api/v1/rejects` keeps.
+    #[serde(default = "default_rejects_kept")]
+    pub rejects_kept: usize,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self { listen: default_api_listen(), rejects_kept: default_rejects_kept() }
+    }
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_rejects_kept() -> usize {
+    200
+}
+
+/// The core task.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Core {
+    /// Batches the source-to-core channel holds before sources are slowed down.
+    #[serde(default = "default_channel_batches")]
+    pub channel_batches: usize,
+    /// Most samples a source puts in one batch.
+    #[serde(default = "default_batch_samples")]
+    pub batch_samples: usize,
+    /// Recent events kept for `GET /api/v1/events`.
+    #[serde(default = "default_events_kept")]
+    pub events_kept: usize,
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Self {
+            channel_batches: default_channel_batches(),
+            batch_samples: default_batch_samples(),
+            events_kept: default_events_kept(),
+        }
+    }
+}
+
+fn default_channel_batches() -> usize {
+    64
+}
+fn default_batch_samples() -> usize {
+    4096
+}
+fn default_events_kept() -> usize {
+    500
+}
+
+/// A configuration that failed to load.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}: {path}: {message}")]
+    Syntax { file: PathBuf, path: String, message: String },
+    #[error("{file}: {} problem(s):\n{}", problems.len(), render(file, problems))]
+    Invalid { file: PathBuf, problems: Vec<Problem> },
+}
+
+fn render(file: &Path, problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  {}: {}: {}", file.display(), p.path, p.message)).collect::<Vec<_>>().join("\n")
+}
+
+impl ConfigError {
+    /// Every problem as `(key path, message)`, for callers that list them.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Read { source, .. } => vec![(String::new(), source.to_string())],
+            Self::Syntax { path, message, .. } => vec![(path.clone(), message.clone())],
+            Self::Invalid { problems, .. } => problems.iter().map(|p| (p.path.clone(), p.message.clone())).collect(),
+        }
+    }
+}
+
+/// Reads, parses, expands and validates a config file.
+///
+/// # Errors
+/// Returns every problem found, each with the file, the key path and what was expected.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    from_str(&text, file, base)
+}
+
+/// Parses, expands and validates config text; relative paths are taken from `base`.
+///
+/// # Errors
+/// As [`load`]; `file` is only used to name the source in messages.
+pub fn from_str(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_string();
+        let location = inner
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigError::Syntax {
+            file: file.to_owned(),
+            path: if path == "." { "(top)".into() } else { path },
+            message: format!("{message}{location}"),
+        }
+    })?;
+    let problems = validate::validate(&mut config, base);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid { file: file.to_owned(), problems })
+    }
+}
+
+#[cfg(test)]
+mod tests;

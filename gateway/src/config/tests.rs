@@ -1,0 +1,121 @@
+use std::path::Path;
+
+use super::*;
+
+const BASE: &str = r#"
+[site]
+id = "p1"
+
+[[grids]]
+id = "g1"
+
+[[devices]]
+id = "m1"
+grid = "g1"
+category = "electrical"
+points = [{ name = "ua", unit = "V" }]
+
+[[mqtt.brokers]]
+id = "b1"
+host = "127.0.0.1"
+
+[[mqtt.subscriptions]]
+broker = "b1"
+topic = "park/{grid}/meter/{device}/telemetry"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    from_str(text, Path::new("test.toml"), Path::new("."))
+}
+
+/// The key paths of every problem in `text`.
+fn paths(text: &str) -> Vec<String> {
+    parse(text).expect_err("config should be refused").problems().into_iter().map(|(p, _)| p).collect()
+}
+
+#[test]
+fn base_config_loads_with_defaults() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.site.timezone, "Asia/Shanghai");
+    assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.mqtt.brokers[0].port, 1883);
+    assert_eq!(c.mqtt.subscriptions[0].qos, 1);
+    assert!(c.mqtt.brokers[0].persistent_session);
+}
+
+#[test]
+fn unknown_key_names_its_path() {
+    let text = BASE.replace("category = \"electrical\"", "category = \"electrical\"\ncolour = \"red\"");
+    let e = parse(&text).unwrap_err();
+    let (path, message) = e.problems().remove(0);
+    assert_eq!(path, "devices[0].colour");
+    assert!(message.contains("unknown field `colour`"), "{message}");
+}
+
+#[test]
+fn wrong_type_names_its_path() {
+    let text = BASE.replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nport = \"x\"");
+    assert_eq!(paths(&text), ["mqtt.brokers[0].port"]);
+}
+
+#[test]
+fn every_semantic_problem_is_listed() {
+    let text = format!(
+        "{BASE}\n[[devices]]\nid = \"m1\"\ngrid = \"g9\"\ncategory = \"electrical\"\n\n[[mqtt.subscriptions]]\nbroker = \"nope\"\ntopic = \"a/#/b\"\nqos = 2\n"
+    );
+    let p = paths(&text);
+    for expected in [
+        "devices[1].id",
+        "devices[1].grid",
+        "mqtt.subscriptions[1].broker",
+        "mqtt.subscriptions[1].topic",
+        "mqtt.subscriptions[1].qos",
+    ] {
+        assert!(p.iter().any(|x| x == expected), "{expected} missing from {p:?}");
+    }
+}
+
+#[test]
+fn unknown_grid_message_lists_known_grids() {
+    let text = BASE.replace("grid = \"g1\"\ncategory", "grid = \"g7\"\ncategory");
+    let e = parse(&text).unwrap_err();
+    let (_, message) = e.problems().remove(0);
+    assert_eq!(message, "grid \"g7\" in device \"m1\" is not defined (known grids: g1)");
+}
+
+#[test]
+fn secrets_come_from_the_environment_and_files() {
+    std::env::set_var("PARKWATCH_TEST_USER", "edge");
+    let dir = std::env::temp_dir().join(format!("pw-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+    let text = BASE.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\nusername = \"${PARKWATCH_TEST_USER}\"\npassword_file = \"pw\"",
+    );
+    let c = from_str(&text, Path::new("t.toml"), &dir).unwrap();
+    assert_eq!(c.mqtt.brokers[0].username.as_deref(), Some("edge"));
+    assert_eq!(c.mqtt.brokers[0].password.as_deref(), Some("s3cret"));
+
+    let text = BASE.replace("host = \"127.0.0.1\"", "host = \"${PARKWATCH_TEST_UNSET_VAR}\"");
+    let e = parse(&text).unwrap_err();
+    let (path, message) = e.problems().remove(0);
+    assert_eq!(path, "mqtt.brokers[0].host");
+    assert!(message.contains("PARKWATCH_TEST_UNSET_VAR is not set"), "{message}");
+}
+
+#[test]
+fn number_payloads_need_a_point() {
+    let text = BASE.replace(
+        "topic = \"park/{grid}/meter/{device}/telemetry\"",
+        "topic = \"park/{device}/x\"\nformat = \"number\"",
+    );
+    assert_eq!(paths(&text), ["mqtt.subscriptions[0].topic"]);
+}
+
+#[test]
+fn bad_timezone_and_duplicate_topic() {
+    let text = BASE.replace("id = \"p1\"", "id = \"p1\"\ntimezone = \"Mars/Olympus\"")
+        + "\n[[mqtt.subscriptions]]\nbroker = \"b1\"\ntopic = \"park/{grid}/meter/{device}/telemetry\"\n";
+    assert_eq!(paths(&text), ["site.timezone", "mqtt.subscriptions[1].topic"]);
+}

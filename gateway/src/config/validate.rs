@@ -1,0 +1,382 @@
+//! Semantic checks that serde cannot express: references between sections, duplicates, topic filters,
+//! secrets. Every problem is collected with its key path; none stops the others from being found.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use super::{Config, PayloadFormat};
+use crate::source::mqtt::topic::{Capture, TopicPattern};
+
+/// One configuration problem: where (key path) and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { path: path.into(), message: message.into() });
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn known(ids: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = ids.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    if ids.len() > SHOWN {
+        s.push_str(&format!(", … ({} in all)", ids.len()));
+    }
+    if s.is_empty() {
+        s.push_str("none defined");
+    }
+    s
+}
+
+/// Replaces `${VAR}` with the environment variable `VAR`.
+///
+/// # Errors
+/// Names the variable that is not set, or an unterminated `${`.
+pub fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unterminated \"${{\" in {value:?}; expected ${{VARIABLE}}"));
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => return Err(format!("environment variable {name} is not set (expected by \"${{{name}}}\")")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn expand_in_place(slot: &mut Option<String>, path: &str, problems: &mut Problems) {
+    if let Some(v) = slot.as_mut() {
+        match expand_env(v) {
+            Ok(expanded) => *v = expanded,
+            Err(e) => problems.push(path, e),
+        }
+    }
+}
+
+pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
+    let mut p = Problems(Vec::new());
+
+    if !is_identifier(&config.site.id) {
+        p.push(
+            "site.id",
+            format!("{:?} is not a valid id; expected 1-64 letters, digits, '-', '_' or '.'", config.site.id),
+        );
+    }
+    if config.site.timezone.parse::<chrono_tz::Tz>().is_err() {
+        p.push(
+            "site.timezone",
+            format!("unknown time zone {:?}; expected an IANA name such as \"Asia/Shanghai\"", config.site.timezone),
+        );
+    }
+
+    let mut grid_ids = HashSet::new();
+    for (i, g) in config.grids.iter().enumerate() {
+        if !is_identifier(&g.id) {
+            p.push(
+                format!("grids[{i}].id"),
+                format!("{:?} is not a valid id; expected 1-64 letters, digits, '-', '_' or '.'", g.id),
+            );
+        } else if !grid_ids.insert(g.id.as_str()) {
+            p.push(format!("grids[{i}].id"), format!("duplicate grid id {:?}; expected each grid once", g.id));
+        }
+    }
+    let grid_list: Vec<&str> = config.grids.iter().map(|g| g.id.as_str()).collect();
+
+    let mut device_ids = HashSet::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let at = format!("devices[{i}]");
+        if !is_identifier(&d.id) {
+            p.push(
+                format!("{at}.id"),
+                format!("{:?} is not a valid id; expected 1-64 letters, digits, '-', '_' or '.'", d.id),
+            );
+        } else if !device_ids.insert(d.id.as_str()) {
+            p.push(format!("{at}.id"), format!("duplicate device id {:?}; expected each device once", d.id));
+        }
+        if !grid_ids.contains(d.grid.as_str()) {
+            p.push(
+                format!("{at}.grid"),
+                format!("grid {:?} in device {:?} is not defined (known grids: {})", d.grid, d.id, known(&grid_list)),
+            );
+        }
+        if !is_identifier(&d.category) {
+            p.push(
+                format!("{at}.category"),
+                format!(
+                    "{:?} is not a valid category; expected a name such as \"electrical\" or \"environment\"",
+                    d.category
+                ),
+            );
+        }
+        for key in d.tags.keys() {
+            if matches!(key.as_str(), "site" | "grid" | "device") {
+                p.push(
+                    format!("{at}.tags.{key}"),
+                    format!("tag {key:?} is set by parkwatch; expected another tag name"),
+                );
+            }
+        }
+        let mut names = HashSet::new();
+        for (j, point) in d.points.iter().enumerate() {
+            if !is_identifier(&point.name) {
+                p.push(
+                    format!("{at}.points[{j}].name"),
+                    format!(
+                        "{:?} is not a valid point name; expected 1-64 letters, digits, '-', '_' or '.'",
+                        point.name
+                    ),
+                );
+            } else if !names.insert(point.name.as_str()) {
+                p.push(
+                    format!("{at}.points[{j}].name"),
+                    format!("duplicate point {:?} in device {:?}", point.name, d.id),
+                );
+            }
+        }
+    }
+    let device_list: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
+
+    let mut broker_ids = HashSet::new();
+    for (i, b) in config.mqtt.brokers.iter_mut().enumerate() {
+        let at = format!("mqtt.brokers[{i}]");
+        if !is_identifier(&b.id) {
+            p.push(
+                format!("{at}.id"),
+                format!("{:?} is not a valid id; expected 1-64 letters, digits, '-', '_' or '.'", b.id),
+            );
+        } else if !broker_ids.insert(b.id.clone()) {
+            p.push(format!("{at}.id"), format!("duplicate broker id {:?}; expected each broker once", b.id));
+        }
+        match expand_env(&b.host) {
+            Ok(h) if !h.trim().is_empty() => b.host = h,
+            Ok(_) => p.push(format!("{at}.host"), "empty host; expected a host name or address"),
+            Err(e) => p.push(format!("{at}.host"), e),
+        }
+        expand_in_place(&mut b.client_id, &format!("{at}.client_id"), &mut p);
+        expand_in_place(&mut b.username, &format!("{at}.username"), &mut p);
+        expand_in_place(&mut b.password, &format!("{at}.password"), &mut p);
+        if let Some(file) = &b.password_file {
+            if b.password.is_some() {
+                p.push(format!("{at}.password_file"), "both password and password_file are set; expected one of them");
+            }
+            let file = base.join(file);
+            match std::fs::read_to_string(&file) {
+                Ok(s) => b.password = Some(s.trim_end_matches(['\r', '\n']).to_owned()),
+                Err(e) => p.push(format!("{at}.password_file"), format!("cannot read {}: {e}", file.display())),
+            }
+        }
+        if b.password.is_some() && b.username.is_none() {
+            p.push(format!("{at}.username"), "a password is set without a username; expected both");
+        }
+        if b.keep_alive_secs == 0 || b.keep_alive_secs > 65_535 {
+            p.push(
+                format!("{at}.keep_alive_secs"),
+                format!("{} is out of range; expected 1 to 65535 seconds", b.keep_alive_secs),
+            );
+        }
+        if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
+            p.push(
+                format!("{at}.reconnect_min_ms"),
+                format!(
+                    "{} ms; expected more than 0 and at most reconnect_max_ms ({} ms)",
+                    b.reconnect_min_ms, b.reconnect_max_ms
+                ),
+            );
+        }
+        if b.max_packet_bytes < 1024 {
+            p.push(format!("{at}.max_packet_bytes"), format!("{} bytes; expected at least 1024", b.max_packet_bytes));
+        }
+        if let Some(tls) = &mut b.tls {
+            tls.ca_file = base.join(&tls.ca_file);
+            if !tls.ca_file.is_file() {
+                p.push(
+                    format!("{at}.tls.ca_file"),
+                    format!("{} is not a readable file; expected a PEM CA bundle", tls.ca_file.display()),
+                );
+            }
+            match (&mut tls.client_cert_file, &mut tls.client_key_file) {
+                (Some(cert), Some(key)) => {
+                    *cert = base.join(&*cert);
+                    *key = base.join(&*key);
+                    for (name, f) in [("client_cert_file", &*cert), ("client_key_file", &*key)] {
+                        if !f.is_file() {
+                            p.push(
+                                format!("{at}.tls.{name}"),
+                                format!("{} is not a readable file; expected a PEM file", f.display()),
+                            );
+                        }
+                    }
+                }
+                (None, None) => {}
+                _ => p.push(
+                    format!("{at}.tls"),
+                    "client_cert_file and client_key_file go together; expected both or neither",
+                ),
+            }
+        }
+    }
+    let broker_list: Vec<String> = config.mqtt.brokers.iter().map(|b| b.id.clone()).collect();
+    let broker_refs: Vec<&str> = broker_list.iter().map(String::as_str).collect();
+
+    let mut seen_topics = HashSet::new();
+    for (i, s) in config.mqtt.subscriptions.iter().enumerate() {
+        let at = format!("mqtt.subscriptions[{i}]");
+        if !broker_refs.contains(&s.broker.as_str()) {
+            p.push(
+                format!("{at}.broker"),
+                format!("broker {:?} is not defined (known brokers: {})", s.broker, known(&broker_refs)),
+            );
+        }
+        if !seen_topics.insert((s.broker.as_str(), s.topic.as_str())) {
+            p.push(
+                format!("{at}.topic"),
+                format!(
+                    "topic {:?} is subscribed twice on broker {:?}; expected one subscription per filter",
+                    s.topic, s.broker
+                ),
+            );
+        }
+        if s.qos > 1 {
+            p.push(format!("{at}.qos"), format!("{}; expected 0 or 1", s.qos));
+        }
+        let pattern = match TopicPattern::parse(&s.topic) {
+            Ok(pattern) => Some(pattern),
+            Err(e) => {
+                p.push(format!("{at}.topic"), e);
+                None
+            }
+        };
+        let has = |c: Capture| pattern.as_ref().is_some_and(|pat| pat.has(c));
+        match (&s.device, has(Capture::Device)) {
+            (Some(_), true) => {
+                p.push(format!("{at}.device"), "the topic has {device} and a fixed device is set; expected one of them")
+            }
+            (None, false) if pattern.is_some() => {
+                p.push(format!("{at}.topic"), "no {device} segment and no fixed `device`; expected one of them")
+            }
+            (Some(d), false) if !device_list.contains(&d.as_str()) => p.push(
+                format!("{at}.device"),
+                format!("device {d:?} is not defined (known devices: {})", known(&device_list)),
+            ),
+            _ => {}
+        }
+        let fixed_device = s.device.as_ref().and_then(|d| config.devices.iter().find(|x| &x.id == d));
+        let point_known = |name: &str| fixed_device.is_none_or(|d| d.points.iter().any(|pt| pt.name == name));
+        match s.format {
+            PayloadFormat::Number => {
+                match (&s.point, has(Capture::Point)) {
+                    (Some(_), true) => p.push(
+                        format!("{at}.point"),
+                        "the topic has {point} and a fixed point is set; expected one of them",
+                    ),
+                    (None, false) if pattern.is_some() => {
+                        p.push(format!("{at}.topic"), "a number payload needs {point} in the topic or a fixed `point`")
+                    }
+                    (Some(pt), false) if !point_known(pt) => p.push(
+                        format!("{at}.point"),
+                        format!("point {pt:?} is not a point of device {:?}", s.device.as_deref().unwrap_or("")),
+                    ),
+                    _ => {}
+                }
+                if !s.fields.is_empty() {
+                    p.push(
+                        format!("{at}.fields"),
+                        "fields apply to json payloads; expected none for format = \"number\"",
+                    );
+                }
+                if s.timestamp.is_some() {
+                    p.push(
+                        format!("{at}.timestamp"),
+                        "a bare number carries no timestamp; expected none for format = \"number\"",
+                    );
+                }
+            }
+            PayloadFormat::Json => {
+                if s.point.is_some() {
+                    p.push(format!("{at}.point"), "a fixed point applies to number payloads; use fields for json");
+                }
+            }
+            PayloadFormat::Event => {
+                if !s.fields.is_empty() {
+                    p.push(
+                        format!("{at}.fields"),
+                        "event payloads carry attributes, not fields; expected none for format = \"event\"",
+                    );
+                }
+                if s.event_kind.is_some() && (s.kind_pointer.is_some() || has(Capture::Kind)) {
+                    p.push(
+                        format!("{at}.event_kind"),
+                        "a fixed event kind and another source of the kind ({kind} or kind_pointer); expected one",
+                    );
+                }
+            }
+        }
+        if s.format != PayloadFormat::Event && (s.event_kind.is_some() || s.kind_pointer.is_some()) {
+            p.push(format!("{at}.event_kind"), "event_kind and kind_pointer apply to format = \"event\"");
+        }
+        if let Some(k) = &s.kind_pointer {
+            check_pointer(k, &format!("{at}.kind_pointer"), &mut p);
+        }
+        for (j, f) in s.fields.iter().enumerate() {
+            if let Some(ptr) = &f.pointer {
+                check_pointer(ptr, &format!("{at}.fields[{j}].pointer"), &mut p);
+            }
+            if !point_known(&f.point) {
+                p.push(
+                    format!("{at}.fields[{j}].point"),
+                    format!("point {:?} is not a point of device {:?}", f.point, s.device.as_deref().unwrap_or("")),
+                );
+            }
+            if !f.scale.is_finite() || f.scale == 0.0 || !f.offset.is_finite() {
+                p.push(format!("{at}.fields[{j}].scale"), "scale and offset must be finite and scale non-zero");
+            }
+        }
+        if let Some(ts) = &s.timestamp {
+            check_pointer(&ts.pointer, &format!("{at}.timestamp.pointer"), &mut p);
+        }
+        if s.max_payload_bytes == 0 {
+            p.push(format!("{at}.max_payload_bytes"), "0; expected a positive number of bytes");
+        }
+    }
+
+    if config.core.channel_batches == 0 {
+        p.push("core.channel_batches", "0; expected at least 1");
+    }
+    if config.core.batch_samples == 0 {
+        p.push("core.batch_samples", "0; expected at least 1");
+    }
+    if config.broker.embedded && config.broker.listen == config.api.listen {
+        p.push(
+            "broker.listen",
+            format!("{} is also api.listen; expected two different addresses", config.broker.listen),
+        );
+    }
+    p.0
+}
+
+fn check_pointer(ptr: &str, path: &str, p: &mut Problems) {
+    if !ptr.is_empty() && !ptr.starts_with('/') {
+        p.push(
+            path,
+            format!("{ptr:?} is not a JSON pointer; expected \"\" or a path starting with '/', like \"/data/ua\""),
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! parkwatch: an edge gateway for smart industrial and science parks.
+//!
+//! Sources (MQTT, later Modbus) turn field data into batches of samples and events; the core task owns
+//! point state; the API shows it. See `ARCHITECTURE.md` for the map and the rules between modules.
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod core;
+pub mod metrics;
+pub mod model;
+pub mod sim;
+pub mod source;

@@ -1,0 +1,177 @@
+//! The `parkwatch` command: run, check a config, or run the demo park.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use parkwatch::app::{self, Extras};
+use parkwatch::config;
+
+/// The demo park's configuration, shipped in the binary.
+const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+
+#[derive(Parser)]
+#[command(name = "parkwatch", version, about = "Edge gateway for smart industrial and science parks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a config file.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file; lists every problem and exits non-zero if there is any.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run a simulated park on embedded defaults: broker, devices, API.
+    Demo {
+        /// Address of the API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Address of the embedded MQTT broker.
+        #[arg(long, default_value = "127.0.0.1:11883")]
+        mqtt_listen: SocketAddr,
+        /// Stop by itself after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => report(run(&config)),
+        Command::Demo { listen, mqtt_listen, duration } => report(demo(listen, mqtt_listen, duration)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("parkwatch: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    match config::load(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} grids, {} devices, {} brokers, {} subscriptions)",
+                file.display(),
+                c.grids.len(),
+                c.devices.len(),
+                c.mqtt.brokers.len(),
+                c.mqtt.subscriptions.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let problems = e.problems();
+            for (path, message) in &problems {
+                if path.is_empty() {
+                    println!("{}: {message}", file.display());
+                } else {
+                    println!("{}: {path}: {message}", file.display());
+                }
+            }
+            println!("{}: {} problem(s)", file.display(), problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// Cancels `token` on SIGINT or SIGTERM (systemd's stop signal).
+fn stop_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "Stop requested."),
+            _ = int.recv() => info!(signal = "SIGINT", "Stop requested."),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+fn run(file: &Path) -> anyhow::Result<()> {
+    let config = config::load(file)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        stop_on_signals(shutdown.clone())?;
+        app::run(config, shutdown, Extras::default()).await?;
+        Ok(())
+    })
+}
+
+fn demo(listen: SocketAddr, mqtt_listen: SocketAddr, duration: Option<u64>) -> anyhow::Result<()> {
+    let mut config = config::from_str(DEMO_CONFIG, Path::new("configs/demo.toml"), Path::new("."))
+        .context("the built-in demo config is invalid")?;
+    config.api.listen = listen;
+    config.broker.listen = mqtt_listen;
+    for b in &mut config.mqtt.brokers {
+        b.host = mqtt_listen.ip().to_string();
+        b.port = mqtt_listen.port();
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        stop_on_signals(shutdown.clone())?;
+        if let Some(secs) = duration {
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                info!(seconds = secs, "Demo duration reached.");
+                token.cancel();
+            });
+        }
+        println!(
+            "parkwatch demo: simulated park \"{}\" with {} devices in {} grids",
+            config.site.id,
+            config.devices.len(),
+            config.grids.len()
+        );
+        println!(
+            "  API        http://{listen}/api/v1/points   (also /api/v1/events, /api/v1/devices, /metrics, /healthz)"
+        );
+        println!(
+            "  MQTT       mqtt://{mqtt_listen}   (embedded broker; try: mosquitto_sub -h {} -p {} -t 'park/#' -v)",
+            mqtt_listen.ip(),
+            mqtt_listen.port()
+        );
+        println!("  Stop with Ctrl-C{}.", duration.map(|d| format!(" (or wait {d} s)")).unwrap_or_default());
+        let extras =
+            Extras { simulate: Some((mqtt_listen.ip().to_string(), mqtt_listen.port(), Duration::from_secs(1))) };
+        app::run(config, shutdown, extras).await?;
+        Ok(())
+    })
+}

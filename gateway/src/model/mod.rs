@@ -1,0 +1,204 @@
+//! Points, devices and grids interned at config load, and the observations sources hand to the core.
+//!
+//! Everything on the hot path refers to points by [`PointId`], an index into [`Registry::points`]; names
+//! are resolved once (at load, or once per topic in a source's cache), never per sample.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::config::{Config, PointKind};
+
+/// Index of a point in [`Registry::points`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PointId(pub u32);
+
+/// Index of a device in [`Registry::devices`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u32);
+
+/// Index of a grid cell in [`Registry::grids`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GridId(pub u32);
+
+/// How far a value can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// Read or received as is.
+    #[default]
+    Good,
+    /// The value may be outdated or approximate (for example, a device reported it as such).
+    Uncertain,
+    /// The source failed to produce a value; the last value is kept but must not be trusted.
+    Bad,
+}
+
+/// One numeric or boolean sample; booleans are carried as 0.0 / 1.0 and typed by the point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub point: PointId,
+    pub quality: Quality,
+    /// UTC, nanoseconds since the Unix epoch.
+    pub ts: i64,
+    pub value: f64,
+}
+
+/// A discrete happening on a device: card granted or denied, door forced, checkpoint scanned, arc fault.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    #[serde(skip)]
+    pub device: DeviceId,
+    pub kind: String,
+    /// UTC, nanoseconds since the Unix epoch.
+    pub ts: i64,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a source hands to the core in one channel send.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub samples: Vec<Sample>,
+    pub events: Vec<Event>,
+}
+
+impl Batch {
+    /// A batch with room for `samples` samples.
+    pub fn with_capacity(samples: usize) -> Self {
+        Self { samples: Vec::with_capacity(samples), events: Vec::new() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty() && self.events.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len() + self.events.len()
+    }
+}
+
+/// The site this gateway serves.
+#[derive(Debug, Clone)]
+pub struct SiteInfo {
+    pub id: String,
+    pub name: String,
+    pub timezone: chrono_tz::Tz,
+}
+
+/// A grid cell of the park (网格).
+#[derive(Debug, Clone, Serialize)]
+pub struct GridInfo {
+    pub id: String,
+    pub name: String,
+}
+
+/// A configured device with its points, which occupy a contiguous range of [`PointId`]s.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub name: String,
+    pub grid: GridId,
+    pub category: String,
+    pub tags: BTreeMap<String, String>,
+    pub points: Range<u32>,
+}
+
+/// A configured point of a device.
+#[derive(Debug, Clone)]
+pub struct PointInfo {
+    pub device: DeviceId,
+    pub name: String,
+    pub unit: String,
+    pub kind: PointKind,
+}
+
+/// All names of the configuration, interned; built once from a validated [`Config`].
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub site: SiteInfo,
+    pub grids: Vec<GridInfo>,
+    pub devices: Vec<DeviceInfo>,
+    pub points: Vec<PointInfo>,
+    device_index: HashMap<String, DeviceId>,
+    grid_index: HashMap<String, GridId>,
+}
+
+impl Registry {
+    /// Interns the names of a configuration that passed validation.
+    ///
+    /// References that validation would have rejected (a device in an unknown grid) are skipped rather
+    /// than panicking, so a registry can always be built.
+    pub fn from_config(config: &Config) -> Self {
+        let timezone = config.site.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai);
+        let grids: Vec<GridInfo> = config
+            .grids
+            .iter()
+            .map(|g| GridInfo { id: g.id.clone(), name: g.name.clone().unwrap_or_else(|| g.id.clone()) })
+            .collect();
+        let grid_index: HashMap<String, GridId> =
+            grids.iter().enumerate().map(|(i, g)| (g.id.clone(), GridId(i as u32))).collect();
+        let mut devices = Vec::with_capacity(config.devices.len());
+        let mut points = Vec::new();
+        let mut device_index = HashMap::with_capacity(config.devices.len());
+        for d in &config.devices {
+            let Some(&grid) = grid_index.get(&d.grid) else {
+                continue;
+            };
+            let id = DeviceId(devices.len() as u32);
+            let start = points.len() as u32;
+            for p in &d.points {
+                points.push(PointInfo { device: id, name: p.name.clone(), unit: p.unit.clone(), kind: p.kind });
+            }
+            device_index.insert(d.id.clone(), id);
+            devices.push(DeviceInfo {
+                id: d.id.clone(),
+                name: d.name.clone().unwrap_or_else(|| d.id.clone()),
+                grid,
+                category: d.category.clone(),
+                tags: d.tags.clone(),
+                points: start..points.len() as u32,
+            });
+        }
+        Self {
+            site: SiteInfo {
+                id: config.site.id.clone(),
+                name: config.site.name.clone().unwrap_or_else(|| config.site.id.clone()),
+                timezone,
+            },
+            grids,
+            devices,
+            points,
+            device_index,
+            grid_index,
+        }
+    }
+
+    /// The device with this configured id.
+    pub fn device_id(&self, id: &str) -> Option<DeviceId> {
+        self.device_index.get(id).copied()
+    }
+
+    /// The grid with this configured id.
+    pub fn grid_id(&self, id: &str) -> Option<GridId> {
+        self.grid_index.get(id).copied()
+    }
+
+    pub fn device(&self, id: DeviceId) -> &DeviceInfo {
+        &self.devices[id.0 as usize]
+    }
+
+    pub fn point(&self, id: PointId) -> &PointInfo {
+        &self.points[id.0 as usize]
+    }
+
+    pub fn grid(&self, id: GridId) -> &GridInfo {
+        &self.grids[id.0 as usize]
+    }
+
+    /// The point of `device` named `name`; devices have few points, so a scan beats a hash here.
+    pub fn point_of(&self, device: DeviceId, name: &str) -> Option<PointId> {
+        let range = self.device(device).points.clone();
+        range.into_iter().find(|&i| self.points[i as usize].name == name).map(PointId)
+    }
+}

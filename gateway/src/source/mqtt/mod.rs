@@ -1,0 +1,327 @@
+//! The MQTT source: one task per broker connection, mapping subscribed messages to samples and events.
+//!
+//! Back-pressure: the task awaits room in the core channel before it polls the connection again, so a
+//! slow core slows reading from the broker instead of growing a queue. With QoS 1 a message is
+//! acknowledged only once the batch holding its samples has been handed to the core; a crash before
+//! that means the broker delivers it again (at-least-once).
+
+pub mod decode;
+pub mod topic;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::decode::{Decoder, Reject};
+use super::pool::SamplePool;
+use crate::config;
+use crate::metrics::{add, Metrics, RejectRecord};
+use crate::model::{Batch, Registry};
+
+/// A broker connection that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("broker {broker}: cannot read {file}: {source}")]
+    ReadFile { broker: String, file: String, source: std::io::Error },
+    #[error("broker {broker}: {file} holds no usable {what}")]
+    Pem { broker: String, file: String, what: &'static str },
+    #[error("broker {broker}: TLS setup failed: {source}")]
+    Tls { broker: String, source: rustls::Error },
+    #[error("subscription {topic:?}: {message}")]
+    Subscription { topic: String, message: String },
+}
+
+/// Everything one broker task needs.
+pub struct MqttSource {
+    broker_index: usize,
+    options: MqttOptions,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    subs: Vec<SubState>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    pool: Arc<SamplePool>,
+    tx: mpsc::Sender<Batch>,
+    batch_samples: usize,
+}
+
+struct SubState {
+    /// Index into `Metrics::subscriptions`.
+    index: usize,
+    decoder: Decoder,
+    qos: QoS,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+/// How often a subscription may log a reject; the rest are counted and summarised.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Shared pieces every source task gets.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub pool: Arc<SamplePool>,
+    pub tx: mpsc::Sender<Batch>,
+    pub batch_samples: usize,
+}
+
+impl MqttSource {
+    /// Prepares the task for broker `broker_index` of `config` with the subscriptions on it.
+    ///
+    /// # Errors
+    /// TLS files that cannot be read or parsed, or a topic that does not parse.
+    pub fn new(config: &config::Config, broker_index: usize, ctx: SourceContext) -> Result<Self, MqttError> {
+        let b = &config.mqtt.brokers[broker_index];
+        let client_id = b.client_id.clone().unwrap_or_else(|| format!("parkwatch-{}-{}", config.site.id, b.id));
+        let mut options = MqttOptions::new(client_id, b.host.clone(), b.port);
+        options
+            .set_keep_alive(Duration::from_secs(b.keep_alive_secs))
+            .set_clean_session(!b.persistent_session)
+            .set_manual_acks(true)
+            .set_max_packet_size(b.max_packet_bytes, b.max_packet_bytes);
+        if let Some(user) = &b.username {
+            options.set_credentials(user.clone(), b.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = &b.tls {
+            options
+                .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(&b.id, tls)?))));
+        }
+        let mut subs = Vec::new();
+        for (index, s) in config.mqtt.subscriptions.iter().enumerate() {
+            if s.broker != b.id {
+                continue;
+            }
+            let decoder =
+                Decoder::new(s).map_err(|message| MqttError::Subscription { topic: s.topic.clone(), message })?;
+            subs.push(SubState {
+                index,
+                decoder,
+                qos: if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+                last_log: None,
+                suppressed: 0,
+            });
+        }
+        Ok(Self {
+            broker_index,
+            options,
+            reconnect_min: Duration::from_millis(b.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(b.reconnect_max_ms),
+            subs,
+            registry: ctx.registry,
+            metrics: ctx.metrics,
+            pool: ctx.pool,
+            tx: ctx.tx,
+            batch_samples: ctx.batch_samples,
+        })
+    }
+
+    /// Runs until `shutdown`, reconnecting with capped exponential backoff and jitter.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let broker = self.metrics.brokers[self.broker_index].id.clone();
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 16 * 1024);
+        let filters: Vec<SubscribeFilter> =
+            self.subs.iter().map(|s| SubscribeFilter::new(s.decoder.pattern().filter().to_owned(), s.qos)).collect();
+        let mut batch = Batch { samples: self.pool.take(), events: Vec::new() };
+        let mut pending_acks: Vec<Publish> = Vec::new();
+        let mut rejects: Vec<Reject> = Vec::new();
+        let mut backoff = self.reconnect_min;
+        loop {
+            let polled = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                polled = eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.handle(&publish, &mut batch, &mut rejects);
+                    if publish.qos != QoS::AtMostOnce {
+                        pending_acks.push(publish);
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    let m = &self.metrics.brokers[self.broker_index];
+                    m.connected.store(true, Ordering::Relaxed);
+                    add(&m.connections, 1);
+                    backoff = self.reconnect_min;
+                    info!(broker = %broker, session_present = ack.session_present, "Connected to MQTT broker.");
+                    if !filters.is_empty() {
+                        if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                            warn!(broker = %broker, error = %e, "Could not queue subscriptions.");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    for (code, f) in ack.return_codes.iter().zip(&filters) {
+                        if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                            warn!(broker = %broker, filter = %f.path, "Broker refused the subscription.");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let m = &self.metrics.brokers[self.broker_index];
+                    let was_connected = m.connected.swap(false, Ordering::Relaxed);
+                    add(&m.connection_errors, 1);
+                    if self.flush(&mut batch, &client, &mut pending_acks).await.is_err() {
+                        break;
+                    }
+                    // Unacknowledged messages come again on the next session; their acks died with
+                    // the connection.
+                    pending_acks.clear();
+                    let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+                    let wait = backoff + jitter;
+                    if was_connected {
+                        warn!(broker = %broker, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost.");
+                    } else {
+                        debug!(broker = %broker, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection failed.");
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    backoff = (backoff * 2).min(self.reconnect_max);
+                    continue;
+                }
+            }
+            // Hand over what one network read produced, or a full batch; never wait for more input
+            // while holding samples.
+            if (eventloop.state.events.is_empty() || batch.len() >= self.batch_samples)
+                && self.flush(&mut batch, &client, &mut pending_acks).await.is_err()
+            {
+                break;
+            }
+        }
+        // Shutdown: hand over what was read, acknowledge it, and leave the session cleanly.
+        let _ = self.flush(&mut batch, &client, &mut pending_acks).await;
+        self.metrics.brokers[self.broker_index].connected.store(false, Ordering::Relaxed);
+        if client.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Ok(ev) = eventloop.poll().await {
+                    if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        info!(broker = %broker, "MQTT source stopped.");
+    }
+
+    fn handle(&mut self, publish: &Publish, batch: &mut Batch, rejects: &mut Vec<Reject>) {
+        let topic = publish.topic.as_str();
+        let now = now_ns();
+        let Some(sub) = self.subs.iter_mut().find(|s| s.decoder.pattern().matches(topic).is_some()) else {
+            return;
+        };
+        let m = &self.metrics.subscriptions[sub.index];
+        add(&m.messages, 1);
+        let samples_before = batch.samples.len();
+        let events_before = batch.events.len();
+        sub.decoder.decode(&self.registry, topic, &publish.payload, now, batch, rejects);
+        let samples = batch.samples.len() - samples_before;
+        let events = batch.events.len() - events_before;
+        if samples > 0 {
+            add(&m.samples, samples as u64);
+        }
+        if events > 0 {
+            add(&m.events, events as u64);
+        }
+        for r in rejects.drain(..) {
+            add(&m.rejects[r.reason.index()], 1);
+            let now_instant = Instant::now();
+            if sub.last_log.is_none_or(|t| now_instant.duration_since(t) >= REJECT_LOG_EVERY) {
+                warn!(
+                    broker = %m.broker, subscription = %m.topic, topic, reason = r.reason.as_str(),
+                    detail = %r.detail, suppressed = sub.suppressed, "Rejected MQTT input."
+                );
+                sub.last_log = Some(now_instant);
+                sub.suppressed = 0;
+            } else {
+                sub.suppressed += 1;
+            }
+            let excerpt = &publish.payload[..publish.payload.len().min(160)];
+            self.metrics.rejects.push(RejectRecord {
+                at: decode::fmt_ns(now),
+                broker: m.broker.clone(),
+                subscription: m.topic.clone(),
+                topic: topic.chars().take(256).collect(),
+                reason: r.reason.as_str(),
+                detail: r.detail,
+                payload: String::from_utf8_lossy(excerpt).into_owned(),
+            });
+        }
+    }
+
+    /// Hands the batch to the core (waiting for room: back-pressure), then acknowledges its messages.
+    async fn flush(&self, batch: &mut Batch, client: &AsyncClient, acks: &mut Vec<Publish>) -> Result<(), ()> {
+        if !batch.is_empty() {
+            let full = std::mem::replace(batch, Batch { samples: self.pool.take(), events: Vec::new() });
+            if self.tx.send(full).await.is_err() {
+                return Err(());
+            }
+        }
+        for p in acks.drain(..) {
+            if let Err(e) = client.try_ack(&p) {
+                // The broker will deliver the message again: at-least-once holds.
+                debug!(error = %e, "Could not queue an acknowledgement.");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Now as UTC nanoseconds.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+fn read(broker: &str, file: &std::path::Path) -> Result<Vec<u8>, MqttError> {
+    std::fs::read(file).map_err(|source| MqttError::ReadFile {
+        broker: broker.to_owned(),
+        file: file.display().to_string(),
+        source,
+    })
+}
+
+fn tls_config(broker: &str, tls: &config::Tls) -> Result<rustls::ClientConfig, MqttError> {
+    let pem_err = |file: &std::path::Path, what| MqttError::Pem {
+        broker: broker.to_owned(),
+        file: file.display().to_string(),
+        what,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = read(broker, &tls.ca_file)?;
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        let cert = cert.map_err(|_| pem_err(&tls.ca_file, "certificate"))?;
+        roots.add(cert).map_err(|source| MqttError::Tls { broker: broker.to_owned(), source })?;
+    }
+    if roots.is_empty() {
+        return Err(pem_err(&tls.ca_file, "certificate"));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|source| MqttError::Tls { broker: broker.to_owned(), source })?
+        .with_root_certificates(roots);
+    match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let certs = rustls_pemfile::certs(&mut read(broker, cert_file)?.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| pem_err(cert_file, "certificate"))?;
+            let key = rustls_pemfile::private_key(&mut read(broker, key_file)?.as_slice())
+                .ok()
+                .flatten()
+                .ok_or_else(|| pem_err(key_file, "private key"))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|source| MqttError::Tls { broker: broker.to_owned(), source })
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
