@@ -1,1 +1,271 @@
+//! Helpers for end-to-end tests: real peers (Mosquitto, the gateway binary) on free loopback ports,
+//! each test in its own temporary directory, and waits on conditions instead of sleeps.
 
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Calls `f` until it returns `Some`, failing the test with `what` after `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The `parkwatch` binary, built once per test run in the profile the tests are built in.
+pub fn gateway_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test binary>
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "parkwatch", "--bin", "parkwatch"]).current_dir(root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the parkwatch binary failed");
+        profile_dir.join("parkwatch")
+    })
+    .clone()
+}
+
+fn find(program: &str, dirs: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':').chain(dirs.iter().copied()).map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    wait_until(Duration::from_secs(10), what, || {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+}
+
+/// A Mosquitto broker on a free port, stopped on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto with `extra` lines of configuration.
+    pub fn start(extra: &str) -> Self {
+        let bin = find("mosquitto", &["/usr/sbin"]).expect("mosquitto is not installed (apt-get install -y mosquitto)");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stdout\n\
+                 max_queued_messages 1000000\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let log = File::create(dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        wait_for_port(port, "mosquitto to listen");
+        Self { port, child, _dir: dir }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `parkwatch run` with its own directory and API port.
+pub struct Gateway {
+    pub api: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Writes `config` (with `{api}` replaced by a free address) and starts the gateway on it.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        std::fs::write(dir.path().join("parkwatch.toml"), config.replace("{api}", &api.to_string())).unwrap();
+        let mut gw = Self { api, dir, child: None };
+        gw.restart();
+        gw
+    }
+
+    /// Starts the process again on the same config and directory.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("gateway.log")).unwrap();
+        let child = Command::new(gateway_bin())
+            .arg("run")
+            .arg("-c")
+            .arg(self.dir.path().join("parkwatch.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start parkwatch");
+        self.child = Some(child);
+        let api = self.api;
+        wait_until(Duration::from_secs(15), "the gateway's /healthz", || {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the gateway exited early with {status}:\n{}", self.log());
+            }
+            http_get(api, "/healthz").ok().filter(|(s, _)| *s == 200)
+        });
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway running").id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") and waits for the exit.
+    pub fn signal(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("gateway running");
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit on SIG{signal}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` as JSON.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.api, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The value of one metric line, `name{labels}` exactly as exposed.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = http_get(self.api, "/metrics").ok()?;
+        metric_value(&text, series)
+    }
+
+    /// The latest value of `device`/`point`, if it has one.
+    pub fn point(&self, device: &str, point: &str) -> Option<serde_json::Value> {
+        let points = self.json(&format!("/api/v1/points?device={device}"));
+        points.as_array()?.iter().find(|p| p["point"] == point).map(|p| p["value"].clone())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The value of `series` in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `GET` on the API: status and body; 4xx and 5xx are answers, not errors.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let url = format!("http://{addr}{path}");
+    match ureq::get(&url).timeout(Duration::from_secs(10)).call() {
+        Ok(r) => Ok((r.status(), r.into_string().map_err(|e| e.to_string())?)),
+        Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A real MQTT publisher (rumqttc), its connection driven by a thread; counts acknowledged QoS 1 messages.
+pub struct Publisher {
+    client: Client,
+    pub acked: Arc<AtomicUsize>,
+}
+
+impl Publisher {
+    /// Connects to the broker on `port`.
+    pub fn connect(port: u16, id: &str) -> Self {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(4 << 20, 4 << 20).set_inflight(1000);
+        let (client, mut connection) = Client::new(opts, 100_000);
+        let acked = Arc::new(AtomicUsize::new(0));
+        let counter = acked.clone();
+        std::thread::spawn(move || {
+            for ev in connection.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        Self { client, acked }
+    }
+
+    /// Publishes and returns at once; QoS 1 acknowledgements are counted in `acked`.
+    pub fn publish(&self, topic: &str, qos: u8, payload: impl Into<Vec<u8>>) {
+        let qos = if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        self.client.publish(topic, qos, false, payload).expect("queue a publish");
+    }
+
+    /// Waits until `n` QoS 1 messages in all were acknowledged by the broker.
+    pub fn wait_acked(&self, n: usize) {
+        wait_until(Duration::from_secs(30), "the broker to acknowledge publishes", || {
+            (self.acked.load(Ordering::Relaxed) >= n).then_some(())
+        });
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Now as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}

@@ -1,0 +1,49 @@
+//! `parkwatch check` on every shipped config, and on broken ones that must name the exact key path.
+
+use std::process::Command;
+
+use parkwatch_e2e::{gateway_bin, root};
+
+fn check(file: &std::path::Path) -> (bool, String) {
+    let out = Command::new(gateway_bin()).arg("check").arg("-c").arg(file).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn toml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_config_passes() {
+    let files = toml_files("configs");
+    assert!(files.len() >= 2, "configs/ should hold the example and the demo config");
+    for f in files {
+        let (ok, out) = check(&f);
+        assert!(ok, "{}: {out}", f.display());
+        assert!(out.contains(": ok ("), "{out}");
+    }
+}
+
+/// Each broken config starts with `# expect: <key path>` lines; every one must be reported.
+#[test]
+fn broken_configs_fail_with_the_key_path() {
+    let files = toml_files("tests/broken-configs");
+    assert!(files.len() >= 8);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let expected: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+        assert!(!expected.is_empty(), "{} has no '# expect:' line", f.display());
+        let (ok, out) = check(&f);
+        assert!(!ok, "{} should fail:\n{out}", f.display());
+        for path in expected {
+            let needle = format!("{}: {path}: ", f.display());
+            assert!(out.contains(&needle), "{}: expected a problem at {path}, got:\n{out}", f.display());
+        }
+    }
+}

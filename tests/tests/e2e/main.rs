@@ -1,0 +1,6 @@
+//! End-to-end tests against real peers on loopback, compiled into one binary.
+
+mod config_check;
+mod demo;
+mod mqtt;
+mod systemd;
