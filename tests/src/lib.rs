@@ -34,9 +34,13 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 }
 
 /// The `parkwatch` binary, built once per test run in the profile the tests are built in.
+/// `PARKWATCH_BIN` names another one (a profiler wrapper, an installed build).
 pub fn gateway_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("PARKWATCH_BIN") {
+            return PathBuf::from(bin);
+        }
         let exe = std::env::current_exe().unwrap();
         // target/<profile>/deps/<test binary>
         let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
@@ -61,9 +65,7 @@ fn find(program: &str, dirs: &[&str]) -> Option<PathBuf> {
 
 /// Waits until something accepts TCP connections on `port`.
 pub fn wait_for_port(port: u16, what: &str) {
-    wait_until(Duration::from_secs(10), what, || {
-        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-    });
+    wait_until(Duration::from_secs(10), what, || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));
 }
 
 /// A Mosquitto broker on a free port, stopped on drop.
@@ -128,7 +130,8 @@ impl Gateway {
 
     /// Starts the process again on the same config and directory.
     pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("gateway.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("gateway.log")).unwrap();
         let child = Command::new(gateway_bin())
             .arg("run")
             .arg("-c")

@@ -134,7 +134,8 @@ pub struct Broker {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
-    /// Largest MQTT packet accepted from the broker, bytes.
+    /// Largest MQTT packet accepted from the broker, bytes. A larger one breaks the connection, so keep
+    /// it above every subscription's `max_payload_bytes` (those are rejected and counted instead).
     #[serde(default = "default_max_packet")]
     pub max_packet_bytes: usize,
     pub tls: Option<Tls>,
@@ -156,7 +157,7 @@ fn default_reconnect_max() -> u64 {
     30_000
 }
 fn default_max_packet() -> usize {
-    256 * 1024
+    1024 * 1024
 }
 
 /// TLS for a broker connection (rustls).

@@ -112,7 +112,12 @@ fn telemetry_numbers_and_events_reach_point_state() {
     assert_eq!(events[0]["device"], "door1");
     assert_eq!(events[0]["attributes"], json!({"card": "C001"}));
     assert_eq!(gw.json("/api/v1/points?grid=g2").as_array().unwrap().len(), 1);
-    assert_eq!(gw.metric("parkwatch_mqtt_samples_total{broker=\"local\",subscription=\"park/{grid}/meter/{device}/telemetry\"}"), Some(3.0));
+    assert_eq!(
+        gw.metric(
+            "parkwatch_mqtt_samples_total{broker=\"local\",subscription=\"park/{grid}/meter/{device}/telemetry\"}"
+        ),
+        Some(3.0)
+    );
 
     // SIGTERM: a clean stop with exit code 0.
     let status = gw.signal("TERM");
@@ -162,7 +167,8 @@ fn bad_input_is_counted_and_ingestion_goes_on() {
         *expected.entry((sub_of(topic), *reason)).or_insert(0.0) += 1.0;
     }
     for ((sub, reason), n) in &expected {
-        let series = format!("parkwatch_mqtt_rejects_total{{broker=\"local\",subscription=\"{sub}\",reason=\"{reason}\"}}");
+        let series =
+            format!("parkwatch_mqtt_rejects_total{{broker=\"local\",subscription=\"{sub}\",reason=\"{reason}\"}}");
         assert_eq!(gw.metric(&series), Some(*n), "{series}");
     }
     let rejects = gw.json("/api/v1/rejects");
@@ -223,6 +229,11 @@ fn back_pressure_slows_reading_and_drops_nothing() {
     wait_until(Duration::from_secs(30), "every sample of the burst", || {
         (gw.metric("parkwatch_core_samples_total") == Some(2.0 * n as f64)).then_some(())
     });
-    assert_eq!(gw.metric("parkwatch_mqtt_messages_total{broker=\"local\",subscription=\"park/{grid}/meter/{device}/telemetry\"}"), Some(n as f64));
+    assert_eq!(
+        gw.metric(
+            "parkwatch_mqtt_messages_total{broker=\"local\",subscription=\"park/{grid}/meter/{device}/telemetry\"}"
+        ),
+        Some(n as f64)
+    );
     value_is(&gw, "m1", "ua", json!((n - 1) as f64));
 }
