@@ -12,7 +12,10 @@ use tracing::info;
 use crate::api::{self, AppState};
 use crate::broker::{self, BrokerError};
 use crate::config::Config;
+use crate::core::packs::{self, Reloader};
+use crate::core::rules::PackError;
 use crate::core::{self, Core};
+use crate::incident::{self, Manual, StoreError};
 use crate::metrics::Metrics;
 use crate::model::Registry;
 use crate::sim;
@@ -30,6 +33,10 @@ pub enum AppError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("API server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Incidents(#[from] StoreError),
+    #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<PackError>),
 }
 
 /// Extras for `demo` and tests.
@@ -62,10 +69,37 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         .await
         .map_err(|source| AppError::Bind { addr: config.api.listen, source })?;
 
-    let (handle, core_task) =
-        core::spawn(Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept), rx);
-    let state =
-        AppState { registry: registry.clone(), core: handle, metrics: metrics.clone(), batches: tx.downgrade() };
+    // Incidents first: the engine continues the alarms that were open when the gateway stopped.
+    let (conn, open, next_incident) = incident::open(&config.incidents.path)?;
+    let (mut engine, pack_names) = packs::build(&config, registry.clone(), next_incident).map_err(AppError::Rules)?;
+    let orphans = engine.restore(&open);
+    info!(
+        rules = engine.rules().len(),
+        packs = pack_names.len(),
+        restored = open.len() - orphans.len(),
+        "Rules loaded."
+    );
+    let (store, store_thread) = incident::spawn(conn);
+    for id in orphans {
+        let note = Some("rule or device no longer configured".to_owned());
+        if let Err(e) = store.manual(id, Manual::Close, "parkwatch".into(), note, crate::source::mqtt::now_ns()).await {
+            tracing::warn!(incident = id, error = %e, "Could not close an orphaned incident.");
+        }
+    }
+    let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept)
+        .with_engine(engine, pack_names);
+    let (handle, core_task) = core::spawn(core, rx, Some(store.clone()));
+    let config = Arc::new(config);
+    let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
+    let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
+    let state = AppState {
+        registry: registry.clone(),
+        core: handle,
+        metrics: metrics.clone(),
+        batches: tx.downgrade(),
+        incidents: Some(store.clone()),
+        reloader: Some(reloader),
+    };
     let ctx = SourceContext {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -101,10 +135,16 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     if let Some(t) = sim_task {
         let _ = t.await;
     }
-    // Every sender is gone now: the core drains what is queued and stops.
+    let _ = reload_task.await;
+    // Every sender is gone now: the core drains what is queued, persists its incident changes, stops.
     let _ = core_task.await;
     api_stop.cancel();
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), api).await {
+    let served = tokio::time::timeout(Duration::from_secs(5), api).await;
+    // The store thread ends once its last handle is gone; wait so every change is on disk.
+    drop(store);
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || store_thread.join())).await;
+    if let Ok(Ok(Err(e))) = served {
         return Err(AppError::Serve(e));
     }
     info!("Stopped.");

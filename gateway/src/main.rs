@@ -47,6 +47,24 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
     },
+    /// Work with alarm rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Run rule unit tests (TOML: input series in, expected alarm transitions out) on a virtual clock.
+    Test {
+        /// Test files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Load the packs from this directory instead of the built-in ones.
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +80,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => report(run(&config)),
         Command::Demo { listen, mqtt_listen, duration } => report(demo(listen, mqtt_listen, duration)),
+        Command::Rules { command: RulesCommand::Test { files, rules } } => rules_test(&files, rules.as_deref()),
     }
 }
 
@@ -78,8 +97,19 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 fn check(file: &Path) -> ExitCode {
     match config::load(file) {
         Ok(c) => {
+            let registry = std::sync::Arc::new(parkwatch::model::Registry::from_config(&c));
+            let rules = match parkwatch::core::packs::build(&c, registry, 1) {
+                Ok((engine, packs)) => format!("{} rules from {} packs", engine.rules().len(), packs.len()),
+                Err(errors) => {
+                    for e in &errors {
+                        println!("{}: rules: {e}", file.display());
+                    }
+                    println!("{}: {} rule problem(s)", file.display(), errors.len());
+                    return ExitCode::FAILURE;
+                }
+            };
             println!(
-                "{}: ok ({} grids, {} devices, {} brokers, {} subscriptions)",
+                "{}: ok ({} grids, {} devices, {} brokers, {} subscriptions, {rules})",
                 file.display(),
                 c.grids.len(),
                 c.devices.len(),
@@ -138,6 +168,9 @@ fn demo(listen: SocketAddr, mqtt_listen: SocketAddr, duration: Option<u64>) -> a
         .context("the built-in demo config is invalid")?;
     config.api.listen = listen;
     config.broker.listen = mqtt_listen;
+    // Demo incidents live in a directory of their own, removed when the demo ends.
+    let state_dir = std::env::temp_dir().join(format!("parkwatch-demo-{}", std::process::id()));
+    config.incidents.path = state_dir.join("incidents.db");
     for b in &mut config.mqtt.brokers {
         b.host = mqtt_listen.ip().to_string();
         b.port = mqtt_listen.port();
@@ -169,9 +202,47 @@ fn demo(listen: SocketAddr, mqtt_listen: SocketAddr, duration: Option<u64>) -> a
             mqtt_listen.port()
         );
         println!("  Stop with Ctrl-C{}.", duration.map(|d| format!(" (or wait {d} s)")).unwrap_or_default());
+        println!("  Incidents  http://{listen}/api/v1/incidents   (rules: /api/v1/rules)");
         let extras =
             Extras { simulate: Some((mqtt_listen.ip().to_string(), mqtt_listen.port(), Duration::from_secs(1))) };
-        app::run(config, shutdown, extras).await?;
+        let result = app::run(config, shutdown, extras).await;
+        let _ = std::fs::remove_dir_all(&state_dir);
+        result?;
         Ok(())
     })
+}
+
+fn rules_test(files: &[PathBuf], dir: Option<&Path>) -> ExitCode {
+    let packs: Vec<(String, String)> = match dir {
+        Some(d) => match parkwatch::core::packs::sources(false, &[d.to_owned()]) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("parkwatch: error: {e}");
+                }
+                return ExitCode::FAILURE;
+            }
+        },
+        None => parkwatch::core::packs::BUILTIN.iter().map(|(n, s)| ((*n).to_owned(), (*s).to_owned())).collect(),
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for f in files {
+        match parkwatch::rulestest::run_file(f, &packs) {
+            Ok(r) => {
+                println!("{}:\n{}", f.display(), r.text.trim_end());
+                passed += r.passed;
+                failed += r.failed;
+            }
+            Err(e) => {
+                println!("{e}");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

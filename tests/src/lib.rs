@@ -122,7 +122,12 @@ impl Gateway {
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        std::fs::write(dir.path().join("parkwatch.toml"), config.replace("{api}", &api.to_string())).unwrap();
+        let mut text = config.replace("{api}", &api.to_string());
+        if !text.contains("[incidents]") {
+            // Incidents live in the test's own directory (the path is relative to the config).
+            text.push_str("\n[incidents]\npath = \"incidents.db\"\n");
+        }
+        std::fs::write(dir.path().join("parkwatch.toml"), text).unwrap();
         let mut gw = Self { api, dir, child: None };
         gw.restart();
         gw

@@ -3,6 +3,7 @@
 //! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
 //! never touch point state directly.
 
+mod incidents;
 mod metrics;
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -30,19 +31,32 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Weak, so the API never keeps the core channel open at shutdown.
     pub batches: mpsc::WeakSender<Batch>,
+    /// The incident store, when rules run.
+    pub incidents: Option<crate::incident::IncidentStore>,
+    /// Recompiles the rule packs on request.
+    pub reloader: Option<crate::core::packs::Reloader>,
 }
 
 /// An error as clients see it: a status and a one-line message, never internals.
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
+    NotFound(String),
+    Conflict(String),
     Unavailable,
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Self::Conflict(m) => (StatusCode::CONFLICT, m),
+            Self::Internal(m) => {
+                tracing::error!(error = %m, "API request failed.");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the gateway log".to_owned())
+            }
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down".to_owned()),
         };
         (status, Json(json!({ "error": message }))).into_response()
@@ -64,6 +78,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/events", get(events))
         .route("/api/v1/rejects", get(rejects))
+        .route("/api/v1/incidents", get(incidents::list))
+        .route("/api/v1/incidents/{id}", get(incidents::one))
+        .route("/api/v1/incidents/{id}/ack", post(incidents::ack))
+        .route("/api/v1/incidents/{id}/shelve", post(incidents::shelve))
+        .route("/api/v1/incidents/{id}/comment", post(incidents::comment))
+        .route("/api/v1/incidents/{id}/close", post(incidents::close))
+        .route("/api/v1/rules", get(incidents::rules))
+        .route("/api/v1/rules/reload", post(incidents::reload))
         .with_state(state)
 }
 

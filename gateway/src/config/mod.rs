@@ -3,7 +3,7 @@
 //! Loading never stops at the first semantic problem: [`load`] collects every problem with the file,
 //! the key path and what was expected, so `parkwatch check` can list them all at once.
 
-mod validate;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +31,12 @@ pub struct Config {
     pub api: Api,
     #[serde(default)]
     pub core: Core,
+    /// Alarm rules: packs, parameters, calendar, maintenance windows.
+    #[serde(default)]
+    pub rules: Rules,
+    /// Where incidents are kept.
+    #[serde(default)]
+    pub incidents: Incidents,
 }
 
 /// The site (park) this gateway serves.
@@ -367,6 +373,140 @@ fn default_batch_samples() -> usize {
 }
 fn default_events_kept() -> usize {
     500
+}
+
+/// Alarm rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// Run the default packs built into the binary (electrical, emissions, access, quality).
+    #[serde(default = "yes")]
+    pub builtin: bool,
+    /// Directories whose `*.rhai` files are loaded too (relative to the config file).
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// Check the directories for changed files every this many seconds and reload; 0 = only on SIGHUP.
+    #[serde(default = "default_reload_secs")]
+    pub reload_secs: u64,
+    /// Start of the night period, local time `HH:MM` (GB 12348: 22:00).
+    #[serde(default = "default_night_start")]
+    pub night_start: String,
+    /// End of the night period, local time `HH:MM` (GB 12348: 06:00).
+    #[serde(default = "default_night_end")]
+    pub night_end: String,
+    /// Most samples a point keeps for window helpers (bounds memory per point).
+    #[serde(default = "default_window_cap")]
+    pub window_samples: usize,
+    /// This many alarm transitions within `chatter_window_secs` mark an alarm as chattering.
+    #[serde(default = "default_chatter_count")]
+    pub chatter_count: usize,
+    /// Seconds.
+    #[serde(default = "default_chatter_window")]
+    pub chatter_window_secs: u64,
+    /// Most operations one condition may take before it is stopped.
+    #[serde(default = "default_max_operations")]
+    pub max_operations: u64,
+    /// Parameter overrides; the most specific scope wins (device, grid, category, site).
+    #[serde(default)]
+    pub overrides: Vec<ParamOverride>,
+    /// Periods during which alarms of some devices are suppressed.
+    #[serde(default)]
+    pub maintenance: Vec<MaintenanceWindow>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            builtin: true,
+            dirs: Vec::new(),
+            reload_secs: default_reload_secs(),
+            night_start: default_night_start(),
+            night_end: default_night_end(),
+            window_samples: default_window_cap(),
+            chatter_count: default_chatter_count(),
+            chatter_window_secs: default_chatter_window(),
+            max_operations: default_max_operations(),
+            overrides: Vec::new(),
+            maintenance: Vec::new(),
+        }
+    }
+}
+
+fn default_reload_secs() -> u64 {
+    2
+}
+fn default_night_start() -> String {
+    "22:00".into()
+}
+fn default_night_end() -> String {
+    "06:00".into()
+}
+fn default_window_cap() -> usize {
+    20_000
+}
+fn default_chatter_count() -> usize {
+    6
+}
+fn default_chatter_window() -> u64 {
+    600
+}
+fn default_max_operations() -> u64 {
+    50_000
+}
+
+/// Parameters of one rule (or `*`: every rule that has them) for a scope.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamOverride {
+    /// Rule id, or `*`.
+    pub rule: String,
+    /// At most one of device, grid, category; none means the whole site.
+    pub device: Option<String>,
+    pub grid: Option<String>,
+    pub category: Option<String>,
+    /// Parameter values (numbers, strings, booleans).
+    pub params: BTreeMap<String, toml::Value>,
+}
+
+/// A maintenance window or an out-of-service period.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    #[serde(default)]
+    pub devices: Vec<String>,
+    #[serde(default)]
+    pub grids: Vec<String>,
+    /// RFC 3339 start.
+    pub from: String,
+    /// RFC 3339 end; absent = out of service until removed.
+    pub to: Option<String>,
+    /// Why (shown in logs).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The incident database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incidents {
+    /// SQLite file (relative to the config file); the systemd unit's StateDirectory is /var/lib/parkwatch.
+    #[serde(default = "default_incidents_path")]
+    pub path: PathBuf,
+}
+
+impl Default for Incidents {
+    fn default() -> Self {
+        Self { path: default_incidents_path() }
+    }
+}
+
+fn default_incidents_path() -> PathBuf {
+    // systemd's StateDirectory= sets STATE_DIRECTORY (colon-separated when there are several).
+    std::env::var("STATE_DIRECTORY")
+        .ok()
+        .and_then(|d| d.split(':').next().filter(|d| !d.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/parkwatch"))
+        .join("incidents.db")
 }
 
 /// A configuration that failed to load.

@@ -357,6 +357,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
         }
     }
 
+    validate_rules(config, base, &mut p);
     if config.core.channel_batches == 0 {
         p.push("core.channel_batches", "0; expected at least 1");
     }
@@ -378,5 +379,90 @@ fn check_pointer(ptr: &str, path: &str, p: &mut Problems) {
             path,
             format!("{ptr:?} is not a JSON pointer; expected \"\" or a path starting with '/', like \"/data/ua\""),
         );
+    }
+}
+
+/// Parses local `HH:MM` into minutes since midnight.
+pub fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
+}
+
+fn validate_rules(config: &mut Config, base: &Path, p: &mut Problems) {
+    let grids: Vec<&str> = config.grids.iter().map(|g| g.id.as_str()).collect();
+    let devices: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
+    let r = &mut config.rules;
+    for (key, v) in [("rules.night_start", &r.night_start), ("rules.night_end", &r.night_end)] {
+        if parse_hhmm(v).is_none() {
+            p.push(key, format!("\"{v}\"; expected local time as HH:MM, like \"22:00\""));
+        }
+    }
+    if r.window_samples == 0 {
+        p.push("rules.window_samples", "0; expected at least 1");
+    }
+    if r.max_operations < 100 {
+        p.push("rules.max_operations", format!("{}; expected at least 100", r.max_operations));
+    }
+    for d in &mut r.dirs {
+        if d.is_relative() {
+            *d = base.join(&*d);
+        }
+    }
+    for (i, d) in r.dirs.iter().enumerate() {
+        if !d.is_dir() {
+            p.push(format!("rules.dirs[{i}]"), format!("{} is not a directory", d.display()));
+        }
+    }
+    for (i, o) in r.overrides.iter().enumerate() {
+        let at = format!("rules.overrides[{i}]");
+        let scopes = [o.device.is_some(), o.grid.is_some(), o.category.is_some()].iter().filter(|x| **x).count();
+        if scopes > 1 {
+            p.push(at.clone(), "names more than one of device, grid, category; expected at most one");
+        }
+        if let Some(g) = &o.grid {
+            if !grids.contains(&g.as_str()) {
+                p.push(format!("{at}.grid"), format!("grid \"{g}\" is not defined"));
+            }
+        }
+        if let Some(d) = &o.device {
+            if !devices.contains(&d.as_str()) {
+                p.push(format!("{at}.device"), format!("device \"{d}\" is not defined"));
+            }
+        }
+        for (k, v) in &o.params {
+            if !matches!(
+                v,
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::String(_) | toml::Value::Boolean(_)
+            ) {
+                p.push(format!("{at}.params.{k}"), "expected a number, string or boolean");
+            }
+        }
+    }
+    for (i, m) in r.maintenance.iter().enumerate() {
+        let at = format!("rules.maintenance[{i}]");
+        if m.devices.is_empty() && m.grids.is_empty() {
+            p.push(at.clone(), "names no devices and no grids");
+        }
+        for (j, d) in m.devices.iter().enumerate() {
+            if !devices.contains(&d.as_str()) {
+                p.push(format!("{at}.devices[{j}]"), format!("device \"{d}\" is not defined"));
+            }
+        }
+        for (j, g) in m.grids.iter().enumerate() {
+            if !grids.contains(&g.as_str()) {
+                p.push(format!("{at}.grids[{j}]"), format!("grid \"{g}\" is not defined"));
+            }
+        }
+        for (key, v) in [("from", Some(&m.from)), ("to", m.to.as_ref())] {
+            if let Some(v) = v {
+                if chrono::DateTime::parse_from_rfc3339(v).is_err() {
+                    p.push(format!("{at}.{key}"), format!("\"{v}\"; expected RFC 3339 like 2026-11-24T08:00:00+08:00"));
+                }
+            }
+        }
+    }
+    if config.incidents.path.is_relative() {
+        config.incidents.path = base.join(&config.incidents.path);
     }
 }

@@ -1,16 +1,32 @@
-//! The core task: the one owner of point state (latest value, quality, timestamp per point) and of the
-//! recent events. Sources feed it batches through a bounded channel; the API asks it questions through
-//! a second channel. Nothing else touches the state, so the hot path takes no lock.
+//! The core task: the one owner of point state (latest value, quality, timestamp per point), of the
+//! recent events and of the rule engine with its alarms. Sources feed it batches through a bounded
+//! channel; the API asks it questions through a second channel. Nothing else touches the state, so the
+//! hot path takes no lock. Incident changes leave through the incident store's bounded channel.
+
+pub mod alarm;
+pub mod engine;
+pub mod packs;
+pub mod rules;
+pub mod window;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{error, info};
 
+use self::engine::{Action, ActionError, Engine, RuleStats};
+use self::rules::PackError;
+use crate::incident::IncidentStore;
 use crate::metrics::{add, Metrics};
 use crate::model::{Batch, DeviceId, Event, GridId, PointId, Quality, Registry};
+use crate::source::mqtt::now_ns;
 use crate::source::pool::SamplePool;
+
+/// How often alarm timers (on/off delays, shelving, periodic rules) are checked.
+const TICK: Duration = Duration::from_millis(50);
 
 /// The latest state of one point.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,6 +59,41 @@ pub enum Query {
     Points { filter: PointFilter, reply: oneshot::Sender<Vec<(PointId, PointState)>> },
     /// Recent events, newest first.
     Events { limit: usize, reply: oneshot::Sender<Vec<Event>> },
+    /// An operator acts on an incident; `Ok(false)` when no live alarm owns it.
+    Act { incident: i64, action: Action, who: String, reply: oneshot::Sender<Result<bool, ActionError>> },
+    /// The loaded rules with their counters, and the last load errors.
+    Rules { reply: oneshot::Sender<RulesReport> },
+    /// Swap in a new rule engine (a reload that compiled), keeping alarms of rules that remain.
+    Reload { engine: Box<Engine>, reply: oneshot::Sender<()> },
+    /// Record that a reload failed: the running rules stay.
+    ReloadFailed { errors: Vec<PackError>, reply: oneshot::Sender<()> },
+}
+
+/// What `GET /api/v1/rules` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RulesReport {
+    pub rules: Vec<RuleInfo>,
+    /// Errors of the last load or reload that failed (the running rules were kept).
+    pub errors: Vec<PackError>,
+    pub loaded_at: String,
+}
+
+/// One loaded rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleInfo {
+    pub id: String,
+    pub title: String,
+    pub category: String,
+    pub severity: alarm::Severity,
+    pub pack: String,
+    pub watch_points: Vec<String>,
+    pub watch_events: Vec<String>,
+    pub on_delay_ms: i64,
+    pub off_delay_ms: i64,
+    pub plan: String,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    #[serde(flatten)]
+    pub stats: RuleStats,
 }
 
 /// The core task has stopped and answers no more.
@@ -76,6 +127,45 @@ impl CoreHandle {
         self.tx.send(Query::Events { limit, reply }).await.map_err(|_| CoreStopped)?;
         rx.await.map_err(|_| CoreStopped)
     }
+
+    /// Asks the alarm owning `incident` to act; `Ok(Ok(false))` when none does.
+    ///
+    /// # Errors
+    /// [`CoreStopped`] once the core has shut down.
+    pub async fn act(
+        &self,
+        incident: i64,
+        action: Action,
+        who: String,
+    ) -> Result<Result<bool, ActionError>, CoreStopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Query::Act { incident, action, who, reply }).await.map_err(|_| CoreStopped)?;
+        rx.await.map_err(|_| CoreStopped)
+    }
+
+    /// The loaded rules.
+    ///
+    /// # Errors
+    /// [`CoreStopped`] once the core has shut down.
+    pub async fn rules(&self) -> Result<RulesReport, CoreStopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Query::Rules { reply }).await.map_err(|_| CoreStopped)?;
+        rx.await.map_err(|_| CoreStopped)
+    }
+
+    /// Swaps in a freshly compiled engine, or records why a reload failed.
+    ///
+    /// # Errors
+    /// [`CoreStopped`] once the core has shut down.
+    pub async fn reload(&self, result: Result<Engine, Vec<PackError>>) -> Result<(), CoreStopped> {
+        let (reply, rx) = oneshot::channel();
+        let q = match result {
+            Ok(engine) => Query::Reload { engine: Box::new(engine), reply },
+            Err(errors) => Query::ReloadFailed { errors, reply },
+        };
+        self.tx.send(q).await.map_err(|_| CoreStopped)?;
+        rx.await.map_err(|_| CoreStopped)
+    }
 }
 
 /// Point state and the recent events.
@@ -86,6 +176,10 @@ pub struct Core {
     events_kept: usize,
     metrics: Arc<Metrics>,
     pool: Arc<SamplePool>,
+    engine: Option<Engine>,
+    pack_names: Vec<String>,
+    load_errors: Vec<PackError>,
+    loaded_at: i64,
 }
 
 impl Core {
@@ -98,6 +192,30 @@ impl Core {
             events_kept,
             metrics,
             pool,
+            engine: None,
+            pack_names: Vec::new(),
+            load_errors: Vec::new(),
+            loaded_at: 0,
+        }
+    }
+
+    /// Runs `engine`'s rules on every batch from now on.
+    pub fn with_engine(mut self, engine: Engine, pack_names: Vec<String>) -> Self {
+        self.engine = Some(engine);
+        self.pack_names = pack_names;
+        self.loaded_at = now_ns();
+        self
+    }
+
+    /// Takes the incident changes the rules produced, to persist them.
+    pub fn take_changes(&mut self) -> Vec<engine::Change> {
+        self.engine.as_mut().map(Engine::take_changes).unwrap_or_default()
+    }
+
+    /// Advances alarm timers to `now`.
+    pub fn tick(&mut self, now: i64) {
+        if let Some(e) = &mut self.engine {
+            e.tick(&self.states, now);
         }
     }
 
@@ -112,7 +230,18 @@ impl Core {
                 out_of_order += 1;
                 continue;
             }
+            let old = state.has_value.then_some(state.value);
             *state = PointState { value: s.value, ts: s.ts, quality: s.quality, has_value: true };
+            if let Some(e) = &mut self.engine {
+                e.on_sample(s, old);
+            }
+        }
+        if let Some(e) = &mut self.engine {
+            let now = now_ns();
+            e.evaluate_dirty(&self.states, now);
+            for ev in &batch.events {
+                e.on_event(ev, &self.states, now);
+            }
         }
         let m = &self.metrics.core;
         add(&m.batches, 1);
@@ -135,7 +264,7 @@ impl Core {
     }
 
     /// Answers one query.
-    pub fn answer(&self, query: Query) {
+    pub fn answer(&mut self, query: Query) {
         match query {
             Query::Points { filter, reply } => {
                 let reg = &self.registry;
@@ -158,15 +287,98 @@ impl Core {
             Query::Events { limit, reply } => {
                 let _ = reply.send(self.events.iter().rev().take(limit).cloned().collect());
             }
+            Query::Act { incident, action, who, reply } => {
+                let r = match &mut self.engine {
+                    Some(e) => e.act(incident, action, &who, now_ns()),
+                    None => Ok(false),
+                };
+                let _ = reply.send(r);
+            }
+            Query::Rules { reply } => {
+                let _ = reply.send(self.rules_report());
+            }
+            Query::Reload { engine, reply } => {
+                let mut engine = *engine;
+                if let Some(old) = self.engine.take() {
+                    engine.adopt(old);
+                }
+                info!(rules = engine.rules().len(), "Rules reloaded.");
+                self.engine = Some(engine);
+                self.load_errors.clear();
+                self.loaded_at = now_ns();
+                let _ = reply.send(());
+            }
+            Query::ReloadFailed { errors, reply } => {
+                for e in &errors {
+                    error!(error = %e, "Rule reload failed; the running rules stay.");
+                }
+                if let Some(engine) = &mut self.engine {
+                    let msg = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    engine.system_incident(
+                        now_ns(),
+                        "reload",
+                        DeviceId(u32::MAX),
+                        format!("rule reload failed, running rules kept: {msg}"),
+                    );
+                }
+                self.load_errors = errors;
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn rules_report(&self) -> RulesReport {
+        let Some(e) = &self.engine else {
+            return RulesReport { errors: self.load_errors.clone(), ..RulesReport::default() };
+        };
+        let stats = e.stats();
+        let rules = e
+            .rules()
+            .iter()
+            .zip(stats)
+            .map(|(r, stats)| RuleInfo {
+                id: r.id.clone(),
+                title: r.title.clone(),
+                category: r.category.clone(),
+                severity: r.severity,
+                pack: e.pack_name(r.pack).to_owned(),
+                watch_points: r.watch.points.clone(),
+                watch_events: r.watch.events.clone(),
+                on_delay_ms: r.behaviour.on_delay / 1_000_000,
+                off_delay_ms: r.behaviour.off_delay / 1_000_000,
+                plan: r.plan.clone(),
+                params: r
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::to_value(v.to_string()).unwrap_or_default()))
+                    .map(|(k, v)| {
+                        let num = v.as_str().and_then(|s| s.parse::<f64>().ok()).and_then(serde_json::Number::from_f64);
+                        (k, num.map_or(v, serde_json::Value::Number))
+                    })
+                    .collect(),
+                stats,
+            })
+            .collect();
+        RulesReport {
+            rules,
+            errors: self.load_errors.clone(),
+            loaded_at: crate::source::mqtt::decode::fmt_ns(self.loaded_at),
         }
     }
 }
 
-/// Starts the core task; it ends when every batch sender is gone and the channel is drained.
-pub fn spawn(mut core: Core, mut batches: mpsc::Receiver<Batch>) -> (CoreHandle, tokio::task::JoinHandle<()>) {
+/// Starts the core task; it ends when every batch sender is gone and the channel is drained. Incident
+/// changes go to `store` (in order, waiting for room: back-pressure, never a silent drop).
+pub fn spawn(
+    mut core: Core,
+    mut batches: mpsc::Receiver<Batch>,
+    store: Option<IncidentStore>,
+) -> (CoreHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut queries) = mpsc::channel::<Query>(64);
     let task = tokio::spawn(async move {
         let mut applied: u64 = 0;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Batches first, so an answer reflects everything already handed over; every 64 batches
             // the queries get a turn, so a flood of samples cannot starve the API.
@@ -184,10 +396,32 @@ pub fn spawn(mut core: Core, mut batches: mpsc::Receiver<Batch>) -> (CoreHandle,
                     }
                     None => break,
                 },
+                _ = tick.tick(), if core.engine.is_some() => core.tick(now_ns()),
                 Some(q) = queries.recv() => core.answer(q),
             }
+            persist(&mut core, store.as_ref()).await;
         }
+        persist(&mut core, store.as_ref()).await;
         info!(samples = core.metrics.core.samples.load(std::sync::atomic::Ordering::Relaxed), "Core stopped.");
     });
     (CoreHandle { tx }, task)
+}
+
+async fn persist(core: &mut Core, store: Option<&IncidentStore>) {
+    let changes = core.take_changes();
+    if changes.is_empty() {
+        return;
+    }
+    match store {
+        Some(s) => {
+            if let Err(e) = s.apply(changes).await {
+                crate::incident::warn_stopped(&e);
+            }
+        }
+        None => {
+            for c in changes {
+                info!(change = ?c, "Incident change (no store configured).");
+            }
+        }
+    }
 }

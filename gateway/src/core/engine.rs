@@ -1,0 +1,882 @@
+//! The rule engine: which rules run for which point, evaluating them once per source device when a
+//! watched point changes, driving each (rule, source) alarm, and turning alarm outcomes into incident
+//! changes. Synchronous and clock-free (every call takes `now`), so the live core and the offline
+//! `parkwatch rules test` runner drive the very same code.
+//!
+//! A rule that fails (runtime error, operation limit) is disabled for that source only and raises a
+//! `system` incident; the other rules and sources keep running.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rhai::Dynamic;
+use serde::Serialize;
+
+use super::alarm::{Alarm, Outcome, Severity, State};
+use super::rules::{self, Calendar, Ctx, EvalEnv, Rule, RuleSet};
+use super::window::Window;
+use super::PointState;
+use crate::model::{DeviceId, Event, PointId, Registry, Sample};
+
+/// Most recent events kept per device for `events(kind, span)`.
+const DEVICE_EVENTS_KEPT: usize = 256;
+
+/// A parameter override from the config, most specific wins: device, grid, category, site.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// Rule id, or `*` for every rule that has the parameter.
+    pub rule: String,
+    pub scope: Scope,
+    pub params: BTreeMap<String, Dynamic>,
+}
+
+/// Where an override or a maintenance window applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Site,
+    Category(String),
+    Grid(String),
+    Device(String),
+}
+
+impl Scope {
+    fn rank(&self) -> u8 {
+        match self {
+            Self::Site => 0,
+            Self::Category(_) => 1,
+            Self::Grid(_) => 2,
+            Self::Device(_) => 3,
+        }
+    }
+
+    fn covers(&self, registry: &Registry, device: DeviceId) -> bool {
+        let d = registry.device(device);
+        match self {
+            Self::Site => true,
+            Self::Category(c) => d.category == *c,
+            Self::Grid(g) => registry.grid(d.grid).id == *g,
+            Self::Device(id) => d.id == *id,
+        }
+    }
+}
+
+/// A period during which alarms of the covered devices are suppressed (maintenance, out of service).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Maintenance {
+    pub scope: Scope,
+    pub from: i64,
+    /// `None`: until further notice (out of service).
+    pub to: Option<i64>,
+}
+
+/// Engine settings from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub calendar: Calendar,
+    /// Most samples a point's window keeps.
+    pub window_cap: usize,
+    pub chatter_count: usize,
+    pub chatter_window: i64,
+    pub overrides: Vec<Override>,
+    pub maintenance: Vec<Maintenance>,
+}
+
+/// A change to an incident, to be persisted before anybody is told.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// A new incident.
+    Open(NewIncident),
+    /// Something happened to an existing incident.
+    Update(IncidentUpdate),
+}
+
+/// A new incident, as raised.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewIncident {
+    pub id: i64,
+    pub at: i64,
+    pub rule: String,
+    pub title: String,
+    pub category: String,
+    pub severity: Severity,
+    pub state: State,
+    pub device: String,
+    pub grid: String,
+    pub point: String,
+    pub value: f64,
+    pub message: String,
+    pub plan: String,
+}
+
+/// One transition or note on an incident.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentUpdate {
+    pub id: i64,
+    pub at: i64,
+    /// raised, reactivated, escalated, returned, acked, closed, chattering, shelved, unshelved, comment.
+    pub kind: &'static str,
+    /// The state after this change; `None` when the change does not move it (a comment).
+    pub state: Option<State>,
+    pub severity: Option<Severity>,
+    pub value: Option<f64>,
+    pub peak: Option<f64>,
+    pub who: Option<String>,
+    pub note: Option<String>,
+    /// For `shelved`: until when (UTC ns).
+    pub shelved_until: Option<i64>,
+}
+
+/// An incident restored from the store at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenIncident {
+    pub id: i64,
+    pub rule: String,
+    pub device: String,
+    pub state: State,
+    pub severity: Severity,
+    pub shelved_until: Option<i64>,
+    pub peak: f64,
+}
+
+/// Per-rule counters for `GET /api/v1/rules`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuleStats {
+    pub evaluations: u64,
+    pub errors: u64,
+    pub eval_ns: u64,
+    pub sources: usize,
+    pub disabled_sources: usize,
+}
+
+/// One (rule, source device) pair and its alarm.
+#[derive(Debug)]
+struct Slot {
+    rule: u32,
+    device: DeviceId,
+    alarm: Alarm,
+    params: Arc<BTreeMap<String, Dynamic>>,
+    incident: Option<i64>,
+    disabled: bool,
+    /// The triggering point of the last evaluation, and its value.
+    point: Option<PointId>,
+    value: f64,
+    peak: f64,
+    /// Restored from the store and not evaluated since.
+    restored: bool,
+}
+
+/// An operator's action on an incident.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Ack,
+    /// Shelve until this time (UTC ns).
+    Shelve(i64),
+    Unshelve,
+    Close,
+}
+
+/// Why an operator's action was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("incident {0} is not open")]
+    NotOpen(i64),
+    #[error("incident {0} is still active; acknowledge it, or shelve it")]
+    StillActive(i64),
+}
+
+/// The rule engine.
+pub struct Engine {
+    set: RuleSet,
+    registry: Arc<Registry>,
+    settings: Settings,
+    slots: Vec<Slot>,
+    /// Slots to evaluate when a point changes.
+    point_slots: Vec<Vec<u32>>,
+    /// Slots to evaluate on an event, by device and kind.
+    event_slots: HashMap<(DeviceId, String), Vec<u32>>,
+    /// Slots of periodic rules and when each rule is due next.
+    periodic: Vec<(u32, i64, Vec<u32>)>,
+    windows: Vec<Window>,
+    prev: Vec<f64>,
+    device_events: HashMap<DeviceId, VecDeque<(String, i64)>>,
+    dirty: Vec<u32>,
+    dirty_mark: Vec<bool>,
+    by_incident: HashMap<i64, u32>,
+    next_incident: i64,
+    stats: Vec<RuleStats>,
+    changes: Vec<Change>,
+    outcomes: Vec<Outcome>,
+    suppressed_checked: i64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("rules", &self.set.rules.len()).field("slots", &self.slots.len()).finish()
+    }
+}
+
+impl Engine {
+    /// Builds the index from points and events to (rule, device) slots.
+    pub fn new(set: RuleSet, registry: Arc<Registry>, settings: Settings, next_incident: i64) -> Self {
+        let n_points = registry.points.len();
+        let mut e = Self {
+            set,
+            registry,
+            settings,
+            slots: Vec::new(),
+            point_slots: vec![Vec::new(); n_points],
+            event_slots: HashMap::new(),
+            periodic: Vec::new(),
+            windows: Vec::new(),
+            prev: vec![f64::NAN; n_points],
+            device_events: HashMap::new(),
+            dirty: Vec::new(),
+            dirty_mark: Vec::new(),
+            by_incident: HashMap::new(),
+            next_incident: next_incident.max(1),
+            stats: Vec::new(),
+            changes: Vec::new(),
+            outcomes: Vec::new(),
+            suppressed_checked: i64::MIN,
+        };
+        e.index();
+        e
+    }
+
+    fn index(&mut self) {
+        let reg = self.registry.clone();
+        let mut retention = vec![0i64; reg.points.len()];
+        self.stats = vec![RuleStats::default(); self.set.rules.len()];
+        for (ri, rule) in self.set.rules.iter().enumerate() {
+            let mut rule_slots = Vec::new();
+            for (di, dev) in reg.devices.iter().enumerate() {
+                let device = DeviceId(di as u32);
+                let w = &rule.watch;
+                if !w.categories.is_empty() && !w.categories.contains(&dev.category) {
+                    continue;
+                }
+                if !w.grids.is_empty() && !w.grids.contains(&reg.grid(dev.grid).id) {
+                    continue;
+                }
+                if !w.tags.iter().all(|(k, v)| dev.tags.get(k) == Some(v)) {
+                    continue;
+                }
+                let points: Vec<PointId> = w.points.iter().filter_map(|p| reg.point_of(device, p)).collect();
+                if !w.points.is_empty() && points.is_empty() {
+                    continue;
+                }
+                let slot = self.slots.len() as u32;
+                let params = Arc::new(resolve_params(rule, &self.settings.overrides, &reg, device));
+                self.slots.push(Slot {
+                    rule: ri as u32,
+                    device,
+                    alarm: Alarm::default(),
+                    params,
+                    incident: None,
+                    disabled: false,
+                    point: None,
+                    value: f64::NAN,
+                    peak: f64::NAN,
+                    restored: false,
+                });
+                for p in points {
+                    self.point_slots[p.0 as usize].push(slot);
+                }
+                // Window helpers may name any point of the device.
+                if rule.window > 0 {
+                    for p in dev.points.clone() {
+                        retention[p as usize] = retention[p as usize].max(rule.window);
+                    }
+                }
+                for kind in &w.events {
+                    self.event_slots.entry((device, kind.clone())).or_default().push(slot);
+                }
+                rule_slots.push(slot);
+            }
+            self.stats[ri].sources = rule_slots.len();
+            if rule.every > 0 {
+                self.periodic.push((ri as u32, i64::MIN, rule_slots));
+            }
+        }
+        let cap = self.settings.window_cap;
+        self.windows = retention.into_iter().map(|r| Window::new(r, cap)).collect();
+        self.dirty_mark = vec![false; self.slots.len()];
+        for s in &mut self.slots {
+            let b = &mut self.set.rules[s.rule as usize].behaviour;
+            b.chatter_count = self.settings.chatter_count;
+            b.chatter_window = self.settings.chatter_window;
+        }
+    }
+
+    /// The loaded rules.
+    pub fn rules(&self) -> &[Rule] {
+        &self.set.rules
+    }
+
+    /// Per-rule counters, in the order of [`Engine::rules`].
+    pub fn stats(&self) -> Vec<RuleStats> {
+        let mut s = self.stats.clone();
+        for st in &mut s {
+            st.disabled_sources = 0;
+        }
+        for slot in self.slots.iter().filter(|s| s.disabled) {
+            s[slot.rule as usize].disabled_sources += 1;
+        }
+        s
+    }
+
+    /// The next incident id this engine will hand out.
+    pub fn next_incident(&self) -> i64 {
+        self.next_incident
+    }
+
+    /// Takes the incident changes produced so far.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Whether changes are waiting to be taken.
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty()
+    }
+
+    /// Records a sample that the core accepted; `old` is the point's value before it.
+    pub fn on_sample(&mut self, s: &Sample, old: Option<f64>) {
+        let i = s.point.0 as usize;
+        if let Some(p) = self.prev.get_mut(i) {
+            *p = old.unwrap_or(f64::NAN);
+        }
+        if let Some(w) = self.windows.get_mut(i) {
+            w.push(s.ts, s.value);
+        }
+        if let Some(slots) = self.point_slots.get(i) {
+            for &slot in slots {
+                let m = &mut self.dirty_mark[slot as usize];
+                if !*m {
+                    *m = true;
+                    self.dirty.push(slot);
+                }
+                let sl = &mut self.slots[slot as usize];
+                sl.point = Some(s.point);
+            }
+        }
+    }
+
+    /// Evaluates every slot a sample touched since the last call, once each.
+    pub fn evaluate_dirty(&mut self, states: &[PointState], now: i64) {
+        self.check_maintenance(now);
+        let dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            self.dirty_mark[slot as usize] = false;
+            let sl = &self.slots[slot as usize];
+            let ctx = Ctx {
+                device: sl.device,
+                point: sl.point,
+                ts: sl.point.map_or(now, |p| states[p.0 as usize].ts),
+                event: None,
+            };
+            self.evaluate(slot, ctx, states, now, false);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Evaluates the rules watching this event kind on its device.
+    pub fn on_event(&mut self, event: &Event, states: &[PointState], now: i64) {
+        self.check_maintenance(now);
+        let q = self.device_events.entry(event.device).or_default();
+        if q.len() >= DEVICE_EVENTS_KEPT {
+            q.pop_front();
+        }
+        q.push_back((event.kind.clone(), event.ts));
+        let Some(slots) = self.event_slots.get(&(event.device, event.kind.clone())).cloned() else {
+            return;
+        };
+        let ev = Arc::new(event.clone());
+        for slot in slots {
+            let ctx = Ctx { device: event.device, point: None, ts: event.ts, event: Some(ev.clone()) };
+            self.evaluate(slot, ctx, states, now, true);
+        }
+    }
+
+    /// Advances timers (on/off delays, shelving, periodic rules) to `now`.
+    pub fn tick(&mut self, states: &[PointState], now: i64) {
+        self.check_maintenance(now);
+        for i in 0..self.periodic.len() {
+            let (rule, due, _) = self.periodic[i];
+            if now < due {
+                continue;
+            }
+            let every = self.set.rules[rule as usize].every;
+            self.periodic[i].1 = now + every;
+            let slots = self.periodic[i].2.clone();
+            for slot in slots {
+                let ctx = Ctx { device: self.slots[slot as usize].device, point: None, ts: now, event: None };
+                self.evaluate(slot, ctx, states, now, false);
+            }
+        }
+        for slot in 0..self.slots.len() {
+            let b = self.set.rules[self.slots[slot].rule as usize].behaviour;
+            if self.slots[slot].alarm.next_deadline(&b).is_some_and(|d| d <= now) {
+                let mut out = std::mem::take(&mut self.outcomes);
+                self.slots[slot].alarm.tick(&b, now, &mut out);
+                self.apply_outcomes(slot as u32, &mut out, now, None, None);
+                self.outcomes = out;
+            }
+        }
+    }
+
+    /// The earliest time at which [`Engine::tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<i64> {
+        let alarms =
+            self.slots.iter().filter_map(|s| s.alarm.next_deadline(&self.set.rules[s.rule as usize].behaviour)).min();
+        let periodic = self.periodic.iter().map(|p| p.1).min();
+        [alarms, periodic].into_iter().flatten().min()
+    }
+
+    fn check_maintenance(&mut self, now: i64) {
+        if self.settings.maintenance.is_empty() || now - self.suppressed_checked < 1_000_000_000 {
+            return;
+        }
+        self.suppressed_checked = now;
+        for slot in 0..self.slots.len() {
+            let device = self.slots[slot].device;
+            let suppressed = self
+                .settings
+                .maintenance
+                .iter()
+                .any(|m| m.from <= now && m.to.is_none_or(|t| now < t) && m.scope.covers(&self.registry, device));
+            let b = self.set.rules[self.slots[slot].rule as usize].behaviour;
+            let mut out = std::mem::take(&mut self.outcomes);
+            self.slots[slot].alarm.set_suppressed(&b, now, suppressed, &mut out);
+            self.apply_outcomes(slot as u32, &mut out, now, None, None);
+            self.outcomes = out;
+        }
+    }
+
+    fn evaluate(&mut self, slot: u32, ctx: Ctx, states: &[PointState], now: i64, is_event: bool) {
+        let si = slot as usize;
+        if self.slots[si].disabled {
+            return;
+        }
+        let ri = self.slots[si].rule as usize;
+        let rule = &self.set.rules[ri];
+        let no_events = VecDeque::new();
+        let dev_events = self.device_events.get(&ctx.device).unwrap_or(&no_events);
+        let (events_a, events_b) = dev_events.as_slices();
+        // Events live in a ring; the helper wants one slice.
+        let joined: Vec<(String, i64)>;
+        let device_events: &[(String, i64)] = if events_b.is_empty() {
+            events_a
+        } else {
+            joined = dev_events.iter().cloned().collect();
+            &joined
+        };
+        let env = EvalEnv {
+            registry: &self.registry,
+            states,
+            prev: &self.prev,
+            windows: &self.windows,
+            device_events,
+            params: &self.slots[si].params,
+            calendar: self.settings.calendar,
+            window: rule.window,
+            now,
+        };
+        let started = Instant::now();
+        let active = self.slots[si].alarm.state.is_active();
+        let result = rules::with_env(&env, || {
+            let (_, ast) = &self.set.packs[rule.pack];
+            let f = match (&rule.clear, active) {
+                (Some(clear), true) => {
+                    // Hysteresis: an active alarm holds until the clear condition says otherwise.
+                    return clear
+                        .call::<Dynamic>(&self.set.engine, ast, (ctx.clone(),))
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| {
+                            v.as_bool()
+                                .map_err(|t| format!("clear condition returned a {t}; expected a bool"))
+                                .map(|cleared| if cleared { None } else { Some(self.slots[si].alarm.severity) })
+                        })
+                        .and_then(|held| match held {
+                            // Still held: the condition may still escalate the severity.
+                            Some(sev) => rule
+                                .condition
+                                .call::<Dynamic>(&self.set.engine, ast, (ctx.clone(),))
+                                .map_err(|e| e.to_string())
+                                .and_then(|v| rules::verdict(v, rule.severity))
+                                .map(|c| Some(c.map_or(sev, |c| c.max(sev)))),
+                            None => Ok(None),
+                        });
+                }
+                _ => &rule.condition,
+            };
+            f.call::<Dynamic>(&self.set.engine, ast, (ctx.clone(),))
+                .map_err(|e| e.to_string())
+                .and_then(|v| rules::verdict(v, rule.severity))
+        });
+        let st = &mut self.stats[ri];
+        st.evaluations += 1;
+        st.eval_ns += started.elapsed().as_nanos() as u64;
+        let value = ctx.point.map_or(f64::NAN, |p| states[p.0 as usize].value);
+        match result {
+            Ok(condition) => {
+                let sl = &mut self.slots[si];
+                sl.value = value;
+                if sl.alarm.state.is_active() && !value.is_nan() {
+                    sl.peak = if sl.peak.is_nan() { value } else { sl.peak.max(value) };
+                }
+                let b = rule.behaviour;
+                let restored = std::mem::take(&mut sl.restored);
+                let mut out = std::mem::take(&mut self.outcomes);
+                sl.alarm.evaluate(&b, now, condition, &mut out);
+                // Events are instants: unless the rule holds its result, the condition ends with them.
+                if is_event && !rule.hold {
+                    sl.alarm.evaluate(&b, now, None, &mut out);
+                }
+                let note = (restored && condition.is_none() && out.contains(&Outcome::Returned))
+                    .then(|| "condition cleared while the gateway was down".to_string());
+                self.apply_outcomes(slot, &mut out, now, None, note);
+                self.outcomes = out;
+            }
+            Err(message) => {
+                st.errors += 1;
+                self.slots[si].disabled = true;
+                let rule = &self.set.rules[ri];
+                let device = self.registry.device(self.slots[si].device);
+                tracing::error!(rule = %rule.id, device = %device.id, error = %message, "Rule failed; disabled for this device.");
+                self.system_incident(
+                    now,
+                    &format!("rule.{}", rule.id),
+                    self.slots[si].device,
+                    format!(
+                        "rule \"{}\" failed on device \"{}\" and is disabled for it: {message}",
+                        rule.id, device.id
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Opens a `system` incident (a rule error, a failed reload, dropped data).
+    pub fn system_incident(&mut self, now: i64, rule: &str, device: DeviceId, message: String) {
+        let id = self.next_incident;
+        self.next_incident += 1;
+        let d = self.registry.devices.get(device.0 as usize);
+        self.changes.push(Change::Open(NewIncident {
+            id,
+            at: now,
+            rule: format!("system.{rule}"),
+            title: "parkwatch needs attention".into(),
+            category: "system".into(),
+            severity: Severity::Major,
+            state: State::ActiveUnacked,
+            device: d.map(|d| d.id.clone()).unwrap_or_default(),
+            grid: d.map(|d| self.registry.grid(d.grid).id.clone()).unwrap_or_default(),
+            point: String::new(),
+            value: f64::NAN,
+            message,
+            plan: String::new(),
+        }));
+    }
+
+    fn apply_outcomes(&mut self, slot: u32, out: &mut Vec<Outcome>, now: i64, who: Option<&str>, note: Option<String>) {
+        let mut note = note;
+        for o in out.drain(..) {
+            let si = slot as usize;
+            let sl = &self.slots[si];
+            let state = sl.alarm.state;
+            let (kind, severity) = match o {
+                Outcome::Raised { severity } => {
+                    let id = self.next_incident;
+                    self.next_incident += 1;
+                    let rule = &self.set.rules[sl.rule as usize];
+                    let dev = self.registry.device(sl.device);
+                    let grid = self.registry.grid(dev.grid).id.clone();
+                    let point = sl.point.map(|p| self.registry.point(p).name.clone()).unwrap_or_default();
+                    let message = render(&rule.message, &sl.params, &dev.id, &grid, &point, sl.value, severity);
+                    self.changes.push(Change::Open(NewIncident {
+                        id,
+                        at: now,
+                        rule: rule.id.clone(),
+                        title: rule.title.clone(),
+                        category: rule.category.clone(),
+                        severity,
+                        state,
+                        device: dev.id.clone(),
+                        grid,
+                        point,
+                        value: sl.value,
+                        message,
+                        plan: rule.plan.clone(),
+                    }));
+                    let sl = &mut self.slots[si];
+                    sl.incident = Some(id);
+                    sl.peak = sl.value;
+                    self.by_incident.insert(id, slot);
+                    continue;
+                }
+                Outcome::Reactivated { severity } => ("reactivated", Some(severity)),
+                Outcome::Escalated { severity } => ("escalated", Some(severity)),
+                Outcome::Returned => ("returned", None),
+                Outcome::Acked => ("acked", None),
+                Outcome::Closed => ("closed", None),
+                Outcome::Chattering => ("chattering", None),
+                Outcome::Shelved { .. } => ("shelved", None),
+                Outcome::Unshelved => ("unshelved", None),
+            };
+            let Some(id) = sl.incident else { continue };
+            let peak = sl.peak;
+            let value = sl.value;
+            let shelved_until = match o {
+                Outcome::Shelved { until } => Some(until),
+                _ => None,
+            };
+            let note_here = if kind == "returned" { note.take() } else { None };
+            self.changes.push(Change::Update(IncidentUpdate {
+                id,
+                at: now,
+                kind,
+                state: Some(state),
+                severity,
+                value: (!value.is_nan()).then_some(value),
+                peak: (!peak.is_nan()).then_some(peak),
+                who: matches!(o, Outcome::Acked | Outcome::Shelved { .. } | Outcome::Unshelved)
+                    .then(|| who.map(str::to_owned))
+                    .flatten(),
+                note: note_here,
+                shelved_until,
+            }));
+            if matches!(o, Outcome::Closed) {
+                self.slots[si].incident = None;
+                self.slots[si].peak = f64::NAN;
+                self.by_incident.remove(&id);
+            }
+        }
+    }
+
+    /// An operator acts on an incident. Incidents without a live alarm (system incidents, rules that
+    /// are gone) are handled by the store; this returns `Ok(false)` for them.
+    ///
+    /// # Errors
+    /// The action does not apply in the alarm's state.
+    pub fn act(&mut self, incident: i64, action: Action, who: &str, now: i64) -> Result<bool, ActionError> {
+        let Some(&slot) = self.by_incident.get(&incident) else { return Ok(false) };
+        let si = slot as usize;
+        let b = self.set.rules[self.slots[si].rule as usize].behaviour;
+        let mut out = std::mem::take(&mut self.outcomes);
+        let alarm = &mut self.slots[si].alarm;
+        let result = match action {
+            Action::Ack => {
+                alarm.ack(&b, now, &mut out);
+                Ok(true)
+            }
+            Action::Shelve(until) => {
+                alarm.shelve(now, until, &mut out);
+                Ok(true)
+            }
+            Action::Unshelve => {
+                alarm.unshelve(&b, now, &mut out);
+                Ok(true)
+            }
+            Action::Close => match alarm.state {
+                State::ActiveUnacked | State::ActiveAcked => Err(ActionError::StillActive(incident)),
+                State::ReturnedUnacked => {
+                    alarm.ack(&b, now, &mut out);
+                    Ok(true)
+                }
+                State::Normal => Err(ActionError::NotOpen(incident)),
+            },
+        };
+        self.apply_outcomes(slot, &mut out, now, Some(who), None);
+        self.outcomes = out;
+        result
+    }
+
+    /// The file name of pack `i`.
+    pub fn pack_name(&self, i: usize) -> &str {
+        self.set.packs.get(i).map_or("", |p| p.0.as_str())
+    }
+
+    /// Takes over the state of the engine this one replaces (a reload): alarms of rules that remain
+    /// continue with their incidents, history windows and previous values carry over. Open incidents
+    /// whose rule is gone are closed with a note.
+    pub fn adopt(&mut self, mut old: Engine) {
+        self.next_incident = self.next_incident.max(old.next_incident);
+        self.changes.append(&mut old.changes);
+        if old.windows.len() == self.windows.len() {
+            for (new, old) in self.windows.iter_mut().zip(old.windows) {
+                if old.retention >= new.retention && old.retention > 0 {
+                    let retention = new.retention;
+                    *new = old;
+                    new.retention = retention;
+                }
+            }
+            self.prev = old.prev;
+        }
+        self.device_events = old.device_events;
+        let now = crate::source::mqtt::now_ns();
+        for old_slot in old.slots {
+            let rule_id = &old.set.rules[old_slot.rule as usize].id;
+            let found = self
+                .slots
+                .iter()
+                .position(|s| s.device == old_slot.device && self.set.rules[s.rule as usize].id == *rule_id);
+            match found {
+                Some(i) => {
+                    let s = &mut self.slots[i];
+                    s.alarm = old_slot.alarm;
+                    s.incident = old_slot.incident;
+                    s.peak = old_slot.peak;
+                    s.value = old_slot.value;
+                    s.point = old_slot.point;
+                    if let Some(id) = s.incident {
+                        self.by_incident.insert(id, i as u32);
+                    }
+                }
+                None => {
+                    if let Some(id) = old_slot.incident {
+                        self.changes.push(Change::Update(IncidentUpdate {
+                            id,
+                            at: now,
+                            kind: "closed",
+                            state: Some(State::Normal),
+                            severity: None,
+                            value: None,
+                            peak: None,
+                            who: None,
+                            note: Some(format!("rule \"{rule_id}\" was removed by a reload")),
+                            shelved_until: None,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Restores open incidents after a restart: the same alarm continues, no second incident. Returns
+    /// the ids that no longer match a rule and device, for the store to close.
+    pub fn restore(&mut self, open: &[OpenIncident]) -> Vec<i64> {
+        let mut orphans = Vec::new();
+        for inc in open {
+            self.next_incident = self.next_incident.max(inc.id + 1);
+            let slot = self.slots.iter().position(|s| {
+                self.set.rules[s.rule as usize].id == inc.rule && self.registry.device(s.device).id == inc.device
+            });
+            let Some(slot) = slot else {
+                orphans.push(inc.id);
+                continue;
+            };
+            let sl = &mut self.slots[slot];
+            if sl.incident.is_some() {
+                orphans.push(inc.id);
+                continue;
+            }
+            sl.alarm = Alarm::restored(inc.state, inc.severity);
+            sl.alarm.shelved_until = inc.shelved_until;
+            sl.incident = Some(inc.id);
+            sl.peak = inc.peak;
+            sl.restored = true;
+            self.by_incident.insert(inc.id, slot as u32);
+        }
+        orphans
+    }
+}
+
+fn resolve_params(
+    rule: &Rule,
+    overrides: &[Override],
+    registry: &Registry,
+    device: DeviceId,
+) -> BTreeMap<String, Dynamic> {
+    let mut params = rule.params.clone();
+    let mut applicable: Vec<&Override> =
+        overrides.iter().filter(|o| (o.rule == rule.id || o.rule == "*") && o.scope.covers(registry, device)).collect();
+    applicable.sort_by_key(|o| (o.scope.rank(), o.rule != "*"));
+    for o in applicable {
+        for (k, v) in &o.params {
+            if o.rule != "*" || params.contains_key(k) {
+                params.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    params
+}
+
+/// Fills `{value}`, `{device}`, `{grid}`, `{point}`, `{severity}` and `{<param>}` in a message template.
+fn render(
+    template: &str,
+    params: &BTreeMap<String, Dynamic>,
+    device: &str,
+    grid: &str,
+    point: &str,
+    value: f64,
+    severity: Severity,
+) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            rest = "";
+            break;
+        };
+        let key = &after[..close];
+        match key {
+            "value" => out.push_str(&fmt_value(value)),
+            "device" => out.push_str(device),
+            "grid" => out.push_str(grid),
+            "point" => out.push_str(point),
+            "severity" => out.push_str(severity.as_str()),
+            k => match params.get(k) {
+                Some(v) if v.is_float() => out.push_str(&fmt_value(v.as_float().unwrap_or(f64::NAN))),
+                Some(v) => out.push_str(&v.to_string()),
+                None => {
+                    out.push('{');
+                    out.push_str(k);
+                    out.push('}');
+                }
+            },
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn fmt_value(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_templates() {
+        let mut p = BTreeMap::new();
+        p.insert("limit_ma".to_string(), Dynamic::from(300.0));
+        assert_eq!(
+            render(
+                "{device} in {grid}: {value} mA > {limit_ma} mA ({unknown})",
+                &p,
+                "m1",
+                "g1",
+                "ir",
+                350.5,
+                Severity::Critical
+            ),
+            "m1 in g1: 350.50 mA > 300 mA ({unknown})"
+        );
+    }
+}

@@ -1,0 +1,630 @@
+//! Rule packs in Rhai: loading, compiling and sandboxing them, and the context a condition sees.
+//!
+//! A pack is a `.rhai` file that calls `rule(#{ ... })` once per rule. Metadata is data; the condition
+//! (and the optional clear condition) are closures over a context `ctx`. The engine has no module
+//! loader, no `eval`, and limits on operations, call depth and sizes, so a script can neither touch
+//! files or the network nor run away with the core.
+//!
+//! Helpers read the core's state through [`EvalEnv`], installed for the duration of one evaluation
+//! (see [`with_env`]); nothing in a script can keep a reference to it.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{TimeZone, Timelike};
+use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, Map, AST};
+
+use super::alarm::{Behaviour, Severity};
+use super::window::{Agg, Window};
+use crate::core::PointState;
+use crate::model::{DeviceId, Event, PointId, Quality, Registry};
+
+/// Categories a rule may declare.
+pub const CATEGORIES: [&str; 5] = ["electrical", "emission", "access", "equipment", "system"];
+
+/// A rule pack that failed to load.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PackError {
+    pub pack: String,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for PackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.rule {
+            Some(r) => write!(f, "{}: rule \"{r}\": {}", self.pack, self.message),
+            None => write!(f, "{}: {}", self.pack, self.message),
+        }
+    }
+}
+
+/// What a rule watches.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    pub points: Vec<String>,
+    pub events: Vec<String>,
+    pub categories: Vec<String>,
+    pub grids: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub title: String,
+    pub category: String,
+    pub severity: Severity,
+    pub pack: usize,
+    pub watch: Watch,
+    pub condition: FnPtr,
+    pub clear: Option<FnPtr>,
+    pub behaviour: Behaviour,
+    pub message: String,
+    pub plan: String,
+    pub params: BTreeMap<String, Dynamic>,
+    /// How much history (ns) the rule's window helpers may ask for.
+    pub window: i64,
+    /// Periodic evaluation (ns), for rules about silence (stale data); 0 = only on change.
+    pub every: i64,
+    /// For event rules: the result holds until another watched event says otherwise.
+    pub hold: bool,
+}
+
+/// Sandbox limits for rule scripts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_string: usize,
+    pub max_array: usize,
+    pub max_map: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_operations: 50_000, max_call_levels: 16, max_string: 4096, max_array: 1024, max_map: 256 }
+    }
+}
+
+/// Loaded rule packs: the engine, every pack's AST and the rules they declared.
+pub struct RuleSet {
+    pub engine: Engine,
+    pub packs: Vec<(String, AST)>,
+    pub rules: Vec<Rule>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet").field("packs", &self.packs.len()).field("rules", &self.rules.len()).finish()
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `1d` into ns.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i))?;
+    let n: f64 = num.parse().ok()?;
+    let mult = match unit {
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" | "min" => 60e9,
+        "h" => 3600e9,
+        "d" => 86_400e9,
+        _ => return None,
+    };
+    let ns = n * mult;
+    (0.0..400.0 * 86_400e9).contains(&ns).then_some(ns as i64)
+}
+
+/// A sandboxed engine with the helpers registered.
+pub fn engine(limits: Limits) -> Engine {
+    let mut e = Engine::new();
+    e.set_max_operations(limits.max_operations);
+    e.set_max_call_levels(limits.max_call_levels);
+    e.set_max_expr_depths(64, 32);
+    e.set_max_string_size(limits.max_string);
+    e.set_max_array_size(limits.max_array);
+    e.set_max_map_size(limits.max_map);
+    e.set_max_variables(256);
+    e.set_max_functions(256);
+    e.disable_symbol("eval");
+    e.on_print(|s| tracing::info!(script = s, "Rule print."));
+    e.on_debug(|s, src, pos| tracing::debug!(script = s, source = src.unwrap_or(""), %pos, "Rule debug."));
+    register_ctx(&mut e);
+    e
+}
+
+/// Compiles packs `(name, source)` into a rule set. All or nothing: any error fails the whole set.
+///
+/// # Errors
+/// Every problem found: syntax errors, bad metadata, duplicate rule ids.
+pub fn load(packs: &[(String, String)], limits: Limits) -> Result<RuleSet, Vec<PackError>> {
+    let mut engine = engine(limits);
+    let declared: Arc<Mutex<Vec<Map>>> = Arc::default();
+    {
+        let declared = declared.clone();
+        engine.register_fn("rule", move |m: Map| {
+            if let Ok(mut d) = declared.lock() {
+                d.push(m);
+            }
+        });
+    }
+    let mut errors = Vec::new();
+    let mut asts = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
+    for (pack_index, (name, source)) in packs.iter().enumerate() {
+        let err = |rule: Option<String>, message: String| PackError { pack: name.clone(), rule, message };
+        let ast = match engine.compile(source) {
+            Ok(ast) => ast,
+            Err(e) => {
+                errors.push(err(None, format!("syntax error: {e}")));
+                continue;
+            }
+        };
+        if let Ok(mut d) = declared.lock() {
+            d.clear();
+        }
+        if let Err(e) = engine.run_ast(&ast) {
+            errors.push(err(None, format!("pack failed to run: {e}")));
+            continue;
+        }
+        let maps = declared.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
+        if maps.is_empty() {
+            errors.push(err(None, "declares no rule (expected calls to rule(#{ id: ..., ... }))".into()));
+        }
+        for m in maps {
+            match rule_from_map(m, pack_index) {
+                Ok(r) => {
+                    if rules.iter().any(|x| x.id == r.id) {
+                        errors.push(err(Some(r.id.clone()), "duplicate rule id".into()));
+                    } else {
+                        rules.push(r);
+                    }
+                }
+                Err((id, message)) => errors.push(err(id, message)),
+            }
+        }
+        asts.push((name.clone(), ast));
+    }
+    if errors.is_empty() {
+        Ok(RuleSet { engine, packs: asts, rules })
+    } else {
+        Err(errors)
+    }
+}
+
+fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, String)> {
+    let id = take_str(&mut m, "id").map_err(|e| (None, e))?.ok_or((None, "missing `id`".to_string()))?;
+    let fail = |msg: String| (Some(id.clone()), msg);
+    let title = take_str(&mut m, "title").map_err(fail)?.unwrap_or_else(|| id.clone());
+    let category = take_str(&mut m, "category").map_err(fail)?.ok_or_else(|| fail("missing `category`".into()))?;
+    if !CATEGORIES.contains(&category.as_str()) {
+        return Err(fail(format!("category \"{category}\"; expected one of {}", CATEGORIES.join(", "))));
+    }
+    let severity = take_str(&mut m, "severity").map_err(fail)?.ok_or_else(|| fail("missing `severity`".into()))?;
+    let severity = Severity::parse(&severity)
+        .ok_or_else(|| fail(format!("severity \"{severity}\"; expected warning, minor, major or critical")))?;
+    let condition = match m.remove("condition") {
+        Some(c) if c.is_fnptr() => c.cast::<FnPtr>(),
+        Some(_) => return Err(fail("`condition` must be a closure like |ctx| ctx.value > 1.0".into())),
+        None => return Err(fail("missing `condition`".into())),
+    };
+    let clear = match m.remove("clear") {
+        Some(c) if c.is_fnptr() => Some(c.cast::<FnPtr>()),
+        Some(c) if c.is_unit() => None,
+        Some(_) => return Err(fail("`clear` must be a closure".into())),
+        None => None,
+    };
+    let duration = |m: &mut Map, key: &str| -> Result<i64, (Option<String>, String)> {
+        match take_str(m, key).map_err(fail)? {
+            Some(s) => parse_duration(&s).ok_or_else(|| {
+                fail(format!("`{key}` = \"{s}\"; expected a duration like \"500ms\", \"30s\", \"5m\", \"1h\""))
+            }),
+            None => Ok(0),
+        }
+    };
+    let on_delay = duration(&mut m, "on_delay")?;
+    let off_delay = duration(&mut m, "off_delay")?;
+    let window = duration(&mut m, "window")?;
+    let every = duration(&mut m, "every")?;
+    let latch = take_bool(&mut m, "latch").map_err(fail)?;
+    let hold = take_bool(&mut m, "hold").map_err(fail)?;
+    let message = take_str(&mut m, "message").map_err(fail)?.unwrap_or_else(|| title.clone());
+    let plan = take_str(&mut m, "plan").map_err(fail)?.unwrap_or_default();
+    let mut params = BTreeMap::new();
+    if let Some(p) = m.remove("params") {
+        let Some(p) = p.try_cast::<Map>() else { return Err(fail("`params` must be a map".into())) };
+        for (k, v) in p {
+            params.insert(k.to_string(), v);
+        }
+    }
+    let mut watch = Watch::default();
+    if let Some(w) = m.remove("watch") {
+        let Some(mut w) = w.try_cast::<Map>() else { return Err(fail("`watch` must be a map".into())) };
+        watch.points = take_list(&mut w, "points").map_err(fail)?;
+        watch.events = take_list(&mut w, "events").map_err(fail)?;
+        watch.categories = take_list(&mut w, "categories").map_err(fail)?;
+        watch.grids = take_list(&mut w, "grids").map_err(fail)?;
+        if let Some(t) = w.remove("tags") {
+            let Some(t) = t.try_cast::<Map>() else { return Err(fail("`watch.tags` must be a map".into())) };
+            for (k, v) in t {
+                watch.tags.insert(k.to_string(), v.to_string());
+            }
+        }
+        if let Some(k) = w.keys().next() {
+            return Err(fail(format!("unknown key `watch.{k}`; expected points, events, categories, grids, tags")));
+        }
+    }
+    if watch.points.is_empty() && watch.events.is_empty() {
+        return Err(fail("`watch` names no points and no events: the rule would never run".into()));
+    }
+    if !watch.points.is_empty() && !watch.events.is_empty() {
+        return Err(fail("`watch` names both points and events; split it into two rules".into()));
+    }
+    if let Some(k) = m.keys().next() {
+        return Err(fail(format!(
+            "unknown key `{k}`; expected id, title, category, severity, watch, condition, clear, on_delay, off_delay, \
+             window, every, latch, hold, message, plan, params"
+        )));
+    }
+    Ok(Rule {
+        id,
+        title,
+        category,
+        severity,
+        pack,
+        watch,
+        condition,
+        clear,
+        behaviour: Behaviour { on_delay, off_delay, latch, ..Behaviour::default() },
+        message,
+        plan,
+        params,
+        window,
+        every,
+        hold,
+    })
+}
+
+fn take_str(m: &mut Map, key: &str) -> Result<Option<String>, String> {
+    match m.remove(key) {
+        None => Ok(None),
+        Some(v) if v.is_string() => Ok(Some(v.into_string().unwrap_or_default())),
+        Some(v) => Err(format!("`{key}` must be a string, found {}", v.type_name())),
+    }
+}
+
+fn take_bool(m: &mut Map, key: &str) -> Result<bool, String> {
+    match m.remove(key) {
+        None => Ok(false),
+        Some(v) => v.as_bool().map_err(|t| format!("`{key}` must be true or false, found {t}")),
+    }
+}
+
+fn take_list(m: &mut Map, key: &str) -> Result<Vec<String>, String> {
+    match m.remove(key) {
+        None => Ok(Vec::new()),
+        Some(v) if v.is_string() => Ok(vec![v.to_string()]),
+        Some(v) => match v.try_cast::<rhai::Array>() {
+            Some(a) => Ok(a.into_iter().map(|x| x.to_string()).collect()),
+            None => Err(format!("`{key}` must be a list of strings")),
+        },
+    }
+}
+
+/// The park calendar: time zone and night hours (GB 12348: night 22:00–06:00 unless set otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct Calendar {
+    pub tz: chrono_tz::Tz,
+    pub night_start_min: u32,
+    pub night_end_min: u32,
+}
+
+impl Calendar {
+    /// Minutes since local midnight at `ts` (UTC ns).
+    pub fn local_minutes(&self, ts: i64) -> u32 {
+        let t = self.tz.timestamp_nanos(ts);
+        t.hour() * 60 + t.minute()
+    }
+
+    /// Whether `ts` falls in the night period.
+    pub fn is_night(&self, ts: i64) -> bool {
+        let m = self.local_minutes(ts);
+        if self.night_start_min > self.night_end_min {
+            m >= self.night_start_min || m < self.night_end_min
+        } else {
+            m >= self.night_start_min && m < self.night_end_min
+        }
+    }
+}
+
+/// What helpers may read during one evaluation.
+pub struct EvalEnv<'a> {
+    pub registry: &'a Registry,
+    pub states: &'a [PointState],
+    pub prev: &'a [f64],
+    pub windows: &'a [Window],
+    pub device_events: &'a [(String, i64)],
+    pub params: &'a BTreeMap<String, Dynamic>,
+    pub calendar: Calendar,
+    /// The rule's declared window (ns): helpers may not ask for more.
+    pub window: i64,
+    /// Wall-clock now (UTC ns).
+    pub now: i64,
+}
+
+thread_local! {
+    static ENV: Cell<*const EvalEnv<'static>> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Runs `f` with `env` visible to the script helpers on this thread.
+pub fn with_env<R>(env: &EvalEnv<'_>, f: impl FnOnce() -> R) -> R {
+    struct Reset(*const EvalEnv<'static>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ENV.with(|c| c.set(self.0));
+        }
+    }
+    // The pointer only lives while `env` is borrowed here: it is reset on every exit path.
+    let ptr = (env as *const EvalEnv<'_>).cast::<EvalEnv<'static>>();
+    let _reset = Reset(ENV.with(|c| c.replace(ptr)));
+    f()
+}
+
+fn env<R>(f: impl FnOnce(&EvalEnv<'_>) -> Result<R, Box<EvalAltResult>>) -> Result<R, Box<EvalAltResult>> {
+    let ptr = ENV.with(Cell::get);
+    if ptr.is_null() {
+        return Err("rule helpers are only available while a rule is evaluated".into());
+    }
+    // SAFETY: `with_env` installs the pointer for exactly the duration of a borrow of a live
+    // `EvalEnv` on this thread and resets it before that borrow ends.
+    f(unsafe { &*ptr })
+}
+
+/// The context a condition sees: which device and point triggered it, and when.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub device: DeviceId,
+    pub point: Option<PointId>,
+    /// Time of the triggering sample or event (UTC ns).
+    pub ts: i64,
+    pub event: Option<Arc<Event>>,
+}
+
+fn point_by_name(env: &EvalEnv<'_>, device: DeviceId, name: &str) -> Result<PointId, Box<EvalAltResult>> {
+    env.registry
+        .point_of(device, name)
+        .ok_or_else(|| format!("device \"{}\" has no point \"{name}\"", env.registry.device(device).id).into())
+}
+
+fn span(env: &EvalEnv<'_>, s: &str) -> Result<i64, Box<EvalAltResult>> {
+    let ns = parse_duration(s).ok_or_else(|| format!("\"{s}\" is not a duration like \"5m\""))?;
+    if ns > env.window {
+        return Err(format!("window \"{s}\" is longer than the rule's declared `window`").into());
+    }
+    Ok(ns)
+}
+
+fn aggregate(ctx: &Ctx, point: Option<&str>, agg: Agg, s: &str) -> Result<f64, Box<EvalAltResult>> {
+    env(|env| {
+        let p = match point {
+            Some(name) => point_by_name(env, ctx.device, name)?,
+            None => ctx.point.ok_or("this rule runs on events: name the point, e.g. avg(\"pm25\", \"24h\")")?,
+        };
+        let span = span(env, s)?;
+        Ok(env.windows.get(p.0 as usize).map_or(f64::NAN, |w| w.aggregate(agg, span, ctx.ts)))
+    })
+}
+
+fn register_ctx(e: &mut Engine) {
+    e.register_type_with_name::<Ctx>("Ctx");
+    e.register_get("value", |c: &mut Ctx| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| {
+            let p = c.point.ok_or("`value` needs a point; this rule runs on events")?;
+            Ok(env.states.get(p.0 as usize).map_or(f64::NAN, |s| if s.has_value { s.value } else { f64::NAN }))
+        })
+    });
+    e.register_get("prev", |c: &mut Ctx| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| {
+            let p = c.point.ok_or("`prev` needs a point; this rule runs on events")?;
+            Ok(env.prev.get(p.0 as usize).copied().unwrap_or(f64::NAN))
+        })
+    });
+    e.register_get("ts", |c: &mut Ctx| c.ts);
+    e.register_get("quality", |c: &mut Ctx| -> Result<String, Box<EvalAltResult>> {
+        env(|env| {
+            let q = c.point.and_then(|p| env.states.get(p.0 as usize)).map_or(Quality::Bad, |s| s.quality);
+            Ok(match q {
+                Quality::Good => "good",
+                Quality::Uncertain => "uncertain",
+                Quality::Bad => "bad",
+            }
+            .to_string())
+        })
+    });
+    e.register_get("point", |c: &mut Ctx| -> Result<String, Box<EvalAltResult>> {
+        env(|env| Ok(c.point.map(|p| env.registry.point(p).name.clone()).unwrap_or_default()))
+    });
+    e.register_get("device", |c: &mut Ctx| -> Result<String, Box<EvalAltResult>> {
+        env(|env| Ok(env.registry.device(c.device).id.clone()))
+    });
+    e.register_get("grid", |c: &mut Ctx| -> Result<String, Box<EvalAltResult>> {
+        env(|env| Ok(env.registry.grids[env.registry.device(c.device).grid.0 as usize].id.clone()))
+    });
+    e.register_get("category", |c: &mut Ctx| -> Result<String, Box<EvalAltResult>> {
+        env(|env| Ok(env.registry.device(c.device).category.clone()))
+    });
+    e.register_fn("tag", |c: &mut Ctx, k: &str| -> Result<String, Box<EvalAltResult>> {
+        env(|env| Ok(env.registry.device(c.device).tags.get(k).cloned().unwrap_or_default()))
+    });
+    e.register_get("kind", |c: &mut Ctx| c.event.as_ref().map(|e| e.kind.clone()).unwrap_or_default());
+    e.register_fn("attr", |c: &mut Ctx, k: &str| -> Dynamic {
+        c.event
+            .as_ref()
+            .and_then(|e| e.attributes.get(k))
+            .map(|v| match v {
+                serde_json::Value::String(s) => Dynamic::from(s.clone()),
+                serde_json::Value::Bool(b) => Dynamic::from(*b),
+                serde_json::Value::Number(n) => Dynamic::from(n.as_f64().unwrap_or(f64::NAN)),
+                other => Dynamic::from(other.to_string()),
+            })
+            .unwrap_or(Dynamic::UNIT)
+    });
+    e.register_fn("get", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| {
+            let p = point_by_name(env, c.device, name)?;
+            let s = env.states[p.0 as usize];
+            Ok(if s.has_value { s.value } else { f64::NAN })
+        })
+    });
+    e.register_fn("has", |c: &mut Ctx, name: &str| -> Result<bool, Box<EvalAltResult>> {
+        env(|env| Ok(env.registry.point_of(c.device, name).is_some_and(|p| env.states[p.0 as usize].has_value)))
+    });
+    e.register_fn("age", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| {
+            let p = point_by_name(env, c.device, name)?;
+            let s = env.states[p.0 as usize];
+            Ok(if s.has_value { (env.now - s.ts) as f64 / 1e9 } else { f64::INFINITY })
+        })
+    });
+    e.register_fn("skew", |c: &mut Ctx| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| Ok((env.now - c.ts) as f64 / 1e9))
+    });
+    e.register_fn("param", |_c: &mut Ctx, name: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+        env(|env| env.params.get(name).cloned().ok_or_else(|| format!("unknown parameter \"{name}\"").into()))
+    });
+    e.register_fn("is_night", |c: &mut Ctx| -> Result<bool, Box<EvalAltResult>> {
+        env(|env| Ok(env.calendar.is_night(c.ts)))
+    });
+    e.register_fn("local_hour", |c: &mut Ctx| -> Result<i64, Box<EvalAltResult>> {
+        env(|env| Ok(i64::from(env.calendar.local_minutes(c.ts) / 60)))
+    });
+    e.register_fn("events", |c: &mut Ctx, kind: &str, s: &str| -> Result<i64, Box<EvalAltResult>> {
+        env(|env| {
+            let span = span(env, s)?;
+            let start = c.ts.saturating_sub(span);
+            Ok(env.device_events.iter().filter(|(k, t)| k == kind && *t > start && *t <= c.ts).count() as i64)
+        })
+    });
+    for name in ["avg", "min", "max", "count", "delta", "rate", "leq"] {
+        let agg = Agg::parse(name).unwrap_or(Agg::Avg);
+        e.register_fn(name, move |c: &mut Ctx, s: &str| aggregate(c, None, agg, s));
+        e.register_fn(name, move |c: &mut Ctx, p: &str, s: &str| aggregate(c, Some(p), agg, s));
+    }
+    // Energy average of levels given directly, for scripts that combine points.
+    e.register_fn("leq_of", |a: rhai::Array| -> f64 {
+        let v: Vec<f64> = a.into_iter().filter_map(|x| x.as_float().ok()).collect();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        10.0 * (v.iter().map(|l| 10f64.powf(l / 10.0)).sum::<f64>() / v.len() as f64).log10()
+    });
+}
+
+/// Reads the result of a condition: `true` or a severity name holds, `false` or `()` does not.
+///
+/// # Errors
+/// Any other value, or an unknown severity name.
+pub fn verdict(v: Dynamic, default: Severity) -> Result<Option<Severity>, String> {
+    if v.is_unit() {
+        return Ok(None);
+    }
+    if let Ok(b) = v.as_bool() {
+        return Ok(b.then_some(default));
+    }
+    if v.is_string() {
+        let s = v.into_string().unwrap_or_default();
+        if s.is_empty() || s == "normal" {
+            return Ok(None);
+        }
+        return Severity::parse(&s)
+            .map(Some)
+            .ok_or_else(|| format!("condition returned \"{s}\"; expected a bool or warning/minor/major/critical"));
+    }
+    Err(format!("condition returned a {}; expected a bool or a severity name", v.type_name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(src: &str) -> Result<RuleSet, Vec<PackError>> {
+        load(&[("test.rhai".into(), src.into())], Limits::default())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(500_000_000));
+        assert_eq!(parse_duration("5m"), Some(300_000_000_000));
+        assert_eq!(parse_duration("1.5h"), Some(5_400_000_000_000));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn loads_a_rule() {
+        let set = pack(
+            r#"rule(#{ id: "x", category: "electrical", severity: "critical", watch: #{ points: ["ir"] },
+                       condition: |ctx| ctx.value > ctx.param("limit"), params: #{ limit: 300.0 },
+                       on_delay: "10s", window: "5m" });"#,
+        )
+        .unwrap();
+        assert_eq!(set.rules.len(), 1);
+        assert_eq!(set.rules[0].behaviour.on_delay, 10_000_000_000);
+        assert_eq!(set.rules[0].window, 300_000_000_000);
+    }
+
+    #[test]
+    fn reports_every_problem_with_the_rule() {
+        let errs = pack(
+            r#"rule(#{ id: "a", category: "fire", severity: "critical", watch: #{ points: ["x"] }, condition: |c| true });
+               rule(#{ id: "b", category: "electrical", severity: "huge", watch: #{ points: ["x"] }, condition: |c| true });
+               rule(#{ id: "c", category: "electrical", severity: "minor", watch: #{ points: ["x"] }, condition: |c| true, on_delay: "soon" });
+               rule(#{ id: "d", category: "electrical", severity: "minor", watch: #{}, condition: |c| true });"#,
+        )
+        .unwrap_err();
+        let rules: Vec<_> = errs.iter().map(|e| e.rule.clone().unwrap()).collect();
+        assert_eq!(rules, ["a", "b", "c", "d"], "{errs:?}");
+        assert!(errs[2].message.contains("on_delay"));
+    }
+
+    #[test]
+    fn syntax_error_names_the_pack() {
+        let errs = pack("rule(#{ id: ").unwrap_err();
+        assert_eq!(errs[0].pack, "test.rhai");
+        assert!(errs[0].message.starts_with("syntax error"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn no_eval_no_modules() {
+        assert!(pack(r#"eval("1"); rule(#{})"#).is_err());
+        assert!(pack(r#"import "x" as y;"#).is_err());
+    }
+
+    #[test]
+    fn runaway_pack_is_stopped() {
+        let errs = pack("loop { }").unwrap_err();
+        assert!(errs[0].message.contains("pack failed to run"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(Dynamic::from(true), Severity::Major), Ok(Some(Severity::Major)));
+        assert_eq!(verdict(Dynamic::from(false), Severity::Major), Ok(None));
+        assert_eq!(verdict(Dynamic::UNIT, Severity::Major), Ok(None));
+        assert_eq!(verdict(Dynamic::from("warning".to_string()), Severity::Major), Ok(Some(Severity::Warning)));
+        assert!(verdict(Dynamic::from(3_i64), Severity::Major).is_err());
+    }
+
+    #[test]
+    fn calendar_night_in_shanghai() {
+        let cal = Calendar { tz: chrono_tz::Asia::Shanghai, night_start_min: 22 * 60, night_end_min: 6 * 60 };
+        // 2026-06-01 13:59:59 UTC = 21:59:59 local: day; one second later: night.
+        let t = chrono::Utc.with_ymd_and_hms(2026, 6, 1, 13, 59, 59).unwrap().timestamp_nanos_opt().unwrap();
+        assert!(!cal.is_night(t));
+        assert!(cal.is_night(t + 1_000_000_000));
+    }
+}
