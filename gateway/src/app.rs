@@ -71,8 +71,18 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
 
     // Incidents first: the engine continues the alarms that were open when the gateway stopped.
     let (conn, open, next_incident) = incident::open(&config.incidents.path)?;
-    let (mut engine, pack_names) = packs::build(&config, registry.clone(), next_incident).map_err(AppError::Rules)?;
+    let (mut engine, pack_names, pack_errors) =
+        packs::build_lenient(&config, registry.clone(), next_incident).map_err(AppError::Rules)?;
     let orphans = engine.restore(&open);
+    for e in &pack_errors {
+        tracing::error!(error = %e, "Rule pack not loaded; the other packs run.");
+        engine.system_incident(
+            crate::source::mqtt::now_ns(),
+            "pack",
+            crate::model::DeviceId(u32::MAX),
+            format!("rule pack not loaded: {e}"),
+        );
+    }
     info!(
         rules = engine.rules().len(),
         packs = pack_names.len(),
@@ -87,7 +97,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         }
     }
     let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept)
-        .with_engine(engine, pack_names);
+        .with_engine(engine, pack_names)
+        .with_load_errors(pack_errors);
     let (handle, core_task) = core::spawn(core, rx, Some(store.clone()));
     let config = Arc::new(config);
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };

@@ -224,6 +224,20 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     }
 }
 
+/// `POST` JSON on the API: status and body.
+pub fn http_post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Result<(u16, String), String> {
+    let url = format!("http://{addr}{path}");
+    match ureq::post(&url)
+        .timeout(Duration::from_secs(10))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(r) => Ok((r.status(), r.into_string().map_err(|e| e.to_string())?)),
+        Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A real MQTT publisher (rumqttc), its connection driven by a thread; counts acknowledged QoS 1 messages.
 pub struct Publisher {
     client: Client,

@@ -207,6 +207,12 @@ impl Core {
         self
     }
 
+    /// Records problems of the initial load, shown with the rules.
+    pub fn with_load_errors(mut self, errors: Vec<PackError>) -> Self {
+        self.load_errors = errors;
+        self
+    }
+
     /// Takes the incident changes the rules produced, to persist them.
     pub fn take_changes(&mut self) -> Vec<engine::Change> {
         self.engine.as_mut().map(Engine::take_changes).unwrap_or_default()

@@ -135,6 +135,31 @@ fn toml_to_dynamic(v: &toml::Value) -> Dynamic {
     }
 }
 
+/// At start: loads every pack that compiles and reports the others, so one broken pack does not
+/// leave the park without its other rules. Returns the engine, the pack names and the problems.
+///
+/// # Errors
+/// Nothing at all could be loaded (unreadable directories).
+pub fn build_lenient(
+    config: &Config,
+    registry: Arc<Registry>,
+    next_incident: i64,
+) -> Result<(Engine, Vec<String>, Vec<PackError>), Vec<PackError>> {
+    let sources = sources(config.rules.builtin, &config.rules.dirs)?;
+    let limits = limits(config);
+    let (set, names, errors) = match rules::load(&sources, limits) {
+        Ok(set) => (set, sources.iter().map(|(n, _)| n.clone()).collect(), Vec::new()),
+        Err(errors) => {
+            let good: Vec<(String, String)> =
+                sources.into_iter().filter(|(n, _)| !errors.iter().any(|e| e.pack == *n)).collect();
+            let set = rules::load(&good, limits)?;
+            (set, good.into_iter().map(|(n, _)| n).collect(), errors)
+        }
+    };
+    let settings = settings(config, &registry);
+    Ok((Engine::new(set, registry, settings, next_incident), names, errors))
+}
+
 /// Loads and compiles the config's packs and builds an engine. All or nothing.
 ///
 /// # Errors

@@ -3,4 +3,5 @@
 mod config_check;
 mod demo;
 mod mqtt;
+mod rules;
 mod systemd;
