@@ -129,7 +129,8 @@ pub fn engine(limits: Limits) -> Engine {
     e.set_max_array_size(limits.max_array);
     e.set_max_map_size(limits.max_map);
     e.set_max_variables(256);
-    e.set_max_functions(256);
+    // Every condition closure is a function: a pack of a thousand rules needs a few thousand.
+    e.set_max_functions(20_000);
     e.disable_symbol("eval");
     e.on_print(|s| tracing::info!(script = s, "Rule print."));
     e.on_debug(|s, src, pos| tracing::debug!(script = s, source = src.unwrap_or(""), %pos, "Rule debug."));
