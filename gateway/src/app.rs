@@ -99,7 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept)
         .with_engine(engine, pack_names)
         .with_load_errors(pack_errors);
-    let (handle, core_task) = core::spawn(core, rx, Some(store.clone()));
+    let (handle, core_task) = core::spawn(core, rx, Some(store.clone()), None);
     let config = Arc::new(config);
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));

@@ -92,7 +92,7 @@ fn main() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let cpu0 = thread_cpu();
         rt.block_on(async move {
-            let (handle, task) = core::spawn(core, rx, Some(store2));
+            let (handle, task) = core::spawn(core, rx, Some(store2), None);
             handle_tx.send(handle).unwrap();
             task.await.unwrap();
         });
@@ -149,7 +149,7 @@ fn main() {
             sent += 1;
         }
         let t = Instant::now();
-        tx.blocking_send(Batch { samples, events: Vec::new() }).unwrap();
+        tx.blocking_send(Batch::new(samples, Vec::new())).unwrap();
         blocked += t.elapsed();
     }
     let elapsed = start.elapsed();

@@ -38,12 +38,16 @@ async fn app() -> (Router, mpsc::Sender<Batch>) {
     let registry = Arc::new(Registry::from_config(&config));
     let metrics = Arc::new(Metrics::new(vec![], vec![], 10));
     let (tx, rx) = mpsc::channel(4);
-    let (core, _task) =
-        crate::core::spawn(Core::new(registry.clone(), metrics.clone(), Arc::new(SamplePool::default()), 10), rx, None);
+    let (core, _task) = crate::core::spawn(
+        Core::new(registry.clone(), metrics.clone(), Arc::new(SamplePool::default()), 10),
+        rx,
+        None,
+        None,
+    );
     let state = AppState { registry, core, metrics, batches: tx.downgrade(), incidents: None, reloader: None };
     let ts = 1_700_000_000_000_000_000;
     let sample = |p: u32, value: f64| Sample { point: PointId(p), quality: Quality::Good, ts, value };
-    tx.send(Batch { samples: vec![sample(0, 229.5), sample(1, 1.0), sample(2, 61.2)], events: vec![] }).await.unwrap();
+    tx.send(Batch::new(vec![sample(0, 229.5), sample(1, 1.0), sample(2, 61.2)], vec![])).await.unwrap();
     (router(state), tx)
 }
 

@@ -226,7 +226,8 @@ impl Core {
     }
 
     /// Applies one batch: newer samples replace the latest value, older ones are counted and skipped.
-    pub fn apply(&mut self, batch: Batch) {
+    /// Returns the batch's samples (and its acknowledgement) for forwarding.
+    pub fn apply(&mut self, mut batch: Batch) -> Batch {
         let mut out_of_order = 0u64;
         for s in &batch.samples {
             let Some(state) = self.states.get_mut(s.point.0 as usize) else {
@@ -257,7 +258,7 @@ impl Core {
         }
         if !batch.events.is_empty() {
             add(&m.events, batch.events.len() as u64);
-            for e in batch.events {
+            for e in batch.events.drain(..) {
                 if self.events.len() >= self.events_kept {
                     self.events.pop_front();
                 }
@@ -266,6 +267,12 @@ impl Core {
                 }
             }
         }
+        batch
+    }
+
+    /// Done with a batch that is not forwarded: it is durable as far as this gateway goes.
+    pub fn finish(&self, mut batch: Batch) {
+        batch.confirm();
         self.pool.put(batch.samples);
     }
 
@@ -379,6 +386,7 @@ pub fn spawn(
     mut core: Core,
     mut batches: mpsc::Receiver<Batch>,
     store: Option<IncidentStore>,
+    forward: Option<mpsc::Sender<Batch>>,
 ) -> (CoreHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut queries) = mpsc::channel::<Query>(64);
     let task = tokio::spawn(async move {
@@ -392,7 +400,16 @@ pub fn spawn(
                 biased;
                 batch = batches.recv() => match batch {
                     Some(b) => {
-                        core.apply(b);
+                        let b = core.apply(b);
+                        match &forward {
+                            // Waiting for room here slows the sources: back-pressure from the outbox.
+                            Some(f) => {
+                                if let Err(mpsc::error::SendError(b)) = f.send(b).await {
+                                    core.pool.put(b.samples);
+                                }
+                            }
+                            None => core.finish(b),
+                        }
                         applied += 1;
                         if applied % 64 == 0 {
                             while let Ok(q) = queries.try_recv() {

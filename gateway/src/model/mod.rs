@@ -61,12 +61,27 @@ pub struct Event {
 pub struct Batch {
     pub samples: Vec<Sample>,
     pub events: Vec<Event>,
+    /// Fired once the batch is durable (in the outbox when forwarding, else applied to point state);
+    /// the source acknowledges the messages behind it only then.
+    pub ack: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Batch {
     /// A batch with room for `samples` samples.
     pub fn with_capacity(samples: usize) -> Self {
-        Self { samples: Vec::with_capacity(samples), events: Vec::new() }
+        Self { samples: Vec::with_capacity(samples), events: Vec::new(), ack: None }
+    }
+
+    /// A batch of these samples and events, with no acknowledgement waiting.
+    pub fn new(samples: Vec<Sample>, events: Vec<Event>) -> Self {
+        Self { samples, events, ack: None }
+    }
+
+    /// Tells the source that the batch is durable.
+    pub fn confirm(&mut self) {
+        if let Some(ack) = self.ack.take() {
+            let _ = ack.send(());
+        }
     }
 
     pub fn is_empty(&self) -> bool {

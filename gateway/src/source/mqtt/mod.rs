@@ -8,12 +8,14 @@
 pub mod decode;
 pub mod topic;
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, TlsConfiguration, Transport};
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -128,14 +130,22 @@ impl MqttSource {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 16 * 1024);
         let filters: Vec<SubscribeFilter> =
             self.subs.iter().map(|s| SubscribeFilter::new(s.decoder.pattern().filter().to_owned(), s.qos)).collect();
-        let mut batch = Batch { samples: self.pool.take(), events: Vec::new() };
+        let mut batch = Batch::new(self.pool.take(), Vec::new());
         let mut pending_acks: Vec<Publish> = Vec::new();
+        // Messages handed over, waiting for their batch to become durable before they are acknowledged,
+        // in order. Bounded by the core channel and the outbox's batching.
+        let mut waiting: VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)> = VecDeque::new();
         let mut rejects: Vec<Reject> = Vec::new();
         let mut backoff = self.reconnect_min;
         loop {
+            ack_ready(&mut waiting, &client);
             let polled = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                done = front_durable(&mut waiting) => {
+                    ack(done, &client);
+                    continue;
+                }
                 polled = eventloop.poll() => polled,
             };
             match polled {
@@ -169,12 +179,13 @@ impl MqttSource {
                     let m = &self.metrics.brokers[self.broker_index];
                     let was_connected = m.connected.swap(false, Ordering::Relaxed);
                     add(&m.connection_errors, 1);
-                    if self.flush(&mut batch, &client, &mut pending_acks).await.is_err() {
+                    if self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err() {
                         break;
                     }
                     // Unacknowledged messages come again on the next session; their acks died with
                     // the connection.
                     pending_acks.clear();
+                    waiting.clear();
                     let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
                     let wait = backoff + jitter;
                     if was_connected {
@@ -193,13 +204,20 @@ impl MqttSource {
             // Hand over what one network read produced, or a full batch; never wait for more input
             // while holding samples.
             if (eventloop.state.events.is_empty() || batch.len() >= self.batch_samples)
-                && self.flush(&mut batch, &client, &mut pending_acks).await.is_err()
+                && self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err()
             {
                 break;
             }
         }
-        // Shutdown: hand over what was read, acknowledge it, and leave the session cleanly.
-        let _ = self.flush(&mut batch, &client, &mut pending_acks).await;
+        // Shutdown: hand over what was read, acknowledge what became durable, leave the session cleanly.
+        let _ = self.flush(&mut batch, &mut pending_acks, &mut waiting).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while !waiting.is_empty() {
+                let done = front_durable(&mut waiting).await;
+                ack(done, &client);
+            }
+        })
+        .await;
         self.metrics.brokers[self.broker_index].connected.store(false, Ordering::Relaxed);
         if client.try_disconnect().is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -259,21 +277,71 @@ impl MqttSource {
         }
     }
 
-    /// Hands the batch to the core (waiting for room: back-pressure), then acknowledges its messages.
-    async fn flush(&self, batch: &mut Batch, client: &AsyncClient, acks: &mut Vec<Publish>) -> Result<(), ()> {
+    /// Hands the batch to the core (waiting for room: back-pressure). Its QoS 1 messages are
+    /// acknowledged once the batch is durable (see `ack_ready`).
+    async fn flush(
+        &self,
+        batch: &mut Batch,
+        acks: &mut Vec<Publish>,
+        waiting: &mut VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)>,
+    ) -> Result<(), ()> {
+        let mut durable = None;
         if !batch.is_empty() {
-            let full = std::mem::replace(batch, Batch { samples: self.pool.take(), events: Vec::new() });
+            let mut full = std::mem::replace(batch, Batch::new(self.pool.take(), Vec::new()));
+            if !acks.is_empty() {
+                let (tx, rx) = oneshot::channel();
+                full.ack = Some(tx);
+                durable = Some(rx);
+            }
             if self.tx.send(full).await.is_err() {
                 return Err(());
             }
         }
-        for p in acks.drain(..) {
-            if let Err(e) = client.try_ack(&p) {
-                // The broker will deliver the message again: at-least-once holds.
-                debug!(error = %e, "Could not queue an acknowledgement.");
-            }
+        if !acks.is_empty() {
+            // Messages that produced nothing (all rejected) are done now, but wait their turn.
+            waiting.push_back((durable, std::mem::take(acks)));
         }
         Ok(())
+    }
+}
+
+/// Waits until the oldest handed-over batch is durable (`true`) or dropped (`false`) and takes it off
+/// the queue; pending forever when none waits. Cancel-safe: the entry is taken only on completion.
+async fn front_durable(waiting: &mut VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)>) -> (bool, Vec<Publish>) {
+    let durable = match waiting.front_mut() {
+        Some((Some(rx), _)) => rx.await.is_ok(),
+        Some((None, _)) => true,
+        None => std::future::pending().await,
+    };
+    let acks = waiting.pop_front().map(|(_, a)| a).unwrap_or_default();
+    (durable, acks)
+}
+
+fn ack((durable, acks): (bool, Vec<Publish>), client: &AsyncClient) {
+    if !durable {
+        return;
+    }
+    for p in acks {
+        if let Err(e) = client.try_ack(&p) {
+            // The broker will deliver the message again: at-least-once holds.
+            debug!(error = %e, "Could not queue an acknowledgement.");
+        }
+    }
+}
+
+/// Acknowledges, in order, the messages whose batches are already durable, without waiting.
+fn ack_ready(waiting: &mut VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)>, client: &AsyncClient) {
+    while let Some((rx, _)) = waiting.front_mut() {
+        let durable = match rx {
+            None => true,
+            Some(rx) => match rx.try_recv() {
+                Ok(()) => true,
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Err(oneshot::error::TryRecvError::Closed) => false,
+            },
+        };
+        let acks = waiting.pop_front().map(|(_, a)| a).unwrap_or_default();
+        ack((durable, acks), client);
     }
 }
 
