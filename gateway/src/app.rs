@@ -35,6 +35,8 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error(transparent)]
     Incidents(#[from] StoreError),
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
     #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<PackError>),
 }
@@ -99,7 +101,16 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept)
         .with_engine(engine, pack_names)
         .with_load_errors(pack_errors);
-    let (handle, core_task) = core::spawn(core, rx, Some(store.clone()), None);
+    let forwarding = !config.forward.targets.is_empty();
+    let (fwd_tx, fwd_rx) = mpsc::channel(config.core.channel_batches);
+    let (handle, core_task) = core::spawn(core, rx, Some(store.clone()), forwarding.then(|| fwd_tx.clone()));
+    let forwarder = if forwarding {
+        let incidents = Some(store.subscribe());
+        Some(crate::forward::start(&config, registry.clone(), pool.clone(), fwd_rx, incidents, handle.clone())?)
+    } else {
+        drop(fwd_rx);
+        None
+    };
     let config = Arc::new(config);
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
@@ -110,6 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         batches: tx.downgrade(),
         incidents: Some(store.clone()),
         reloader: Some(reloader),
+        forward: forwarder.as_ref().map(|f| f.metrics.clone()),
     };
     let ctx = SourceContext {
         registry: registry.clone(),
@@ -149,6 +161,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let _ = reload_task.await;
     // Every sender is gone now: the core drains what is queued, persists its incident changes, stops.
     let _ = core_task.await;
+    // The last incident changes are committed and announced before the outbox stops taking them.
+    let _ = store.sync().await;
+    drop(fwd_tx);
+    if let Some(f) = forwarder {
+        let _ = tokio::task::spawn_blocking(move || f.stop()).await;
+    }
     api_stop.cancel();
     let served = tokio::time::timeout(Duration::from_secs(5), api).await;
     // The store thread ends once its last handle is gone; wait so every change is on disk.

@@ -8,6 +8,7 @@ pub mod app;
 pub mod broker;
 pub mod config;
 pub mod core;
+pub mod forward;
 pub mod incident;
 pub mod metrics;
 pub mod model;

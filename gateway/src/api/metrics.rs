@@ -98,5 +98,89 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
+    if let Some(f) = &st.forward {
+        forward(&mut out, f);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+}
+
+fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
+    let o = &f.outbox;
+    for (name, kind, help, v) in [
+        ("parkwatch_outbox_batches", "gauge", "Batches held in the outbox.", o.batches.load(Relaxed)),
+        ("parkwatch_outbox_bytes", "gauge", "Bytes of line protocol held in the outbox.", o.bytes.load(Relaxed)),
+        (
+            "parkwatch_outbox_committed_lines_total",
+            "counter",
+            "Lines committed to the outbox.",
+            o.committed_lines.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_dropped_batches_total",
+            "counter",
+            "Batches dropped unconfirmed (outbox full, too old, disk full).",
+            o.dropped_batches.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_dropped_bytes_total",
+            "counter",
+            "Bytes dropped unconfirmed.",
+            o.dropped_bytes.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_lost_lines_total",
+            "counter",
+            "Lines that could not be stored at all.",
+            o.lost_lines.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    let now = crate::source::mqtt::now_ns();
+    type Get = fn(&crate::forward::writer::TargetMetrics, i64) -> f64;
+    let series: [(&str, &str, &str, Get); 9] = [
+        ("parkwatch_forward_backlog_batches", "gauge", "Batches this target has not confirmed.", |t, _| {
+            t.backlog_batches.load(Relaxed) as f64
+        }),
+        ("parkwatch_forward_backlog_bytes", "gauge", "Bytes this target has not confirmed.", |t, _| {
+            t.backlog_bytes.load(Relaxed) as f64
+        }),
+        (
+            "parkwatch_forward_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest batch this target has not confirmed.",
+            |t, now| {
+                let o = t.oldest_ns.load(Relaxed);
+                if o > 0 {
+                    (now - o) as f64 / 1e9
+                } else {
+                    0.0
+                }
+            },
+        ),
+        ("parkwatch_forward_writes_total", "counter", "Batches the target confirmed.", |t, _| {
+            t.writes.load(Relaxed) as f64
+        }),
+        ("parkwatch_forward_lines_total", "counter", "Lines the target confirmed.", |t, _| {
+            t.lines.load(Relaxed) as f64
+        }),
+        ("parkwatch_forward_retries_total", "counter", "Failed writes that will be retried.", |t, _| {
+            t.retries.load(Relaxed) as f64
+        }),
+        ("parkwatch_forward_dead_letters_total", "counter", "Batches the target rejected as malformed.", |t, _| {
+            t.dead_letters.load(Relaxed) as f64
+        }),
+        ("parkwatch_forward_write_latency_seconds", "gauge", "Latency of the last confirmed write.", |t, _| {
+            t.last_latency_us.load(Relaxed) as f64 / 1e6
+        }),
+        ("parkwatch_forward_up", "gauge", "1 when the last write to the target succeeded.", |t, _| {
+            f64::from(u8::from(t.up.load(Relaxed)))
+        }),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for t in &f.targets {
+            let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", label(&t.id), get(t, now));
+        }
+    }
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub incidents: Option<crate::incident::IncidentStore>,
     /// Recompiles the rule packs on request.
     pub reloader: Option<crate::core::packs::Reloader>,
+    /// Forwarding counters, when forwarding is on.
+    pub forward: Option<Arc<crate::forward::ForwardMetrics>>,
 }
 
 /// An error as clients see it: a status and a one-line message, never internals.
@@ -85,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/incidents/{id}/comment", post(incidents::comment))
         .route("/api/v1/incidents/{id}/close", post(incidents::close))
         .route("/api/v1/rules", get(incidents::rules))
+        .route("/api/v1/forward", get(forward))
         .route("/api/v1/rules/reload", post(incidents::reload))
         .with_state(state)
 }
@@ -232,3 +235,58 @@ async fn rejects(State(st): State<AppState>) -> Json<Value> {
 
 #[cfg(test)]
 mod tests;
+
+async fn forward(State(st): State<AppState>) -> Json<Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(f) = st.forward.clone() else {
+        return Json(json!({ "enabled": false }));
+    };
+    let now = crate::source::mqtt::now_ns();
+    let o = &f.outbox;
+    let mut targets = Vec::new();
+    for t in &f.targets {
+        let path = f.outbox_path.clone();
+        let id = t.id.clone();
+        let dead = tokio::task::spawn_blocking(move || {
+            crate::forward::outbox::Cursor::open(&path, &id).and_then(|c| c.dead_letters(20)).unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
+        let writes = t.writes.load(Relaxed);
+        let oldest = t.oldest_ns.load(Relaxed);
+        targets.push(json!({
+            "id": t.id,
+            "url": t.url,
+            "up": t.up.load(Relaxed),
+            "backlog_batches": t.backlog_batches.load(Relaxed),
+            "backlog_bytes": t.backlog_bytes.load(Relaxed),
+            "oldest_age_secs": if oldest > 0 { (now - oldest) as f64 / 1e9 } else { 0.0 },
+            "writes": writes,
+            "lines": t.lines.load(Relaxed),
+            "retries": t.retries.load(Relaxed),
+            "dead_letters": t.dead_letters.load(Relaxed),
+            "last_latency_ms": t.last_latency_us.load(Relaxed) as f64 / 1e3,
+            "mean_latency_ms": if writes > 0 { t.latency_us_sum.load(Relaxed) as f64 / writes as f64 / 1e3 } else { 0.0 },
+            "last_error": t.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+            "recent_dead_letters": dead.iter().map(|(seq, at, status, message)| json!({
+                "seq": seq, "at": fmt_ns(*at), "status": status, "message": message
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    Json(json!({
+        "enabled": true,
+        "outbox": {
+            "path": f.outbox_path.display().to_string(),
+            "batches": o.batches.load(Relaxed),
+            "bytes": o.bytes.load(Relaxed),
+            "committed_batches": o.committed_batches.load(Relaxed),
+            "committed_lines": o.committed_lines.load(Relaxed),
+            "dropped_batches": o.dropped_batches.load(Relaxed),
+            "dropped_bytes": o.dropped_bytes.load(Relaxed),
+            "dropped_incidents": o.dropped_incidents.load(Relaxed),
+            "append_errors": o.append_errors.load(Relaxed),
+            "lost_lines": o.lost_lines.load(Relaxed),
+        },
+        "targets": targets,
+    }))
+}

@@ -37,6 +37,9 @@ pub struct Config {
     /// Where incidents are kept.
     #[serde(default)]
     pub incidents: Incidents,
+    /// Forwarding to central stores through the outbox; off without targets.
+    #[serde(default)]
+    pub forward: Forward,
 }
 
 /// The site (park) this gateway serves.
@@ -501,12 +504,103 @@ impl Default for Incidents {
 }
 
 fn default_incidents_path() -> PathBuf {
-    // systemd's StateDirectory= sets STATE_DIRECTORY (colon-separated when there are several).
+    state_dir().join("incidents.db")
+}
+
+/// systemd's StateDirectory= sets STATE_DIRECTORY (colon-separated when there are several).
+fn state_dir() -> PathBuf {
     std::env::var("STATE_DIRECTORY")
         .ok()
         .and_then(|d| d.split(':').next().filter(|d| !d.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/var/lib/parkwatch"))
-        .join("incidents.db")
+}
+
+/// Forwarding of time series and incidents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// InfluxDB v2 API stores; every batch goes to each of them.
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    /// The outbox file (relative to the config file); default `$STATE_DIRECTORY/outbox.db`.
+    #[serde(default = "default_outbox_path")]
+    pub outbox: PathBuf,
+    /// A batch is committed at this many lines…
+    #[serde(default = "default_batch_lines")]
+    pub batch_lines: usize,
+    /// …or this many milliseconds after its first line, whichever comes first.
+    #[serde(default = "default_batch_ms")]
+    pub batch_ms: u64,
+    /// Outbox size limit, bytes of line protocol; when full the oldest telemetry is dropped first.
+    #[serde(default = "default_outbox_bytes")]
+    pub max_outbox_bytes: u64,
+    /// Batches older than this many seconds are dropped (counted, and a `system` incident).
+    #[serde(default = "default_outbox_age")]
+    pub max_age_secs: u64,
+}
+
+impl Default for Forward {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            outbox: default_outbox_path(),
+            batch_lines: default_batch_lines(),
+            batch_ms: default_batch_ms(),
+            max_outbox_bytes: default_outbox_bytes(),
+            max_age_secs: default_outbox_age(),
+        }
+    }
+}
+
+fn default_outbox_path() -> PathBuf {
+    state_dir().join("outbox.db")
+}
+fn default_batch_lines() -> usize {
+    5000
+}
+fn default_batch_ms() -> u64 {
+    1000
+}
+fn default_outbox_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_outbox_age() -> u64 {
+    7 * 86_400
+}
+
+/// One InfluxDB v2 API store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub id: String,
+    /// Base URL, e.g. `http://influx.park.lan:8086`; `/api/v2/write` is appended.
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    /// API token (`${VAR}` from the environment), or `token_file`.
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// Compress request bodies.
+    #[serde(default)]
+    pub gzip: bool,
+    /// Seconds per request.
+    #[serde(default = "default_target_timeout")]
+    pub timeout_secs: u64,
+    /// Backoff bounds after a failed write, milliseconds.
+    #[serde(default = "default_retry_min")]
+    pub retry_min_ms: u64,
+    #[serde(default = "default_retry_max")]
+    pub retry_max_ms: u64,
+}
+
+fn default_target_timeout() -> u64 {
+    10
+}
+fn default_retry_min() -> u64 {
+    500
+}
+fn default_retry_max() -> u64 {
+    60_000
 }
 
 /// A configuration that failed to load.

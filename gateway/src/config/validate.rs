@@ -22,8 +22,12 @@ impl Problems {
     }
 }
 
+/// Ids are letters (any script: parks name devices in Chinese), digits, `-`, `_` or `.`; no spaces
+/// or MQTT wildcards, so they fit in topics, URLs and store tags without surprises.
 fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    !s.is_empty()
+        && s.chars().count() <= 64
+        && s.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 fn known(ids: &[&str]) -> String {
@@ -358,6 +362,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     }
 
     validate_rules(config, base, &mut p);
+    validate_forward(config, base, &mut p);
     if config.core.channel_batches == 0 {
         p.push("core.channel_batches", "0; expected at least 1");
     }
@@ -464,5 +469,54 @@ fn validate_rules(config: &mut Config, base: &Path, p: &mut Problems) {
     }
     if config.incidents.path.is_relative() {
         config.incidents.path = base.join(&config.incidents.path);
+    }
+}
+
+fn validate_forward(config: &mut Config, base: &Path, p: &mut Problems) {
+    let f = &mut config.forward;
+    if f.outbox.is_relative() {
+        f.outbox = base.join(&f.outbox);
+    }
+    if f.batch_lines == 0 {
+        p.push("forward.batch_lines", "0; expected at least 1");
+    }
+    if f.batch_ms == 0 || f.batch_ms > 60_000 {
+        p.push("forward.batch_ms", format!("{}; expected 1 to 60000 ms", f.batch_ms));
+    }
+    if f.max_outbox_bytes < 64 * 1024 {
+        p.push("forward.max_outbox_bytes", format!("{}; expected at least 65536", f.max_outbox_bytes));
+    }
+    let mut ids = HashSet::new();
+    for (i, t) in f.targets.iter_mut().enumerate() {
+        let at = format!("forward.targets[{i}]");
+        if !ids.insert(t.id.clone()) {
+            p.push(format!("{at}.id"), format!("duplicate target id \"{}\"", t.id));
+        }
+        if !(t.url.starts_with("http://") || t.url.starts_with("https://")) || t.url.len() < 10 {
+            p.push(format!("{at}.url"), format!("\"{}\"; expected http://host:port or https://host:port", t.url));
+        }
+        if t.org.is_empty() {
+            p.push(format!("{at}.org"), "empty; expected the organisation name");
+        }
+        if t.bucket.is_empty() {
+            p.push(format!("{at}.bucket"), "empty; expected the bucket name");
+        }
+        if t.token.is_some() && t.token_file.is_some() {
+            p.push(format!("{at}.token_file"), "both token and token_file are set; expected one");
+        }
+        expand_in_place(&mut t.token, &format!("{at}.token"), p);
+        if let Some(file) = &t.token_file {
+            let file = if file.is_relative() { base.join(file) } else { file.clone() };
+            match std::fs::read_to_string(&file) {
+                Ok(v) => t.token = Some(v.trim().to_owned()),
+                Err(e) => p.push(format!("{at}.token_file"), format!("cannot read {}: {e}", file.display())),
+            }
+        }
+        if t.retry_min_ms == 0 || t.retry_min_ms > t.retry_max_ms {
+            p.push(format!("{at}.retry_min_ms"), "expected 1 ms up to retry_max_ms");
+        }
+        if t.timeout_secs == 0 {
+            p.push(format!("{at}.timeout_secs"), "0; expected at least 1");
+        }
     }
 }

@@ -65,6 +65,8 @@ pub enum Query {
     Rules { reply: oneshot::Sender<RulesReport> },
     /// Swap in a new rule engine (a reload that compiled), keeping alarms of rules that remain.
     Reload { engine: Box<Engine>, reply: oneshot::Sender<()> },
+    /// Open a `system` incident (data dropped, a store failing), from outside the core.
+    System { rule: String, message: String },
     /// Record that a reload failed: the running rules stay.
     ReloadFailed { errors: Vec<PackError>, reply: oneshot::Sender<()> },
 }
@@ -141,6 +143,12 @@ impl CoreHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Query::Act { incident, action, who, reply }).await.map_err(|_| CoreStopped)?;
         rx.await.map_err(|_| CoreStopped)
+    }
+
+    /// Asks for a `system` incident without waiting; returns false when the core is busy or gone
+    /// (the caller logs instead).
+    pub fn system_incident(&self, rule: &str, message: String) -> bool {
+        self.tx.try_send(Query::System { rule: rule.to_owned(), message }).is_ok()
     }
 
     /// The loaded rules.
@@ -320,6 +328,11 @@ impl Core {
                 self.load_errors.clear();
                 self.loaded_at = now_ns();
                 let _ = reply.send(());
+            }
+            Query::System { rule, message } => {
+                if let Some(engine) = &mut self.engine {
+                    engine.system_incident(now_ns(), &rule, DeviceId(u32::MAX), message);
+                }
             }
             Query::ReloadFailed { errors, reply } => {
                 for e in &errors {

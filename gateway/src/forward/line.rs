@@ -1,0 +1,310 @@
+//! InfluxDB line protocol for samples and incidents (DESIGN.md, store schema): measurement = the
+//! device's category; tags `site`, `grid`, `device` and the device's configured tags; one field per
+//! point; the sample's timestamp in ns. Incidents are measurement `incident`.
+//!
+//! Each device's escaped `measurement,tags ` prefix and each point's escaped field key are built once
+//! at start, so encoding a sample only appends to the output buffer.
+
+use std::fmt::Write as _;
+
+use crate::config::PointKind;
+use crate::core::engine::{Change, NewIncident};
+use crate::model::{Registry, Sample};
+
+/// Escapes a measurement name: commas and spaces.
+pub fn escape_measurement(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            ',' | ' ' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
+        }
+    }
+}
+
+/// Escapes a tag key, tag value or field key: commas, equals signs and spaces.
+pub fn escape_key(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            ',' | '=' | ' ' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
+        }
+    }
+}
+
+/// Escapes a string field value and quotes it.
+pub fn quote_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            _ => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Line protocol encoder for one registry.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    /// Per device: `measurement,site=..,grid=..,device=..,tag=.. ` (with the trailing space).
+    prefixes: Vec<String>,
+    /// Per point: escaped field key and kind.
+    fields: Vec<(String, PointKind)>,
+    site: String,
+}
+
+impl Encoder {
+    /// Precomputes prefixes and field keys for every device and point.
+    pub fn new(registry: &Registry) -> Self {
+        let site = registry.site.id.clone();
+        let prefixes = registry
+            .devices
+            .iter()
+            .map(|d| {
+                let mut p = String::new();
+                escape_measurement(&d.category, &mut p);
+                // Tag keys in lexical order, as InfluxDB prefers; configured tags never shadow ours.
+                let mut tags: Vec<(&str, &str)> =
+                    vec![("device", &d.id), ("grid", &registry.grid(d.grid).id), ("site", &site)];
+                for (k, v) in &d.tags {
+                    if !matches!(k.as_str(), "device" | "grid" | "site") && !v.is_empty() {
+                        tags.push((k, v));
+                    }
+                }
+                tags.sort_by(|a, b| a.0.cmp(b.0));
+                for (k, v) in tags {
+                    p.push(',');
+                    escape_key(k, &mut p);
+                    p.push('=');
+                    escape_key(v, &mut p);
+                }
+                p.push(' ');
+                p
+            })
+            .collect();
+        let fields = registry
+            .points
+            .iter()
+            .map(|pt| {
+                let mut k = String::new();
+                escape_key(&pt.name, &mut k);
+                (k, pt.kind)
+            })
+            .collect();
+        Self { prefixes, fields, site }
+    }
+
+    /// Appends samples as lines; consecutive samples of one device with one timestamp share a line.
+    /// Non-finite values (never accepted by the sources) are skipped. Returns the number of lines.
+    pub fn samples(&self, registry: &Registry, samples: &[Sample], out: &mut String) -> usize {
+        let mut lines = 0;
+        let mut open: Option<(u32, i64)> = None;
+        for s in samples {
+            if !s.value.is_finite() {
+                continue;
+            }
+            let Some(point) = registry.points.get(s.point.0 as usize) else { continue };
+            let device = point.device.0;
+            if open == Some((device, s.ts)) {
+                out.push(',');
+            } else {
+                if let Some((_, ts)) = open {
+                    let _ = writeln!(out, " {ts}");
+                }
+                out.push_str(&self.prefixes[device as usize]);
+                open = Some((device, s.ts));
+                lines += 1;
+            }
+            let (key, kind) = &self.fields[s.point.0 as usize];
+            out.push_str(key);
+            out.push('=');
+            match kind {
+                PointKind::Float => push_float(s.value, out),
+                PointKind::Int => {
+                    let _ = write!(out, "{}i", s.value.round() as i64);
+                }
+                PointKind::Bool => out.push_str(if s.value != 0.0 { "true" } else { "false" }),
+            }
+        }
+        if let Some((_, ts)) = open {
+            let _ = writeln!(out, " {ts}");
+        }
+        lines
+    }
+
+    /// Appends one incident change as a line of measurement `incident`.
+    pub fn incident(&self, c: &IncidentLine<'_>, out: &mut String) {
+        out.push_str("incident");
+        for (k, v) in [
+            ("category", c.category),
+            ("device", c.device),
+            ("grid", c.grid),
+            ("rule", c.rule),
+            ("severity", c.severity),
+            ("site", self.site.as_str()),
+        ] {
+            if v.is_empty() {
+                continue;
+            }
+            out.push(',');
+            out.push_str(k);
+            out.push('=');
+            escape_key(v, out);
+        }
+        let _ = write!(out, " id={}i,state=", c.id);
+        quote_string(c.state, out);
+        if c.value.is_finite() {
+            out.push_str(",value=");
+            push_float(c.value, out);
+        }
+        out.push_str(",message=");
+        quote_string(c.message, out);
+        let _ = writeln!(out, " {}", c.at);
+    }
+}
+
+/// The fields of one incident line.
+#[derive(Debug, Clone, Copy)]
+pub struct IncidentLine<'a> {
+    pub id: i64,
+    pub at: i64,
+    pub rule: &'a str,
+    pub severity: &'a str,
+    pub category: &'a str,
+    pub grid: &'a str,
+    pub device: &'a str,
+    pub state: &'a str,
+    pub value: f64,
+    pub message: &'a str,
+}
+
+impl<'a> From<&'a NewIncident> for IncidentLine<'a> {
+    fn from(n: &'a NewIncident) -> Self {
+        Self {
+            id: n.id,
+            at: n.at,
+            rule: &n.rule,
+            severity: n.severity.as_str(),
+            category: &n.category,
+            grid: &n.grid,
+            device: &n.device,
+            state: n.state.as_str(),
+            value: n.value,
+            message: &n.message,
+        }
+    }
+}
+
+/// Appends the shortest decimal that reads back to the same f64, always with a decimal point, so the
+/// store types the field as a float even when the first value is whole.
+fn push_float(v: f64, out: &mut String) {
+    let start = out.len();
+    let _ = write!(out, "{v}");
+    if !out[start..].contains('.') {
+        out.push_str(".0");
+    }
+}
+
+/// Whether a change is worth a line (every state change is; comments are not).
+pub fn is_forwarded(c: &Change) -> bool {
+    match c {
+        Change::Open(_) => true,
+        Change::Update(u) => u.state.is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PointId, Quality};
+
+    fn registry() -> Registry {
+        let toml = r#"
+[site]
+id = "xh"
+[[grids]]
+id = "g1"
+[[devices]]
+id = "配电柜1"
+grid = "g1"
+category = "electrical"
+tags = { building = "B 11, east=wing", voltage = "380" }
+points = [{ name = "ua" }, { name = "door_open", kind = "bool" }, { name = "count", kind = "int" }]
+[[devices]]
+id = "m2"
+grid = "g1"
+category = "energy"
+points = [{ name = "kwh" }]
+"#;
+        let c = crate::config::from_str(toml, std::path::Path::new("t.toml"), std::path::Path::new(".")).unwrap();
+        Registry::from_config(&c)
+    }
+
+    fn s(point: u32, ts: i64, value: f64) -> Sample {
+        Sample { point: PointId(point), quality: Quality::Good, ts, value }
+    }
+
+    #[test]
+    fn escapes_and_merges_fields_of_one_device_and_time() {
+        let reg = registry();
+        let enc = Encoder::new(&reg);
+        let mut out = String::new();
+        let n =
+            enc.samples(&reg, &[s(0, 5, 229.5), s(1, 5, 1.0), s(2, 5, 3.0), s(0, 6, 230.0), s(3, 6, 12.0)], &mut out);
+        assert_eq!(n, 3);
+        assert_eq!(
+            out,
+            "electrical,building=B\\ 11\\,\\ east\\=wing,device=配电柜1,grid=g1,site=xh,voltage=380 ua=229.5,door_open=true,count=3i 5\n\
+             electrical,building=B\\ 11\\,\\ east\\=wing,device=配电柜1,grid=g1,site=xh,voltage=380 ua=230.0 6\n\
+             energy,device=m2,grid=g1,site=xh kwh=12.0 6\n"
+        );
+    }
+
+    #[test]
+    fn skips_non_finite_values() {
+        let reg = registry();
+        let enc = Encoder::new(&reg);
+        let mut out = String::new();
+        assert_eq!(enc.samples(&reg, &[s(0, 1, f64::NAN)], &mut out), 0);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn incidents_quote_strings() {
+        let reg = registry();
+        let enc = Encoder::new(&reg);
+        let mut out = String::new();
+        enc.incident(
+            &IncidentLine {
+                id: 7,
+                at: 9,
+                rule: "electrical.residual_current",
+                severity: "critical",
+                category: "electrical",
+                grid: "g,1",
+                device: "m 1",
+                state: "active_unacked",
+                value: 350.0,
+                message: "say \"hi\"\\",
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "incident,category=electrical,device=m\\ 1,grid=g\\,1,rule=electrical.residual_current,severity=critical,site=xh \
+             id=7i,state=\"active_unacked\",value=350.0,message=\"say \\\"hi\\\"\\\\\" 9\n"
+        );
+    }
+}
