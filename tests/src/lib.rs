@@ -291,3 +291,94 @@ impl Drop for Publisher {
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
+
+/// A VictoriaMetrics single-node store (Debian `victoria-metrics`) on a port of its own, accepting the
+/// InfluxDB v2 write API. Deduplicates samples of one series at one millisecond, so a batch written
+/// twice overwrites rather than adds.
+pub struct Victoria {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Victoria {
+    /// Starts on a free port.
+    pub fn start() -> Self {
+        let mut v = Self::reserve();
+        v.run();
+        v
+    }
+
+    /// Picks a port and a data directory without starting: the store is "down".
+    pub fn reserve() -> Self {
+        Self { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// Base URL for the gateway's config.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn run(&mut self) {
+        let bin = find("victoria-metrics", &["/usr/bin"])
+            .expect("victoria-metrics is not installed (apt-get install -y victoria-metrics)");
+        let log = File::create(self.dir.path().join("vm.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+            .arg(format!("-storageDataPath={}", self.dir.path().join("data").display()))
+            .arg("-dedup.minScrapeInterval=1ms")
+            .arg("-search.latencyOffset=0s")
+            .arg("-retentionPeriod=100y")
+            .arg("-loggerLevel=ERROR")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start victoria-metrics");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(20), "victoria-metrics to answer", || {
+            let (status, _) = http_get(SocketAddr::from(([127, 0, 0, 1], self.port)), "/health").ok()?;
+            (status == 200).then_some(())
+        });
+    }
+
+    /// Stops the store (SIGKILL: like a crash or a cut cable).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every series matching `selector` (like `{__name__=~"electrical_.*"}`), as the export API gives them:
+    /// `{"metric": {...}, "values": [...], "timestamps": [...]}`.
+    pub fn export(&self, selector: &str) -> Vec<serde_json::Value> {
+        let base = self.url();
+        let _ = ureq::get(&format!("{base}/internal/force_flush")).call();
+        let body = match ureq::get(&format!("{base}/api/v1/export")).query("match[]", selector).call() {
+            Ok(r) => r.into_string().unwrap_or_default(),
+            Err(_) => return Vec::new(),
+        };
+        body.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// (series, timestamp ms) pairs and the total number of values matching `selector`.
+    pub fn count(&self, selector: &str) -> (usize, usize) {
+        let mut distinct = std::collections::HashSet::new();
+        let mut total = 0;
+        for s in self.export(selector) {
+            let key = s["metric"].to_string();
+            for t in s["timestamps"].as_array().into_iter().flatten() {
+                total += 1;
+                distinct.insert((key.clone(), t.as_i64().unwrap_or_default()));
+            }
+        }
+        (distinct.len(), total)
+    }
+}
+
+impl Drop for Victoria {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -192,6 +192,9 @@ impl Appender {
             let mut lines = 0usize;
             let mut acks = Vec::new();
             let mut since: Option<tokio::time::Instant> = None;
+            // Confirmed batches are deleted as writers confirm them, not only when new data arrives.
+            let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+            housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let deadline = since.map(|t| t + self.batch_time);
                 tokio::select! {
@@ -224,6 +227,7 @@ impl Appender {
                         self.commit(Kind::Telemetry, &mut pending, &mut lines, &mut acks);
                         since = None;
                     }
+                    _ = housekeeping.tick() => self.prune(),
                 }
             }
             self.commit(Kind::Telemetry, &mut pending, &mut lines, &mut acks);
@@ -306,13 +310,17 @@ impl Appender {
         }
         body.clear();
         *lines = 0;
-        match self.outbox.prune() {
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "Cannot delete confirmed batches."),
+        self.prune();
+    }
+
+    /// Deletes what every target confirmed and refreshes the depth gauges.
+    fn prune(&mut self) {
+        if let Err(e) = self.outbox.prune() {
+            warn!(error = %e, "Cannot delete confirmed batches.");
         }
         if let Ok((batches, bytes)) = self.outbox.depth() {
-            m.batches.store(batches, Ordering::Relaxed);
-            m.bytes.store(bytes, Ordering::Relaxed);
+            self.metrics.outbox.batches.store(batches, Ordering::Relaxed);
+            self.metrics.outbox.bytes.store(bytes, Ordering::Relaxed);
         }
     }
 

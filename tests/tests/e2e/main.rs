@@ -2,6 +2,7 @@
 
 mod config_check;
 mod demo;
+mod forward;
 mod mqtt;
 mod rules;
 mod systemd;
