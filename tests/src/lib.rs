@@ -382,3 +382,91 @@ impl Drop for Victoria {
         self.stop();
     }
 }
+
+/// What the fault-injecting proxy does with one write request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Forward to the store.
+    Pass,
+    /// Answer with this status and body without forwarding.
+    Status(u16, &'static str),
+    /// 429 with `Retry-After: secs`.
+    TooMany(u64),
+}
+
+/// One request the proxy saw: when, what it answered, and the body.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: Instant,
+    pub status: u16,
+    pub body: String,
+}
+
+/// A small HTTP proxy in front of a store that answers each request with the next planned fault
+/// (then passes everything), recording what it saw.
+pub struct FaultProxy {
+    pub port: u16,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl FaultProxy {
+    /// Listens on a free port, forwarding to `upstream` (base URL).
+    pub fn start(upstream: String, plan: Vec<Fault>) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut plan = plan.into_iter();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut length = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let (status, extra, reply) = match plan.next().unwrap_or(Fault::Pass) {
+                    Fault::Pass => match ureq::post(&format!("{upstream}{path}")).send_bytes(&body) {
+                        Ok(r) => (r.status(), String::new(), String::new()),
+                        Err(ureq::Error::Status(s, r)) => (s, String::new(), r.into_string().unwrap_or_default()),
+                        Err(e) => (502, String::new(), e.to_string()),
+                    },
+                    Fault::Status(s, msg) => (s, String::new(), msg.to_owned()),
+                    Fault::TooMany(secs) => (429, format!("Retry-After: {secs}\r\n"), "slow down".to_owned()),
+                };
+                log.lock().unwrap().push(Seen {
+                    at: Instant::now(),
+                    status,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            }
+        });
+        Self { port, seen }
+    }
+
+    /// Base URL for the gateway's config.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

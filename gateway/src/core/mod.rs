@@ -237,10 +237,22 @@ impl Core {
     /// Returns the batch's samples (and its acknowledgement) for forwarding.
     pub fn apply(&mut self, mut batch: Batch) -> Batch {
         let mut out_of_order = 0u64;
+        let now = now_ns();
+        // Rules run once per device reading (the samples of one device at one time, which arrive
+        // together), so a value that comes and goes within one batch is still seen.
+        let mut reading: Option<(DeviceId, i64)> = None;
         for s in &batch.samples {
-            let Some(state) = self.states.get_mut(s.point.0 as usize) else {
+            if self.states.get(s.point.0 as usize).is_none() {
                 continue;
-            };
+            }
+            if let Some(e) = &mut self.engine {
+                let this = (self.registry.point(s.point).device, s.ts);
+                if reading.is_some_and(|r| r != this) {
+                    e.evaluate_dirty(&self.states, now);
+                }
+                reading = Some(this);
+            }
+            let state = &mut self.states[s.point.0 as usize];
             if state.has_value && s.ts < state.ts {
                 out_of_order += 1;
                 continue;
@@ -252,7 +264,6 @@ impl Core {
             }
         }
         if let Some(e) = &mut self.engine {
-            let now = now_ns();
             e.evaluate_dirty(&self.states, now);
             for ev in &batch.events {
                 e.on_event(ev, &self.states, now);

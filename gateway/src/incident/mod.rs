@@ -66,6 +66,11 @@ pub struct Incident {
     pub response_secs: Option<f64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// In announcements: the change announced (raised, returned, acked…) and its time (UTC ns).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    #[serde(skip)]
+    pub change_ns: i64,
 }
 
 /// One line of an incident's history.
@@ -309,11 +314,10 @@ fn run(
                 match commit(&mut conn, &pending) {
                     Ok(()) => {
                         metrics.committed.fetch_add(pending.len() as u64, Ordering::Relaxed);
-                        let mut ids: Vec<i64> = pending.iter().map(change_id).collect();
-                        ids.dedup();
-                        pending.clear();
-                        for id in ids {
-                            if let Ok(Some(i)) = get(&conn, id, false) {
+                        // One announcement per change, each showing the incident as that change left it.
+                        for c in pending.drain(..) {
+                            if let Ok(Some(mut i)) = get(&conn, change_id(&c), false) {
+                                as_of(&mut i, &c);
                                 let _ = announce.send(i);
                             }
                         }
@@ -330,7 +334,9 @@ fn run(
             Cmd::Manual { id, action, who, note, at, reply } => {
                 let r = manual(&mut conn, id, action, &who, note.as_deref(), at);
                 if r.is_ok() {
-                    if let Ok(Some(i)) = get(&conn, id, false) {
+                    if let Ok(Some(mut i)) = get(&conn, id, false) {
+                        i.change = Some(if i.state == "normal" { "closed" } else { "acked" }.into());
+                        i.change_ns = at;
                         let _ = announce.send(i);
                     }
                 }
@@ -368,6 +374,33 @@ fn run(
         }
     }
     info!("Incident store stopped.");
+}
+
+/// Rewrites a snapshot to show the incident as of change `c`.
+fn as_of(i: &mut Incident, c: &Change) {
+    match c {
+        Change::Open(n) => {
+            i.state = n.state.as_str().to_owned();
+            i.severity = n.severity.as_str().to_owned();
+            i.value = opt_f(n.value);
+            i.change = Some("raised".into());
+            i.change_ns = n.at;
+        }
+        Change::Update(u) => {
+            if let Some(s) = u.state {
+                i.state = s.as_str().to_owned();
+            }
+            if let Some(s) = u.severity {
+                i.severity = s.as_str().to_owned();
+            }
+            if u.value.is_some() {
+                i.value = u.value;
+            }
+            i.change = Some(u.kind.to_owned());
+            i.change_ns = u.at;
+        }
+    }
+    i.updated_at = fmt_ns(i.change_ns);
 }
 
 fn change_id(c: &Change) -> i64 {
@@ -544,6 +577,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
         chattering: r.get::<_, i64>(20)? != 0,
         response_secs: acked.map(|a| (a - raised) as f64 / 1e9),
         history: Vec::new(),
+        change: None,
+        change_ns: 0,
     })
 }
 

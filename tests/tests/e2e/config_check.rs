@@ -6,7 +6,7 @@ use parkwatch_e2e::{gateway_bin, root};
 
 fn check(file: &std::path::Path) -> (bool, String) {
     let out = Command::new(gateway_bin()).arg("check").arg("-c").arg(file).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &*String::from_utf8_lossy(&out.stderr))
 }
 
 fn toml_files(dir: &str) -> Vec<std::path::PathBuf> {

@@ -161,3 +161,127 @@ fn an_outage_with_a_crash_loses_nothing() {
         (gw.metric("parkwatch_outbox_batches")? == 0.0).then_some(())
     });
 }
+
+#[test]
+fn poison_goes_to_dead_letters_and_retries_do_as_told() {
+    use parkwatch_e2e::{Fault, FaultProxy};
+    let broker = Mosquitto::start("");
+    let store = Victoria::start();
+    let proxy = FaultProxy::start(
+        store.url(),
+        vec![Fault::Status(400, "unable to parse line 1"), Fault::TooMany(1), Fault::Status(503, "starting up")],
+    );
+    let gw = Gateway::start(&config(broker.port, &proxy.url(), ""));
+    let p = Publisher::connect(broker.port, "poison-pub");
+    wait_until(Duration::from_secs(10), "the subscription", || {
+        p.publish(TOPIC, 1, message(0));
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("配电柜A1", "ua")
+    });
+    // Later batches, in groups a little apart so they are separate writes.
+    for group in 0..5 {
+        for i in 1..=20 {
+            p.publish(TOPIC, 1, message(group * 20 + i));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let seen = wait_until(Duration::from_secs(30), "the writes after the faults", || {
+        let seen = proxy.seen.lock().unwrap().clone();
+        (seen.len() >= 5
+            && seen.iter().skip(3).all(|s| s.status == 204)
+            && gw.json("/api/v1/forward")["targets"][0]["backlog_batches"] == 0)
+            .then_some(seen)
+    });
+    assert_eq!(seen.iter().take(3).map(|s| s.status).collect::<Vec<_>>(), [400, 429, 503]);
+    // 429 said "Retry-After: 1": the same batch came again no sooner.
+    assert!(seen[2].at - seen[1].at >= Duration::from_millis(950), "{:?}", seen[2].at - seen[1].at);
+    assert_eq!(seen[1].body, seen[2].body, "the batch is retried, not skipped");
+    assert_eq!(seen[2].body, seen[3].body);
+    let fwd = gw.json("/api/v1/forward");
+    let t = &fwd["targets"][0];
+    assert_eq!(t["dead_letters"], 1, "{fwd}");
+    assert_eq!(t["recent_dead_letters"][0]["status"], 400);
+    assert_eq!(t["recent_dead_letters"][0]["message"], "unable to parse line 1");
+    assert!(t["retries"].as_u64().unwrap() >= 2);
+    // Everything but the poisoned batch is in the store.
+    let poisoned = seen[0].body.lines().count();
+    let expected = 101 - poisoned;
+    let ia = wait_until(Duration::from_secs(10), "the good batches in the store", || {
+        let s = store.export(r#"{__name__="electrical_ia"}"#);
+        (s.first()?["values"].as_array()?.len() == expected).then(|| s[0].clone())
+    });
+    let stored: Vec<i64> = ia["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as i64).collect();
+    assert!(stored.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(*stored.last().unwrap(), 100);
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_telemetry_and_keeps_incidents() {
+    let broker = Mosquitto::start("max_inflight_messages 1000");
+    let store = Victoria::reserve();
+    let dir = tempfile::tempdir().unwrap();
+    // A rule that flickers on p0 (= 10·i): every 500th message raises, the next one returns.
+    std::fs::write(
+        dir.path().join("spike.rhai"),
+        r#"rule(#{ id: "t.spike", category: "equipment", severity: "minor", watch: #{ points: ["p0"] },
+                  condition: |ctx| ctx.value % 5000.0 == 0.0 });"#,
+    )
+    .unwrap();
+    let extra = format!(
+        "max_outbox_bytes = 1048576\n[rules]\nbuiltin = false\ndirs = [{:?}]",
+        dir.path().display().to_string()
+    );
+    let text = config(broker.port, &store.url(), "").replace("[rules]\nbuiltin = false\n", "");
+    let text = text.replace("[forward]\n", &format!("[forward]\nmax_outbox_bytes = 1048576\n"));
+    let text = format!("{text}\n{}", extra.split_once('\n').unwrap().1);
+    let gw = Gateway::start(&text);
+    let p = Publisher::connect(broker.port, "full-pub");
+    wait_until(Duration::from_secs(10), "the subscription", || {
+        p.publish(TOPIC, 1, message(0));
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("配电柜A1", "ua")
+    });
+    const N: i64 = 20_000;
+    for i in 1..N {
+        p.publish(TOPIC, 1, message(i));
+    }
+    wait_until(Duration::from_secs(60), "every message in point state", || {
+        (gw.point("配电柜A1", "ia")? == json!((N - 1) as f64)).then_some(())
+    });
+    let dropped = wait_until(Duration::from_secs(10), "the drop counter", || {
+        gw.metric("parkwatch_outbox_dropped_batches_total").filter(|d| *d > 0.0)
+    });
+    assert!(dropped > 0.0);
+    assert!(gw.metric("parkwatch_outbox_bytes").unwrap() <= 1_048_576.0);
+    let system = wait_until(Duration::from_secs(10), "the system incident about the drop", || {
+        gw.json("/api/v1/incidents?category=system")
+            .as_array()?
+            .iter()
+            .find(|i| i["rule"] == "system.forward.dropped")
+            .cloned()
+    });
+    assert!(system["message"].as_str().unwrap().contains("dropped"), "{system}");
+
+    // Every incident change is still in the outbox, waiting for the store.
+    let mut changes = 0;
+    for i in gw.json("/api/v1/incidents?limit=1000").as_array().unwrap() {
+        let full = gw.json(&format!("/api/v1/incidents/{}", i["id"]));
+        changes += full["history"].as_array().unwrap().iter().filter(|h| !h["state"].is_null()).count();
+    }
+    assert!(changes >= 40, "only {changes} incident changes");
+    let outbox = gw.dir.path().join("outbox.db");
+    let cursor = parkwatch::forward::outbox::Cursor::open(&outbox, "central").unwrap();
+    let (mut seq, mut incident_lines, mut telemetry_lines) = (0, 0, 0);
+    while let Some(b) = cursor.next_after(seq).unwrap() {
+        seq = b.seq;
+        for l in String::from_utf8(b.body).unwrap().lines() {
+            if l.starts_with("incident,") {
+                incident_lines += 1;
+            } else {
+                telemetry_lines += 1;
+            }
+        }
+    }
+    assert_eq!(incident_lines, changes, "incident lines kept in the outbox");
+    assert!(telemetry_lines < N, "the oldest telemetry went");
+}

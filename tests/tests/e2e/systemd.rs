@@ -23,7 +23,7 @@ fn unit_exposure_is_at_most_2_5() {
         eprintln!("systemd-analyze is not installed: exposure not measured here");
         return;
     };
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &*String::from_utf8_lossy(&out.stderr);
     let line = text
         .lines()
         .find(|l| l.contains("Overall exposure level"))
