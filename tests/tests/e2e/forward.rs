@@ -227,13 +227,10 @@ fn a_full_outbox_drops_the_oldest_telemetry_and_keeps_incidents() {
                   condition: |ctx| ctx.value % 5000.0 == 0.0 });"#,
     )
     .unwrap();
-    let extra = format!(
-        "max_outbox_bytes = 1048576\n[rules]\nbuiltin = false\ndirs = [{:?}]",
-        dir.path().display().to_string()
-    );
-    let text = config(broker.port, &store.url(), "").replace("[rules]\nbuiltin = false\n", "");
-    let text = text.replace("[forward]\n", &format!("[forward]\nmax_outbox_bytes = 1048576\n"));
-    let text = format!("{text}\n{}", extra.split_once('\n').unwrap().1);
+    let dirs = format!("[rules]\nbuiltin = false\ndirs = [{:?}]\n", dir.path().display().to_string());
+    let text = config(broker.port, &store.url(), "")
+        .replace("[rules]\nbuiltin = false\n", &dirs)
+        .replace("[forward]\n", "[forward]\nmax_outbox_bytes = 1048576\n");
     let gw = Gateway::start(&text);
     let p = Publisher::connect(broker.port, "full-pub");
     wait_until(Duration::from_secs(10), "the subscription", || {
