@@ -111,6 +111,22 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         drop(fwd_rx);
         None
     };
+    let central = match &config.forward.mqtt {
+        Some(m) => {
+            let b = config.mqtt.brokers.iter().find(|b| b.id == m.broker).ok_or_else(|| MqttError::Subscription {
+                topic: String::new(),
+                message: format!("unknown broker {}", m.broker),
+            })?;
+            let options = crate::source::mqtt::options(b, format!("parkwatch-{}-central", config.site.id))?;
+            Some(tokio::spawn(crate::forward::central::run(
+                options,
+                config.site.id.clone(),
+                store.subscribe(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let config = Arc::new(config);
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
@@ -159,6 +175,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let _ = t.await;
     }
     let _ = reload_task.await;
+    if let Some(c) = central {
+        let _ = c.await;
+    }
     // Every sender is gone now: the core drains what is queued, persists its incident changes, stops.
     let _ = core_task.await;
     // The last incident changes are committed and announced before the outbox stops taking them.

@@ -470,3 +470,46 @@ impl FaultProxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+/// A real MQTT subscriber collecting (topic, payload, retained) of everything it receives.
+pub struct Subscriber {
+    pub received: Arc<std::sync::Mutex<Vec<(String, String, bool)>>>,
+    client: Client,
+}
+
+impl Subscriber {
+    /// Connects to the broker on `port` and subscribes to `filter` (QoS 1).
+    pub fn connect(port: u16, id: &str, filter: &str) -> Self {
+        let opts = MqttOptions::new(id, "127.0.0.1", port);
+        let (client, mut connection) = Client::new(opts, 100);
+        client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        let received: Arc<std::sync::Mutex<Vec<(String, String, bool)>>> = Arc::default();
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for ev in connection.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => log.lock().unwrap().push((
+                        p.topic.clone(),
+                        String::from_utf8_lossy(&p.payload).into_owned(),
+                        p.retain,
+                    )),
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        Self { received, client }
+    }
+
+    /// What was received so far.
+    pub fn seen(&self) -> Vec<(String, String, bool)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}

@@ -537,6 +537,16 @@ pub struct Forward {
     /// Batches older than this many seconds are dropped (counted, and a `system` incident).
     #[serde(default = "default_outbox_age")]
     pub max_age_secs: u64,
+    /// Incidents to a central MQTT broker (one of `mqtt.brokers`).
+    pub mqtt: Option<CentralMqtt>,
+}
+
+/// The central MQTT broker for incidents and the gateway's status.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralMqtt {
+    /// Id of a broker in `mqtt.brokers`.
+    pub broker: String,
 }
 
 impl Default for Forward {
@@ -548,6 +558,7 @@ impl Default for Forward {
             batch_ms: default_batch_ms(),
             max_outbox_bytes: default_outbox_bytes(),
             max_age_secs: default_outbox_age(),
+            mqtt: None,
         }
     }
 }

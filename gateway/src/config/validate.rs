@@ -473,6 +473,15 @@ fn validate_rules(config: &mut Config, base: &Path, p: &mut Problems) {
 }
 
 fn validate_forward(config: &mut Config, base: &Path, p: &mut Problems) {
+    if let Some(m) = &config.forward.mqtt {
+        if !config.mqtt.brokers.iter().any(|b| b.id == m.broker) {
+            let ids: Vec<&str> = config.mqtt.brokers.iter().map(|b| b.id.as_str()).collect();
+            p.push(
+                "forward.mqtt.broker",
+                format!("broker \"{}\" is not defined (known brokers: {})", m.broker, known(&ids)),
+            );
+        }
+    }
     let f = &mut config.forward;
     if f.outbox.is_relative() {
         f.outbox = base.join(&f.outbox);

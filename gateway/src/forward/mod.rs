@@ -5,6 +5,7 @@
 //! The appender runs on a thread of its own (SQLite commits block), the writers on theirs (blocking
 //! HTTP). Every drop — outbox full, too old, disk full — is counted and raises a `system` incident.
 
+pub mod central;
 pub mod line;
 pub mod outbox;
 pub mod writer;

@@ -282,3 +282,66 @@ fn a_full_outbox_drops_the_oldest_telemetry_and_keeps_incidents() {
     assert_eq!(incident_lines, changes, "incident lines kept in the outbox");
     assert!(telemetry_lines < N, "the oldest telemetry went");
 }
+
+#[test]
+fn incidents_and_status_reach_the_central_broker() {
+    use parkwatch_e2e::Subscriber;
+    let broker = Mosquitto::start("");
+    let store = Victoria::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("high.rhai"),
+        r#"rule(#{ id: "t.high", category: "electrical", severity: "major", watch: #{ points: ["ia"] },
+                  condition: |ctx| ctx.value > 100.0 });"#,
+    )
+    .unwrap();
+    let dirs = format!("[rules]\nbuiltin = false\ndirs = [{:?}]\n", dir.path().display().to_string());
+    let text = config(broker.port, &store.url(), "")
+        .replace("[rules]\nbuiltin = false\n", &dirs)
+        .replace("[forward]\n", "[forward]\nmqtt = { broker = \"local\" }\n");
+    let mut gw = Gateway::start(&text);
+    let p = Publisher::connect(broker.port, "central-pub");
+    wait_until(Duration::from_secs(30), "the subscription", || {
+        p.publish(TOPIC, 1, message(1));
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("配电柜A1", "ua")
+    });
+    let watcher = Subscriber::connect(broker.port, "central-watch", "parkwatch/xh/#");
+    wait_until(Duration::from_secs(30), "the retained online status", || {
+        watcher.seen().into_iter().find(|(t, m, r)| t == "parkwatch/xh/status" && *r && m.contains("online"))
+    });
+    p.publish(TOPIC, 1, message(200)); // ia = 200 > 100: raised
+    let raised = wait_until(Duration::from_secs(30), "the incident on the central broker", || {
+        watcher.seen().into_iter().find(|(t, _, _)| t == "parkwatch/xh/incidents/g1")
+    });
+    let inc: serde_json::Value = serde_json::from_str(&raised.1).unwrap();
+    assert_eq!(inc["rule"], "t.high");
+    assert_eq!(inc["state"], "active_unacked");
+    assert_eq!(inc["change"], "raised");
+    let id = inc["id"].as_i64().unwrap();
+    let alarm_topic = format!("parkwatch/xh/alarms/{id}");
+    wait_until(Duration::from_secs(30), "the retained active alarm", || {
+        watcher.seen().into_iter().find(|(t, m, _)| *t == alarm_topic && !m.is_empty())
+    });
+    // Back to normal and acknowledged: the retained alarm is cleared.
+    p.publish(TOPIC, 1, json!({ "ts": base_ms() + 300, "ia": 3.0 }).to_string());
+    wait_until(Duration::from_secs(30), "the return", || {
+        (gw.json(&format!("/api/v1/incidents/{id}"))["state"] == "returned_unacked").then_some(())
+    });
+    let (status, body) =
+        parkwatch_e2e::http_post(gw.api, &format!("/api/v1/incidents/{id}/ack"), &json!({"by": "officer-1"})).unwrap();
+    assert_eq!(status, 200, "{body}");
+    wait_until(Duration::from_secs(30), "the cleared retained alarm", || {
+        watcher.seen().into_iter().find(|(t, m, _)| *t == alarm_topic && m.is_empty())
+    });
+    // A late subscriber sees no retained alarm for it, and the gateway says offline when it stops.
+    assert!(gw.signal("TERM").success());
+    wait_until(Duration::from_secs(30), "the offline status", || {
+        watcher.seen().into_iter().find(|(t, m, _)| t == "parkwatch/xh/status" && m.contains("offline"))
+    });
+    // The incident also reached the store.
+    wait_until(Duration::from_secs(30), "the incident in the store", || {
+        let s = store.export(r#"{__name__="incident_id"}"#);
+        (s.first()?["metric"]["rule"] == "t.high").then_some(())
+    });
+}

@@ -82,19 +82,8 @@ impl MqttSource {
     pub fn new(config: &config::Config, broker_index: usize, ctx: SourceContext) -> Result<Self, MqttError> {
         let b = &config.mqtt.brokers[broker_index];
         let client_id = b.client_id.clone().unwrap_or_else(|| format!("parkwatch-{}-{}", config.site.id, b.id));
-        let mut options = MqttOptions::new(client_id, b.host.clone(), b.port);
-        options
-            .set_keep_alive(Duration::from_secs(b.keep_alive_secs))
-            .set_clean_session(!b.persistent_session)
-            .set_manual_acks(true)
-            .set_max_packet_size(b.max_packet_bytes, b.max_packet_bytes);
-        if let Some(user) = &b.username {
-            options.set_credentials(user.clone(), b.password.clone().unwrap_or_default());
-        }
-        if let Some(tls) = &b.tls {
-            options
-                .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(&b.id, tls)?))));
-        }
+        let mut options = options(b, client_id)?;
+        options.set_clean_session(!b.persistent_session).set_manual_acks(true);
         let mut subs = Vec::new();
         for (index, s) in config.mqtt.subscriptions.iter().enumerate() {
             if s.broker != b.id {
@@ -343,6 +332,24 @@ fn ack_ready(waiting: &mut VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>
         let acks = waiting.pop_front().map(|(_, a)| a).unwrap_or_default();
         ack((durable, acks), client);
     }
+}
+
+/// Connection options for a configured broker: address, keep-alive, credentials, TLS, packet size.
+///
+/// # Errors
+/// TLS files that cannot be read or parsed.
+pub fn options(b: &config::Broker, client_id: String) -> Result<MqttOptions, MqttError> {
+    let mut options = MqttOptions::new(client_id, b.host.clone(), b.port);
+    options
+        .set_keep_alive(Duration::from_secs(b.keep_alive_secs))
+        .set_max_packet_size(b.max_packet_bytes, b.max_packet_bytes);
+    if let Some(user) = &b.username {
+        options.set_credentials(user.clone(), b.password.clone().unwrap_or_default());
+    }
+    if let Some(tls) = &b.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(&b.id, tls)?))));
+    }
+    Ok(options)
 }
 
 /// Now as UTC nanoseconds.
