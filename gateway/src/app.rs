@@ -37,6 +37,8 @@ pub enum AppError {
     Incidents(#[from] StoreError),
     #[error(transparent)]
     Forward(#[from] crate::forward::ForwardError),
+    #[error(transparent)]
+    Modbus(#[from] crate::source::modbus::ModbusError),
     #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<PackError>),
 }
@@ -127,6 +129,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         }
         None => None,
     };
+    let (pollers, modbus_status) = crate::source::modbus::pollers(&config, &registry)?;
     let config = Arc::new(config);
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
@@ -138,6 +141,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         incidents: Some(store.clone()),
         reloader: Some(reloader),
         forward: forwarder.as_ref().map(|f| f.metrics.clone()),
+        modbus: modbus_status,
     };
     let ctx = SourceContext {
         registry: registry.clone(),
@@ -147,6 +151,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         batch_samples: config.core.batch_samples,
     };
     let mut sources = Vec::new();
+    for p in pollers {
+        sources.push(tokio::spawn(p.run(ctx.tx.clone(), shutdown.clone())));
+    }
     for i in 0..config.mqtt.brokers.len() {
         let source = MqttSource::new(&config, i, ctx.clone())?;
         sources.push(tokio::spawn(source.run(shutdown.clone())));

@@ -101,6 +101,7 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     if let Some(f) = &st.forward {
         forward(&mut out, f);
     }
+    modbus(&mut out, &st.modbus);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 
@@ -181,6 +182,51 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for t in &f.targets {
             let _ = writeln!(out, "{name}{{target=\"{}\"}} {}", label(&t.id), get(t, now));
+        }
+    }
+}
+
+fn modbus(out: &mut String, m: &crate::source::modbus::ModbusStatus) {
+    if m.devices.is_empty() {
+        return;
+    }
+    type Get = fn(&crate::source::modbus::DeviceStatus) -> f64;
+    let series: [(&str, &str, &str, Get); 8] = [
+        ("parkwatch_modbus_online", "gauge", "1 while the device answers.", |d| {
+            f64::from(u8::from(d.online.load(Relaxed)))
+        }),
+        ("parkwatch_modbus_requests_total", "counter", "Requests sent to the device.", |d| {
+            d.requests.load(Relaxed) as f64
+        }),
+        ("parkwatch_modbus_registers_total", "counter", "Registers (or bits) read.", |d| {
+            d.registers.load(Relaxed) as f64
+        }),
+        ("parkwatch_modbus_timeouts_total", "counter", "Requests without an answer.", |d| {
+            d.timeouts.load(Relaxed) as f64
+        }),
+        ("parkwatch_modbus_exceptions_total", "counter", "Modbus exceptions (the device said no).", |d| {
+            d.exceptions.load(Relaxed) as f64
+        }),
+        ("parkwatch_modbus_transport_errors_total", "counter", "Connection or framing errors.", |d| {
+            d.transport_errors.load(Relaxed) as f64
+        }),
+        ("parkwatch_modbus_overruns_total", "counter", "Cycles not finished before the next was due.", |d| {
+            d.overruns.load(Relaxed) as f64
+        }),
+        ("parkwatch_modbus_latency_seconds", "gauge", "Latency of the last request.", |d| {
+            d.last_latency_us.load(Relaxed) as f64 / 1e6
+        }),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for d in &m.devices {
+            let _ = writeln!(
+                out,
+                "{name}{{device=\"{}\",connection=\"{}\"}} {}",
+                label(&d.device),
+                label(&d.connection),
+                get(d)
+            );
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub reloader: Option<crate::core::packs::Reloader>,
     /// Forwarding counters, when forwarding is on.
     pub forward: Option<Arc<crate::forward::ForwardMetrics>>,
+    /// Health of Modbus-polled devices.
+    pub modbus: Arc<crate::source::modbus::ModbusStatus>,
 }
 
 /// An error as clients see it: a status and a one-line message, never internals.
@@ -194,13 +196,37 @@ async fn devices(State(st): State<AppState>) -> Json<Value> {
                     json!({ "name": p.name, "unit": p.unit, "kind": p.kind })
                 })
                 .collect();
-            json!({
+            let mut v = json!({
                 "id": d.id, "name": d.name, "grid": reg.grid(d.grid).id, "category": d.category,
                 "tags": d.tags, "points": points,
-            })
+            });
+            if let Some(m) = st.modbus.devices.iter().find(|m| m.device == d.id) {
+                v["modbus"] = modbus_status(m);
+            }
+            v
         })
         .collect();
     Json(Value::Array(list))
+}
+
+fn modbus_status(m: &crate::source::modbus::DeviceStatus) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let last = m.last_success_ns.load(Relaxed);
+    json!({
+        "connection": m.connection,
+        "online": m.online.load(Relaxed),
+        "last_success": if last > 0 { Value::String(fmt_ns(last)) } else { Value::Null },
+        "requests": m.requests.load(Relaxed),
+        "registers": m.registers.load(Relaxed),
+        "errors": {
+            "timeout": m.timeouts.load(Relaxed),
+            "exception": m.exceptions.load(Relaxed),
+            "transport": m.transport_errors.load(Relaxed),
+        },
+        "overruns": m.overruns.load(Relaxed),
+        "latency_ms": m.last_latency_us.load(Relaxed) as f64 / 1e3,
+        "last_error": m.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+    })
 }
 
 #[derive(Debug, Deserialize)]

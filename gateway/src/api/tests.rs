@@ -44,8 +44,16 @@ async fn app() -> (Router, mpsc::Sender<Batch>) {
         None,
         None,
     );
-    let state =
-        AppState { registry, core, metrics, batches: tx.downgrade(), incidents: None, reloader: None, forward: None };
+    let state = AppState {
+        registry,
+        core,
+        metrics,
+        batches: tx.downgrade(),
+        incidents: None,
+        reloader: None,
+        forward: None,
+        modbus: Default::default(),
+    };
     let ts = 1_700_000_000_000_000_000;
     let sample = |p: u32, value: f64| Sample { point: PointId(p), quality: Quality::Good, ts, value };
     tx.send(Batch::new(vec![sample(0, 229.5), sample(1, 1.0), sample(2, 61.2)], vec![])).await.unwrap();

@@ -40,6 +40,9 @@ pub struct Config {
     /// Forwarding to central stores through the outbox; off without targets.
     #[serde(default)]
     pub forward: Forward,
+    /// Modbus TCP / RTU connections polled for the devices that name them.
+    #[serde(default)]
+    pub modbus: Modbus,
 }
 
 /// The site (park) this gateway serves.
@@ -81,6 +84,116 @@ pub struct Device {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub points: Vec<Point>,
+    /// Polled over Modbus: connection, unit id, profile, interval. The profile's points are added to
+    /// `points`.
+    pub modbus: Option<DeviceModbus>,
+}
+
+/// How a device is polled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceModbus {
+    /// Id of a `[[modbus.connections]]`.
+    pub connection: String,
+    /// Unit (slave) id, 1–247 on a bus; 0–255 behind a TCP server.
+    pub unit: u8,
+    /// Profile id (file stem in `configs/profiles/` or a `modbus.profile_dirs` directory).
+    pub profile: String,
+    /// Poll interval, ms.
+    #[serde(default = "default_poll_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+/// Modbus connections and where profiles come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modbus {
+    /// Directories of `*.toml` profiles besides the built-in ones (relative to the config file).
+    #[serde(default)]
+    pub profile_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub connections: Vec<ModbusConnection>,
+}
+
+/// Transport of a Modbus connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModbusKind {
+    /// Modbus TCP (MBAP framing).
+    Tcp,
+    /// RTU frames passed through a serial-to-Ethernet gateway over TCP.
+    RtuOverTcp,
+    /// RTU over a serial port (RS-485).
+    Rtu,
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+/// One TCP connection or one serial bus, shared by its devices one transaction at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusConnection {
+    pub id: String,
+    pub kind: ModbusKind,
+    /// For tcp and rtu_over_tcp.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// For rtu: the serial device, e.g. /dev/ttyUSB0.
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default)]
+    pub parity: Parity,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Per request, ms.
+    #[serde(default = "default_modbus_timeout")]
+    pub timeout_ms: u64,
+    /// Extra attempts after a timeout within one cycle.
+    #[serde(default)]
+    pub retries: u32,
+    /// Quiet time between transactions on the line, ms (RS-485 inter-frame gap).
+    #[serde(default)]
+    pub gap_ms: u64,
+    /// Cycles without a valid read before a device is reported offline.
+    #[serde(default = "default_offline_after")]
+    pub offline_after: u32,
+    /// Longest wait between attempts at a device that does not answer, ms.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_modbus_timeout() -> u64 {
+    1000
+}
+fn default_offline_after() -> u32 {
+    3
+}
+fn default_backoff_max() -> u64 {
+    30_000
 }
 
 /// A measured value of a device.

@@ -363,6 +363,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
 
     validate_rules(config, base, &mut p);
     validate_forward(config, base, &mut p);
+    validate_modbus(config, base, &mut p);
     if config.core.channel_batches == 0 {
         p.push("core.channel_batches", "0; expected at least 1");
     }
@@ -526,6 +527,99 @@ fn validate_forward(config: &mut Config, base: &Path, p: &mut Problems) {
         }
         if t.timeout_secs == 0 {
             p.push(format!("{at}.timeout_secs"), "0; expected at least 1");
+        }
+    }
+}
+
+fn validate_modbus(config: &mut Config, base: &Path, p: &mut Problems) {
+    use super::ModbusKind;
+    for d in &mut config.modbus.profile_dirs {
+        if d.is_relative() {
+            *d = base.join(&*d);
+        }
+    }
+    let mut ids = HashSet::new();
+    for (i, c) in config.modbus.connections.iter().enumerate() {
+        let at = format!("modbus.connections[{i}]");
+        if !ids.insert(c.id.clone()) {
+            p.push(format!("{at}.id"), format!("duplicate connection id \"{}\"", c.id));
+        }
+        match c.kind {
+            ModbusKind::Tcp | ModbusKind::RtuOverTcp => {
+                if c.host.as_deref().is_none_or(str::is_empty) {
+                    p.push(format!("{at}.host"), "missing; expected the server's host name or address");
+                }
+                if c.port.is_none() {
+                    p.push(format!("{at}.port"), "missing; expected the TCP port (502 for Modbus TCP)");
+                }
+            }
+            ModbusKind::Rtu => {
+                if c.path.is_none() {
+                    p.push(format!("{at}.path"), "missing; expected the serial device, like /dev/ttyUSB0");
+                }
+                if !matches!(c.data_bits, 5..=8) {
+                    p.push(format!("{at}.data_bits"), format!("{}; expected 5 to 8", c.data_bits));
+                }
+                if !matches!(c.stop_bits, 1 | 2) {
+                    p.push(format!("{at}.stop_bits"), format!("{}; expected 1 or 2", c.stop_bits));
+                }
+            }
+        }
+        if c.timeout_ms == 0 {
+            p.push(format!("{at}.timeout_ms"), "0; expected at least 1");
+        }
+        if c.offline_after == 0 {
+            p.push(format!("{at}.offline_after"), "0; expected at least 1 cycle");
+        }
+    }
+    let uses_modbus = config.devices.iter().any(|d| d.modbus.is_some());
+    if !uses_modbus {
+        return;
+    }
+    let profiles = match crate::source::modbus::profile::load_all(&config.modbus.profile_dirs) {
+        Ok(p) => p,
+        Err(problems) => {
+            for (k, m) in problems {
+                p.push(format!("modbus.profile_dirs: {k}"), m);
+            }
+            return;
+        }
+    };
+    let conns: Vec<(String, ModbusKind)> = config.modbus.connections.iter().map(|c| (c.id.clone(), c.kind)).collect();
+    for (i, d) in config.devices.iter_mut().enumerate() {
+        let Some(m) = &d.modbus else { continue };
+        let at = format!("devices[{i}].modbus");
+        match conns.iter().find(|(id, _)| *id == m.connection) {
+            None => {
+                let known: Vec<&str> = conns.iter().map(|(id, _)| id.as_str()).collect();
+                p.push(
+                    format!("{at}.connection"),
+                    format!("connection \"{}\" is not defined (known: {})", m.connection, known.join(", ")),
+                );
+            }
+            Some((_, ModbusKind::Rtu | ModbusKind::RtuOverTcp)) if !(1..=247).contains(&m.unit) => {
+                p.push(format!("{at}.unit"), format!("{}; expected 1 to 247 on a serial bus", m.unit));
+            }
+            Some(_) => {}
+        }
+        if m.interval_ms < 10 {
+            p.push(format!("{at}.interval_ms"), format!("{}; expected at least 10", m.interval_ms));
+        }
+        match profiles.get(&m.profile) {
+            None => {
+                let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
+                p.push(
+                    format!("{at}.profile"),
+                    format!("profile \"{}\" is not known (known: {})", m.profile, known.join(", ")),
+                );
+            }
+            Some(profile) => {
+                for pt in &profile.points {
+                    if !d.points.iter().any(|x| x.name == pt.name) {
+                        d.points.push(super::Point { name: pt.name.clone(), unit: pt.unit.clone(), kind: pt.kind });
+                    }
+                }
+            }
         }
     }
 }

@@ -12,6 +12,8 @@
 //! Hazards: a residual-current rise past 300 mA on one meter for about a minute, a noisy night episode on
 //! one environment sensor, a forced door; each appears every few minutes.
 
+pub mod modbus;
+
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
