@@ -48,6 +48,8 @@ pub enum AppError {
 pub struct Extras {
     /// Run the simulated park against this broker (`host`, `port`), one round per period.
     pub simulate: Option<(String, u16, Duration)>,
+    /// Serve the config's Modbus devices from a simulated Modbus TCP server on this address.
+    pub modbus_sim: Option<SocketAddr>,
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then stops cleanly.
@@ -169,9 +171,26 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     };
     info!(api = %config.api.listen, brokers = config.mqtt.brokers.len(), devices = registry.devices.len(), points = registry.points.len(), "parkwatch running.");
 
-    let sim_task = extras
-        .simulate
-        .map(|(host, port, period)| tokio::spawn(sim::run(registry.clone(), host, port, period, shutdown.clone())));
+    let modbus_devices: std::collections::HashSet<String> =
+        config.devices.iter().filter(|d| d.modbus.is_some()).map(|d| d.id.clone()).collect();
+    let modbus_sim = match extras.modbus_sim {
+        Some(addr) => {
+            let profiles = crate::source::modbus::profile::load_all(&config.modbus.profile_dirs).unwrap_or_default();
+            let devices: Vec<(u8, crate::source::modbus::profile::Profile)> = config
+                .devices
+                .iter()
+                .filter_map(|d| d.modbus.as_ref())
+                .filter_map(|m| Some((m.unit, profiles.get(&m.profile)?.clone())))
+                .collect();
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
+            Some(tokio::spawn(sim::modbus::run_park(devices, listener, Duration::from_secs(1), shutdown.clone())))
+        }
+        None => None,
+    };
+    let sim_task = extras.simulate.map(|(host, port, period)| {
+        tokio::spawn(sim::run(registry.clone(), modbus_devices, host, port, period, shutdown.clone()))
+    });
 
     shutdown.cancelled().await;
     info!("Shutting down.");
@@ -179,6 +198,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let _ = s.await;
     }
     if let Some(t) = sim_task {
+        let _ = t.await;
+    }
+    if let Some(t) = modbus_sim {
         let _ = t.await;
     }
     let _ = reload_task.await;

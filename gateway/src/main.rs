@@ -43,6 +43,9 @@ enum Command {
         /// Address of the embedded MQTT broker.
         #[arg(long, default_value = "127.0.0.1:11883")]
         mqtt_listen: SocketAddr,
+        /// Address of the simulated Modbus TCP devices.
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        modbus_listen: SocketAddr,
         /// Stop by itself after this many seconds.
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
@@ -79,7 +82,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => report(run(&config)),
-        Command::Demo { listen, mqtt_listen, duration } => report(demo(listen, mqtt_listen, duration)),
+        Command::Demo { listen, mqtt_listen, modbus_listen, duration } => {
+            report(demo(listen, mqtt_listen, modbus_listen, duration))
+        }
         Command::Rules { command: RulesCommand::Test { files, rules } } => rules_test(&files, rules.as_deref()),
     }
 }
@@ -163,7 +168,12 @@ fn run(file: &Path) -> anyhow::Result<()> {
     })
 }
 
-fn demo(listen: SocketAddr, mqtt_listen: SocketAddr, duration: Option<u64>) -> anyhow::Result<()> {
+fn demo(
+    listen: SocketAddr,
+    mqtt_listen: SocketAddr,
+    modbus_listen: SocketAddr,
+    duration: Option<u64>,
+) -> anyhow::Result<()> {
     let mut config = config::from_str(DEMO_CONFIG, Path::new("configs/demo.toml"), Path::new("."))
         .context("the built-in demo config is invalid")?;
     config.api.listen = listen;
@@ -174,6 +184,10 @@ fn demo(listen: SocketAddr, mqtt_listen: SocketAddr, duration: Option<u64>) -> a
     for b in &mut config.mqtt.brokers {
         b.host = mqtt_listen.ip().to_string();
         b.port = mqtt_listen.port();
+    }
+    for c in &mut config.modbus.connections {
+        c.host = Some(modbus_listen.ip().to_string());
+        c.port = Some(modbus_listen.port());
     }
     let rt = runtime()?;
     rt.block_on(async {
@@ -203,8 +217,11 @@ fn demo(listen: SocketAddr, mqtt_listen: SocketAddr, duration: Option<u64>) -> a
         );
         println!("  Stop with Ctrl-C{}.", duration.map(|d| format!(" (or wait {d} s)")).unwrap_or_default());
         println!("  Incidents  http://{listen}/api/v1/incidents   (rules: /api/v1/rules)");
-        let extras =
-            Extras { simulate: Some((mqtt_listen.ip().to_string(), mqtt_listen.port(), Duration::from_secs(1))) };
+        println!("  Modbus     {modbus_listen}   (simulated Modbus TCP meters and detectors, polled by the gateway)");
+        let extras = Extras {
+            simulate: Some((mqtt_listen.ip().to_string(), mqtt_listen.port(), Duration::from_secs(1))),
+            modbus_sim: Some(modbus_listen),
+        };
         let result = app::run(config, shutdown, extras).await;
         let _ = std::fs::remove_dir_all(&state_dir);
         result?;

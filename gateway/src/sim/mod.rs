@@ -80,6 +80,7 @@ fn bounds(point: &str) -> (f64, f64) {
 /// Runs the simulated park against the broker at `host:port` until `shutdown`, one round per `period`.
 pub async fn run(
     registry: std::sync::Arc<Registry>,
+    polled: std::collections::HashSet<String>,
     host: String,
     port: u16,
     period: Duration,
@@ -89,6 +90,8 @@ pub async fn run(
     let mut devices: Vec<SimDevice> = registry
         .devices
         .iter()
+        // Devices polled over Modbus get their values from the simulated Modbus server instead.
+        .filter(|d| !polled.contains(&d.id))
         .map(|d| {
             let points: Vec<(String, PointId)> =
                 d.points.clone().map(|i| (registry.points[i as usize].name.clone(), PointId(i))).collect();

@@ -159,3 +159,49 @@ pub async fn serve(listener: tokio::net::TcpListener, units: Units, shutdown: Ca
         )
         .await;
 }
+
+/// Serves simulated devices `(unit, profile)` on `listener`, their values walking every `period` like
+/// the MQTT park's (same baselines and bounds), until `shutdown`.
+pub async fn run_park(
+    devices: Vec<(u8, Profile)>,
+    listener: tokio::net::TcpListener,
+    period: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut rng = fastrand::Rng::with_seed(0x6d6f_6462);
+    let mut values: Vec<HashMap<String, f64>> = devices
+        .iter()
+        .map(|(_, p)| p.points.iter().map(|pt| (pt.name.clone(), super::baseline(&pt.name, &mut rng).0)).collect())
+        .collect();
+    let units: Units = Arc::new(Mutex::new(HashMap::new()));
+    let write = |units: &Units, values: &[HashMap<String, f64>]| {
+        if let Ok(mut u) = units.lock() {
+            for ((id, profile), vals) in devices.iter().zip(values) {
+                u.entry(*id).or_default().load_profile(profile, |name| vals.get(name).copied().unwrap_or_default());
+            }
+        }
+    };
+    write(&units, &values);
+    tracing::info!(units = devices.len(), addr = ?listener.local_addr().ok(), "Simulated Modbus devices serving.");
+    let server = tokio::spawn(serve(listener, units.clone(), shutdown.clone()));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for vals in &mut values {
+            for (name, v) in vals.iter_mut() {
+                let (_, walk) = super::baseline(name, &mut rng);
+                let (lo, hi) = super::bounds(name);
+                *v = match name.as_str() {
+                    "energy" | "energy_total" => *v + 0.01 + rng.f64() * 0.05,
+                    n if n.starts_with("alarm") || n == "arc_fault" || n == "fault" => 0.0,
+                    _ => (*v + (rng.f64() - 0.5) * 2.0 * walk).clamp(lo, hi),
+                };
+            }
+        }
+        write(&units, &values);
+    }
+    let _ = server.await;
+}
