@@ -285,3 +285,116 @@ modbus = {{ connection = "plant", unit = 3, profile = "acrel-adw300", interval_m
     assert_eq!(gw.metric("parkwatch_modbus_online{device=\"m1\",connection=\"plant\"}"), Some(1.0));
     assert!(gw.signal("TERM").success());
 }
+
+/// CRC-16/MODBUS.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for b in data {
+        crc ^= u16::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+        }
+    }
+    crc
+}
+
+/// A Modbus RTU slave on a serial line: answers function 3 for unit 5 with `value` in every register,
+/// except answer number `corrupt_at`, which carries 999 and a broken CRC.
+fn rtu_slave(path: std::path::PathBuf, corrupt_at: usize, answers: Arc<Mutex<usize>>) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut port = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut req = [0u8; 8];
+        loop {
+            if port.read_exact(&mut req).is_err() {
+                return;
+            }
+            let crc = u16::from_le_bytes([req[6], req[7]]);
+            if req[0] != 5 || req[1] != 3 || crc16(&req[..6]) != crc {
+                continue;
+            }
+            let count = u16::from_be_bytes([req[4], req[5]]);
+            let n = {
+                let mut a = answers.lock().unwrap();
+                *a += 1;
+                *a
+            };
+            let value: u16 = if n == corrupt_at { 9990 } else { 523 };
+            let mut resp = vec![5, 3, (count * 2) as u8];
+            for _ in 0..count {
+                resp.extend(value.to_be_bytes());
+            }
+            let mut c = crc16(&resp);
+            if n == corrupt_at {
+                c ^= 0x5555;
+            }
+            resp.extend(c.to_le_bytes());
+            if port.write_all(&resp).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[test]
+fn rtu_over_a_serial_line_rejects_a_corrupted_crc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("ttyA"), dir.path().join("ttyB"));
+    let mut socat = std::process::Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", a.display()))
+        .arg(format!("pty,raw,echo=0,link={}", b.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("socat is not installed (apt-get install -y socat)");
+    wait_until(Duration::from_secs(5), "the pseudo-terminal pair", || (a.exists() && b.exists()).then_some(()));
+    let answers = Arc::new(Mutex::new(0));
+    rtu_slave(b.clone(), 3, answers.clone());
+    let config = format!(
+        r#"
+[site]
+id = "t"
+[api]
+listen = "{{api}}"
+[rules]
+builtin = false
+[[grids]]
+id = "g1"
+[[modbus.connections]]
+id = "rs485"
+kind = "rtu"
+path = {path:?}
+baud = 9600
+timeout_ms = 300
+gap_ms = 5
+offline_after = 5
+backoff_max_ms = 500
+[[devices]]
+id = "noise1"
+grid = "g1"
+category = "environment"
+modbus = {{ connection = "rs485", unit = 5, profile = "noise-transmitter", interval_ms = 200 }}
+"#,
+        path = a.display().to_string()
+    );
+    let gw = Gateway::start(&config);
+    let noise = wait_until(Duration::from_secs(10), "readings over RTU", || {
+        let v = values(&gw, "noise1");
+        let n = v.get("noise")?.clone();
+        (*answers.lock().unwrap() >= 6).then_some(n)
+    });
+    assert_eq!(noise["value"], 52.3);
+    // The corrupted answer was rejected: its value never reached point state, and it was counted.
+    let devices = gw.json("/api/v1/devices");
+    let d = devices.as_array().unwrap().iter().find(|d| d["id"] == "noise1").unwrap();
+    let errors = &d["modbus"]["errors"];
+    assert!(errors["timeout"].as_u64().unwrap() + errors["transport"].as_u64().unwrap() >= 1, "{d}");
+    assert_eq!(d["modbus"]["online"], true);
+    let events = gw.json("/api/v1/events?limit=500");
+    assert!(!events.as_array().unwrap().iter().any(|e| e["kind"] == "offline"), "one bad frame is not offline");
+    for _ in 0..5 {
+        assert_eq!(values(&gw, "noise1")["noise"]["value"], 52.3);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = socat.kill();
+    let _ = socat.wait();
+}
