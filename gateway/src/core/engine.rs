@@ -200,6 +200,8 @@ pub struct Engine {
     periodic: Vec<(u32, i64, Vec<u32>)>,
     windows: Vec<Window>,
     prev: Vec<f64>,
+    /// When each point's value last changed (sample time, UTC ns): stuck-value checks in O(1).
+    changed_at: Vec<i64>,
     device_events: HashMap<DeviceId, VecDeque<(String, i64)>>,
     dirty: Vec<u32>,
     dirty_mark: Vec<bool>,
@@ -231,6 +233,7 @@ impl Engine {
             periodic: Vec::new(),
             windows: Vec::new(),
             prev: vec![f64::NAN; n_points],
+            changed_at: vec![0; n_points],
             device_events: HashMap::new(),
             dirty: Vec::new(),
             dirty_mark: Vec::new(),
@@ -347,6 +350,11 @@ impl Engine {
         let i = s.point.0 as usize;
         if let Some(p) = self.prev.get_mut(i) {
             *p = old.unwrap_or(f64::NAN);
+        }
+        if old != Some(s.value) {
+            if let Some(c) = self.changed_at.get_mut(i) {
+                *c = s.ts;
+            }
         }
         if let Some(w) = self.windows.get_mut(i) {
             w.push(s.ts, s.value);
@@ -478,6 +486,7 @@ impl Engine {
             registry: &self.registry,
             states,
             prev: &self.prev,
+            changed_at: &self.changed_at,
             windows: &self.windows,
             device_events,
             params: &self.slots[si].params,
@@ -715,6 +724,7 @@ impl Engine {
                 }
             }
             self.prev = old.prev;
+            self.changed_at = old.changed_at;
         }
         self.device_events = old.device_events;
         let now = crate::source::mqtt::now_ns();

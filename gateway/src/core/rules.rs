@@ -347,6 +347,7 @@ pub struct EvalEnv<'a> {
     pub registry: &'a Registry,
     pub states: &'a [PointState],
     pub prev: &'a [f64],
+    pub changed_at: &'a [i64],
     pub windows: &'a [Window],
     pub device_events: &'a [(String, i64)],
     pub params: &'a BTreeMap<String, Dynamic>,
@@ -489,6 +490,14 @@ fn register_ctx(e: &mut Engine) {
             let p = point_by_name(env, c.device, name)?;
             let s = env.states[p.0 as usize];
             Ok(if s.has_value { (env.now - s.ts) as f64 / 1e9 } else { f64::INFINITY })
+        })
+    });
+    e.register_fn("unchanged_for", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| {
+            let p = point_by_name(env, c.device, name)?;
+            let s = env.states[p.0 as usize];
+            let since = env.changed_at.get(p.0 as usize).copied().unwrap_or(0);
+            Ok(if s.has_value && since > 0 { (s.ts - since) as f64 / 1e9 } else { 0.0 })
         })
     });
     e.register_fn("skew", |c: &mut Ctx| -> Result<f64, Box<EvalAltResult>> {
