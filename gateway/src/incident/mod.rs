@@ -504,43 +504,27 @@ fn manual(
         return Err(StoreError::Closed(id));
     }
     let tx = conn.transaction()?;
-    let (kind, next) = match action {
-        Manual::Ack if state == "active_unacked" => ("acked", "active_acked"),
-        Manual::Ack | Manual::Close => ("closed", "normal"),
+    let step = |kind: &'static str, state: State| IncidentUpdate {
+        id,
+        at,
+        kind,
+        state: Some(state),
+        severity: None,
+        value: None,
+        peak: None,
+        who: Some(who.to_owned()),
+        note: note.map(str::to_owned),
+        shelved_until: None,
     };
-    if kind == "acked" || state.ends_with("unacked") {
-        update(
-            &tx,
-            &IncidentUpdate {
-                id,
-                at,
-                kind: "acked",
-                state: Some(State::parse(if kind == "acked" { next } else { "normal" }).unwrap_or(State::Normal)),
-                severity: None,
-                value: None,
-                peak: None,
-                who: Some(who.to_owned()),
-                note: note.map(str::to_owned),
-                shelved_until: None,
-            },
-        )?;
-    }
-    if kind == "closed" {
-        update(
-            &tx,
-            &IncidentUpdate {
-                id,
-                at,
-                kind: "closed",
-                state: Some(State::Normal),
-                severity: None,
-                value: None,
-                peak: None,
-                who: Some(who.to_owned()),
-                note: note.map(str::to_owned),
-                shelved_until: None,
-            },
-        )?;
+    match action {
+        Manual::Ack if state == "active_unacked" => update(&tx, &step("acked", State::ActiveAcked))?,
+        // Acknowledging a returned incident closes it; closing an unacknowledged one acknowledges it first.
+        Manual::Ack | Manual::Close => {
+            if state.ends_with("unacked") {
+                update(&tx, &step("acked", State::Normal))?;
+            }
+            update(&tx, &step("closed", State::Normal))?;
+        }
     }
     tx.commit()?;
     Ok(())
