@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::core::packs::{self, Reloader};
 use crate::core::rules::PackError;
 use crate::core::{self, Core};
+use crate::incident::changes::ChangeLog;
 use crate::incident::{self, Manual, StoreError};
 use crate::metrics::Metrics;
 use crate::model::Registry;
@@ -79,11 +80,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let (conn, open, next_incident) = incident::open(&config.incidents.path)?;
     let (mut engine, pack_names, pack_errors) =
         packs::build_lenient(&config, registry.clone(), next_incident).map_err(AppError::Rules)?;
+    if config.rules.strict && !pack_errors.is_empty() {
+        return Err(AppError::Rules(pack_errors));
+    }
     let orphans = engine.restore(&open);
     for e in &pack_errors {
         tracing::error!(error = %e, "Rule pack not loaded; the other packs run.");
         engine.system_incident(
-            crate::source::mqtt::now_ns(),
+            crate::model::time::now_ns(),
             "pack",
             crate::model::DeviceId(u32::MAX),
             format!("rule pack not loaded: {e}"),
@@ -95,10 +99,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         restored = open.len() - orphans.len(),
         "Rules loaded."
     );
-    let (store, store_thread) = incident::spawn(conn);
+    let (store, store_thread) = incident::spawn(conn)?;
     for id in orphans {
         let note = Some("rule or device no longer configured".to_owned());
-        if let Err(e) = store.manual(id, Manual::Close, "parkwatch".into(), note, crate::source::mqtt::now_ns()).await {
+        if let Err(e) = store.manual(id, Manual::Close, "parkwatch".into(), note, crate::model::time::now_ns()).await {
             tracing::warn!(incident = id, error = %e, "Could not close an orphaned incident.");
         }
     }
@@ -109,12 +113,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let (fwd_tx, fwd_rx) = mpsc::channel(config.core.channel_batches);
     let (handle, core_task) = core::spawn(core, rx, Some(store.clone()), forwarding.then(|| fwd_tx.clone()));
     let forwarder = if forwarding {
-        let incidents = Some(store.subscribe());
+        let log = ChangeLog::open(&config.incidents.path)?;
+        let incidents = Some((log, store.committed()));
         Some(crate::forward::start(&config, registry.clone(), pool.clone(), fwd_rx, incidents, handle.clone())?)
     } else {
         drop(fwd_rx);
         None
     };
+    // The central publisher stops after the core has drained, so the last changes go out too.
+    let central_stop = CancellationToken::new();
     let central = match &config.forward.mqtt {
         Some(m) => {
             let b = config.mqtt.brokers.iter().find(|b| b.id == m.broker).ok_or_else(|| MqttError::Subscription {
@@ -122,11 +129,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
                 message: format!("unknown broker {}", m.broker),
             })?;
             let options = crate::source::mqtt::options(b, format!("parkwatch-{}-central", config.site.id))?;
+            let log = ChangeLog::open(&config.incidents.path)?;
             Some(tokio::spawn(crate::forward::central::run(
                 options,
                 config.site.id.clone(),
-                store.subscribe(),
-                shutdown.clone(),
+                log,
+                store.committed(),
+                central_stop.clone(),
             )))
         }
         None => None,
@@ -160,7 +169,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let source = MqttSource::new(&config, i, ctx.clone())?;
         sources.push(tokio::spawn(source.run(shutdown.clone())));
     }
-    // Only the sources hold senders now, so the core stops once they have.
+    // Only the sources hold senders now, so the core stops once they have; until shutdown one more is
+    // held here, so a gateway without sources (rules on system incidents only) keeps its core.
+    let idle = ctx.tx.clone();
     drop(ctx);
 
     let api_stop = CancellationToken::new();
@@ -194,6 +205,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
 
     shutdown.cancelled().await;
     info!("Shutting down.");
+    drop(idle);
     for s in sources {
         let _ = s.await;
     }
@@ -204,13 +216,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let _ = t.await;
     }
     let _ = reload_task.await;
+    // Every sender is gone now: the core drains what is queued, persists its incident changes, stops.
+    let _ = core_task.await;
+    // The last incident changes are committed before the sinks read them one last time.
+    let _ = store.sync().await;
+    central_stop.cancel();
     if let Some(c) = central {
         let _ = c.await;
     }
-    // Every sender is gone now: the core drains what is queued, persists its incident changes, stops.
-    let _ = core_task.await;
-    // The last incident changes are committed and announced before the outbox stops taking them.
-    let _ = store.sync().await;
     drop(fwd_tx);
     if let Some(f) = forwarder {
         let _ = tokio::task::spawn_blocking(move || f.stop()).await;

@@ -72,11 +72,16 @@ enum RulesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
+                // rumqttd reports every client's goodbye and its own start and stop at ERROR level.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
         )
+        .with_timer(SiteTime)
+        // Colour codes only for a person at a terminal; journald and files get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
@@ -86,6 +91,27 @@ fn main() -> ExitCode {
             report(demo(listen, mqtt_listen, modbus_listen, duration))
         }
         Command::Rules { command: RulesCommand::Test { files, rules } } => rules_test(&files, rules.as_deref()),
+    }
+}
+
+/// The site's time zone for log lines, set once the config is read (Asia/Shanghai until then).
+static SITE_TZ: std::sync::OnceLock<chrono_tz::Tz> = std::sync::OnceLock::new();
+
+/// Log times in the site's time zone, for the people reading the log on the box.
+struct SiteTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SiteTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        use chrono::TimeZone as _;
+        let tz = SITE_TZ.get().copied().unwrap_or(chrono_tz::Asia::Shanghai);
+        let now = tz.from_utc_datetime(&chrono::Utc::now().naive_utc());
+        write!(w, "{}", now.format("%Y-%m-%dT%H:%M:%S%.3f%:z"))
+    }
+}
+
+fn site_timezone(config: &config::Config) {
+    if let Ok(tz) = config.site.timezone.parse() {
+        let _ = SITE_TZ.set(tz);
     }
 }
 
@@ -103,8 +129,28 @@ fn check(file: &Path) -> ExitCode {
     match config::load(file) {
         Ok(c) => {
             let registry = std::sync::Arc::new(parkwatch::model::Registry::from_config(&c));
-            let rules = match parkwatch::core::packs::build(&c, registry, 1) {
-                Ok((engine, packs)) => format!("{} rules from {} packs", engine.rules().len(), packs.len()),
+            // `run` starts with the packs that load and skips a broken one (unless `rules.strict`):
+            // `check` says the same, as a warning, so the service is not kept down by one bad pack.
+            let rules = match parkwatch::core::packs::build_lenient(&c, registry, 1) {
+                Ok((engine, packs, errors)) => {
+                    for e in &errors {
+                        println!(
+                            "{}: rules: {}: {e}",
+                            file.display(),
+                            if c.rules.strict { "error" } else { "warning" }
+                        );
+                    }
+                    if c.rules.strict && !errors.is_empty() {
+                        println!(
+                            "{}: {} rule problem(s); rules.strict = true refuses them",
+                            file.display(),
+                            errors.len()
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    let skipped = if errors.is_empty() { String::new() } else { format!(", {} skipped", errors.len()) };
+                    format!("{} rules from {} packs{skipped}", engine.rules().len(), packs.len())
+                }
                 Err(errors) => {
                     for e in &errors {
                         println!("{}: rules: {e}", file.display());
@@ -159,6 +205,7 @@ fn stop_on_signals(token: CancellationToken) -> anyhow::Result<()> {
 
 fn run(file: &Path) -> anyhow::Result<()> {
     let config = config::load(file)?;
+    site_timezone(&config);
     let rt = runtime()?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();
@@ -176,6 +223,7 @@ fn demo(
 ) -> anyhow::Result<()> {
     let mut config = config::from_str(DEMO_CONFIG, Path::new("configs/demo.toml"), Path::new("."))
         .context("the built-in demo config is invalid")?;
+    site_timezone(&config);
     config.api.listen = listen;
     config.broker.listen = mqtt_listen;
     // Demo incidents live in a directory of their own, removed when the demo ends.

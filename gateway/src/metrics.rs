@@ -45,6 +45,10 @@ pub struct BrokerMetrics {
     pub connected: AtomicBool,
     pub connections: AtomicU64,
     pub connection_errors: AtomicU64,
+    /// QoS 1 messages left unacknowledged because their batch could not be stored.
+    pub unacked: AtomicU64,
+    /// New sessions opened to have unacknowledged messages delivered again.
+    pub redelivery_sessions: AtomicU64,
 }
 
 impl BrokerMetrics {
@@ -54,6 +58,8 @@ impl BrokerMetrics {
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             connection_errors: AtomicU64::new(0),
+            unacked: AtomicU64::new(0),
+            redelivery_sessions: AtomicU64::new(0),
         }
     }
 }

@@ -80,7 +80,7 @@ fn main() {
     let compile = compile.elapsed();
     assert_eq!(engine.rules().len(), RULES);
     let (conn, _, _) = incident::open(&cfg.incidents.path).unwrap();
-    let (store, _store_thread) = incident::spawn(conn);
+    let (store, _store_thread) = incident::spawn(conn).unwrap();
     let metrics = Arc::new(Metrics::new(Vec::new(), Vec::new(), 10));
     let pool = Arc::new(SamplePool::default());
     let core =
@@ -99,13 +99,22 @@ fn main() {
         thread_cpu() - cpu0
     });
     let handle = handle_rx.recv().unwrap();
-    // An alarm counts once it is announced, which is after it is on disk.
-    let mut announced = store.subscribe();
+    // An alarm counts once it is announced (the change log grows), which is after it is on disk.
+    let mut committed = store.committed();
+    let log = incident::changes::ChangeLog::open(&cfg.incidents.path).unwrap();
     let listener = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut seen: HashMap<(String, String), i64> = HashMap::new();
-        while let Ok(i) = announced.blocking_recv() {
-            seen.entry((i.device.clone(), i.point.clone())).or_insert_with(now_ns);
-        }
+        let mut cursor = 0;
+        rt.block_on(async {
+            while committed.changed().await.is_ok() {
+                let at = now_ns();
+                for r in log.after(cursor, 100_000).unwrap() {
+                    cursor = r.seq;
+                    seen.entry((r.device.clone(), r.point.clone())).or_insert(at);
+                }
+            }
+        });
         seen
     });
 

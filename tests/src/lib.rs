@@ -53,7 +53,19 @@ pub fn gateway_bin() -> PathBuf {
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building the parkwatch binary failed");
-        profile_dir.join("parkwatch")
+        // Checkouts sharing one target directory overwrite `target/<profile>/parkwatch` with their own
+        // build: run a copy made right after this checkout's build.
+        let checkout = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            root().hash(&mut h);
+            h.finish()
+        };
+        let copy = profile_dir.join(format!("parkwatch-e2e-{checkout:016x}"));
+        let tmp = profile_dir.join(format!("parkwatch-e2e-{checkout:016x}.{}", std::process::id()));
+        std::fs::copy(profile_dir.join("parkwatch"), &tmp).expect("copy the parkwatch binary");
+        std::fs::rename(&tmp, &copy).expect("put the parkwatch binary in place");
+        copy
     })
     .clone()
 }
@@ -247,8 +259,17 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to the broker on `port`.
     pub fn connect(port: u16, id: &str) -> Self {
+        Self::connect_with(port, id, 4 << 20)
+    }
+
+    /// Connects with room for messages of up to 64 MiB (poison tests).
+    pub fn connect_large(port: u16, id: &str) -> Self {
+        Self::connect_with(port, id, 64 << 20)
+    }
+
+    fn connect_with(port: u16, id: &str, max_packet: usize) -> Self {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(4 << 20, 4 << 20).set_inflight(1000);
+        opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(max_packet, max_packet).set_inflight(1000);
         let (client, mut connection) = Client::new(opts, 100_000);
         let acked = Arc::new(AtomicUsize::new(0));
         let counter = acked.clone();
@@ -511,5 +532,47 @@ impl Subscriber {
 impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.client.disconnect();
+    }
+}
+
+/// A small tmpfs volume (mounted as root, as the tests and CI run) that a test can fill to the last
+/// byte and free again: a full disk under the gateway's files.
+pub struct SmallDisk {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes` on a fresh directory.
+    pub fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "cannot mount a tmpfs on {} (the tests run as root)", path.display());
+        Self { path, _dir: dir }
+    }
+
+    /// Writes a filler file until the volume is full.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut f = File::create(self.path.join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    /// Deletes the filler: space is back.
+    pub fn free(&self) {
+        let _ = std::fs::remove_file(self.path.join("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

@@ -12,7 +12,7 @@ use super::{ApiError, AppState};
 use crate::core::engine::{Action, ActionError};
 use crate::core::rules::parse_duration;
 use crate::incident::{Filter, IncidentStore, Manual, StoreError};
-use crate::source::mqtt::now_ns;
+use crate::model::time::now_ns;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {

@@ -51,6 +51,23 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
             b.connection_errors.load(Relaxed)
         );
     }
+    for (name, help, get) in [
+        (
+            "parkwatch_mqtt_unacked_total",
+            "QoS 1 messages left unacknowledged because their batch could not be stored (the broker delivers them again).",
+            (|b| b.unacked.load(Relaxed)) as fn(&crate::metrics::BrokerMetrics) -> u64,
+        ),
+        (
+            "parkwatch_mqtt_redelivery_sessions_total",
+            "New sessions opened to have unacknowledged messages delivered again.",
+            |b| b.redelivery_sessions.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for b in &m.brokers {
+            let _ = writeln!(out, "{name}{{broker=\"{}\"}} {}", label(&b.id), get(b));
+        }
+    }
 
     for (name, help, get) in [
         ("parkwatch_mqtt_messages_total", "Messages received per subscription.", 0),
@@ -119,7 +136,7 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
         (
             "parkwatch_outbox_dropped_batches_total",
             "counter",
-            "Batches dropped unconfirmed (outbox full, too old, disk full).",
+            "Batches dropped unconfirmed by the outbox bounds (size, age of telemetry).",
             o.dropped_batches.load(Relaxed),
         ),
         (
@@ -129,15 +146,45 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
             o.dropped_bytes.load(Relaxed),
         ),
         (
-            "parkwatch_outbox_lost_lines_total",
+            "parkwatch_outbox_lost_samples_total",
             "counter",
-            "Lines that could not be stored at all.",
-            o.lost_lines.load(Relaxed),
+            "Samples without an acknowledgement (QoS 0, Modbus) lost while the outbox could not commit.",
+            o.lost_samples.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_unacked_samples_total",
+            "counter",
+            "Samples of QoS 1 messages not stored while the outbox could not commit; left to the broker to deliver again.",
+            o.unacked_samples.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_append_errors_total",
+            "counter",
+            "Outbox commits that failed (each is retried).",
+            o.append_errors.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_incident_lines_total",
+            "counter",
+            "Incident changes committed to the outbox.",
+            o.incident_lines.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_incident_lag",
+            "gauge",
+            "Incident changes committed in the incident store but not yet in the outbox.",
+            o.incident_lag.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_failing",
+            "gauge",
+            "1 while the outbox cannot commit (disk full, I/O error).",
+            u64::from(o.failing.load(Relaxed)),
         ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
-    let now = crate::source::mqtt::now_ns();
+    let now = crate::model::time::now_ns();
     type Get = fn(&crate::forward::writer::TargetMetrics, i64) -> f64;
     let series: [(&str, &str, &str, Get); 9] = [
         ("parkwatch_forward_backlog_batches", "gauge", "Batches this target has not confirmed.", |t, _| {

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use crate::config::PointKind;
 use crate::core::{CoreHandle, PointFilter};
 use crate::metrics::Metrics;
+use crate::model::time::fmt_ns;
 use crate::model::{Batch, Quality, Registry};
-use crate::source::mqtt::decode::fmt_ns;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -267,7 +267,7 @@ async fn forward(State(st): State<AppState>) -> Json<Value> {
     let Some(f) = st.forward.clone() else {
         return Json(json!({ "enabled": false }));
     };
-    let now = crate::source::mqtt::now_ns();
+    let now = crate::model::time::now_ns();
     let o = &f.outbox;
     let mut targets = Vec::new();
     for t in &f.targets {
@@ -311,7 +311,12 @@ async fn forward(State(st): State<AppState>) -> Json<Value> {
             "dropped_bytes": o.dropped_bytes.load(Relaxed),
             "dropped_incidents": o.dropped_incidents.load(Relaxed),
             "append_errors": o.append_errors.load(Relaxed),
-            "lost_lines": o.lost_lines.load(Relaxed),
+            "lost_samples": o.lost_samples.load(Relaxed),
+            "unacked_samples": o.unacked_samples.load(Relaxed),
+            "incident_lines": o.incident_lines.load(Relaxed),
+            "incident_lag": o.incident_lag.load(Relaxed),
+            "failing": o.failing.load(Relaxed),
+            "last_error": o.last_error.lock().ok().and_then(|e| e.clone()),
         },
         "targets": targets,
     }))

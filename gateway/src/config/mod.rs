@@ -256,8 +256,11 @@ pub struct Broker {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
-    /// Largest MQTT packet accepted from the broker, bytes. A larger one breaks the connection, so keep
-    /// it above every subscription's `max_payload_bytes` (those are rejected and counted instead).
+    /// Largest MQTT packet read from the broker, bytes. A larger one breaks the connection and the
+    /// broker sends it again on every reconnect, so the default is the protocol's maximum (256 MiB):
+    /// oversized messages are read, rejected by the subscription's `max_payload_bytes`, counted and
+    /// acknowledged. Lower it only together with the broker's own limit (Mosquitto
+    /// `message_size_limit`).
     #[serde(default = "default_max_packet")]
     pub max_packet_bytes: usize,
     pub tls: Option<Tls>,
@@ -278,8 +281,11 @@ fn default_reconnect_min() -> u64 {
 fn default_reconnect_max() -> u64 {
     30_000
 }
+/// MQTT's largest remaining length (268,435,455 bytes).
+pub const MQTT_MAX_PACKET: usize = 268_435_455;
+
 fn default_max_packet() -> usize {
-    1024 * 1024
+    MQTT_MAX_PACKET
 }
 
 /// TLS for a broker connection (rustls).
@@ -498,6 +504,10 @@ pub struct Rules {
     /// Run the default packs built into the binary (electrical, emissions, access, quality).
     #[serde(default = "yes")]
     pub builtin: bool,
+    /// Refuse to start (and fail `parkwatch check`) when a pack does not load. Off by default: a broken
+    /// pack is skipped with a warning and a `system` incident, and the other packs run.
+    #[serde(default)]
+    pub strict: bool,
     /// Directories whose `*.rhai` files are loaded too (relative to the config file).
     #[serde(default)]
     pub dirs: Vec<PathBuf>,
@@ -534,6 +544,7 @@ impl Default for Rules {
     fn default() -> Self {
         Self {
             builtin: true,
+            strict: false,
             dirs: Vec::new(),
             reload_secs: default_reload_secs(),
             night_start: default_night_start(),

@@ -97,6 +97,25 @@ fn secrets_come_from_the_environment_and_files() {
     assert_eq!(c.mqtt.brokers[0].username.as_deref(), Some("edge"));
     assert_eq!(c.mqtt.brokers[0].password.as_deref(), Some("s3cret"));
 
+    // systemd's LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY, readable by a DynamicUser.
+    let creds = dir.join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("mqtt-password"), "from-credential\n").unwrap();
+    std::env::set_var("PARKWATCH_TEST_CREDENTIALS", &creds);
+    let text = BASE.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\nusername = \"edge\"\npassword_file = \"${PARKWATCH_TEST_CREDENTIALS}/mqtt-password\"",
+    );
+    let c = from_str(&text, Path::new("t.toml"), &dir).unwrap();
+    assert_eq!(c.mqtt.brokers[0].password.as_deref(), Some("from-credential"));
+    let text = BASE.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\nusername = \"edge\"\npassword_file = \"${PARKWATCH_TEST_NO_CREDENTIALS}/pw\"",
+    );
+    let (path, message) = parse(&text).unwrap_err().problems().remove(0);
+    assert_eq!(path, "mqtt.brokers[0].password_file");
+    assert!(message.contains("PARKWATCH_TEST_NO_CREDENTIALS is not set"), "{message}");
+
     let text = BASE.replace("host = \"127.0.0.1\"", "host = \"${PARKWATCH_TEST_UNSET_VAR}\"");
     let e = parse(&text).unwrap_err();
     let (path, message) = e.problems().remove(0);

@@ -66,6 +66,20 @@ pub fn expand_env(value: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Reads a secret file: `${VAR}` in the path is expanded (systemd's `LoadCredential=` puts secrets in
+/// `${CREDENTIALS_DIRECTORY}`), a relative path is relative to the config file, and the trailing line
+/// break is dropped.
+///
+/// # Errors
+/// The variable is not set or the file cannot be read, said with the path tried.
+pub fn read_secret(file: &Path, base: &Path) -> Result<String, String> {
+    let expanded = expand_env(&file.to_string_lossy())?;
+    let path = base.join(expanded);
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 fn expand_in_place(slot: &mut Option<String>, path: &str, problems: &mut Problems) {
     if let Some(v) = slot.as_mut() {
         match expand_env(v) {
@@ -181,10 +195,9 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
             if b.password.is_some() {
                 p.push(format!("{at}.password_file"), "both password and password_file are set; expected one of them");
             }
-            let file = base.join(file);
-            match std::fs::read_to_string(&file) {
-                Ok(s) => b.password = Some(s.trim_end_matches(['\r', '\n']).to_owned()),
-                Err(e) => p.push(format!("{at}.password_file"), format!("cannot read {}: {e}", file.display())),
+            match read_secret(file, base) {
+                Ok(s) => b.password = Some(s),
+                Err(e) => p.push(format!("{at}.password_file"), e),
             }
         }
         if b.password.is_some() && b.username.is_none() {
@@ -205,8 +218,15 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
                 ),
             );
         }
-        if b.max_packet_bytes < 1024 {
-            p.push(format!("{at}.max_packet_bytes"), format!("{} bytes; expected at least 1024", b.max_packet_bytes));
+        if !(1024..=crate::config::MQTT_MAX_PACKET).contains(&b.max_packet_bytes) {
+            p.push(
+                format!("{at}.max_packet_bytes"),
+                format!(
+                    "{} bytes; expected from 1024 to {} (MQTT's maximum, the default)",
+                    b.max_packet_bytes,
+                    crate::config::MQTT_MAX_PACKET
+                ),
+            );
         }
         if let Some(tls) = &mut b.tls {
             tls.ca_file = base.join(&tls.ca_file);
@@ -260,6 +280,17 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
         }
         if s.qos > 1 {
             p.push(format!("{at}.qos"), format!("{}; expected 0 or 1", s.qos));
+        }
+        if let Some(b) = config.mqtt.brokers.iter().find(|b| b.id == s.broker) {
+            if s.max_payload_bytes > b.max_packet_bytes {
+                p.push(
+                    format!("{at}.max_payload_bytes"),
+                    format!(
+                        "{} bytes is more than broker {:?} reads ({} bytes, max_packet_bytes); expected at most that",
+                        s.max_payload_bytes, b.id, b.max_packet_bytes
+                    ),
+                );
+            }
         }
         let pattern = match TopicPattern::parse(&s.topic) {
             Ok(pattern) => Some(pattern),
@@ -516,10 +547,9 @@ fn validate_forward(config: &mut Config, base: &Path, p: &mut Problems) {
         }
         expand_in_place(&mut t.token, &format!("{at}.token"), p);
         if let Some(file) = &t.token_file {
-            let file = if file.is_relative() { base.join(file) } else { file.clone() };
-            match std::fs::read_to_string(&file) {
+            match read_secret(file, base) {
                 Ok(v) => t.token = Some(v.trim().to_owned()),
-                Err(e) => p.push(format!("{at}.token_file"), format!("cannot read {}: {e}", file.display())),
+                Err(e) => p.push(format!("{at}.token_file"), e),
             }
         }
         if t.retry_min_ms == 0 || t.retry_min_ms > t.retry_max_ms {

@@ -727,7 +727,7 @@ impl Engine {
             self.changed_at = old.changed_at;
         }
         self.device_events = old.device_events;
-        let now = crate::source::mqtt::now_ns();
+        let now = crate::model::time::now_ns();
         for old_slot in old.slots {
             let rule_id = &old.set.rules[old_slot.rule as usize].id;
             let found = self

@@ -21,8 +21,8 @@ use self::engine::{Action, ActionError, Engine, RuleStats};
 use self::rules::PackError;
 use crate::incident::IncidentStore;
 use crate::metrics::{add, Metrics};
+use crate::model::time::now_ns;
 use crate::model::{Batch, DeviceId, Event, GridId, PointId, Quality, Registry};
-use crate::source::mqtt::now_ns;
 use crate::source::pool::SamplePool;
 
 /// How often alarm timers (on/off delays, shelving, periodic rules) are checked.
@@ -396,11 +396,7 @@ impl Core {
                 stats,
             })
             .collect();
-        RulesReport {
-            rules,
-            errors: self.load_errors.clone(),
-            loaded_at: crate::source::mqtt::decode::fmt_ns(self.loaded_at),
-        }
+        RulesReport { rules, errors: self.load_errors.clone(), loaded_at: crate::model::time::fmt_ns(self.loaded_at) }
     }
 }
 
@@ -425,6 +421,12 @@ pub fn spawn(
                 batch = batches.recv() => match batch {
                     Some(b) => {
                         let b = core.apply(b);
+                        // The incident changes a batch caused are part of what its messages promise:
+                        // the source acknowledges them only once these are committed too.
+                        let changes = core.take_changes();
+                        if !changes.is_empty() {
+                            persist(changes, b.ack.as_ref().map(crate::model::Ack::share), store.as_ref()).await;
+                        }
                         match &forward {
                             // Waiting for room here slows the sources: back-pressure from the outbox.
                             Some(f) => {
@@ -446,28 +448,29 @@ pub fn spawn(
                 _ = tick.tick(), if core.engine.is_some() => core.tick(now_ns()),
                 Some(q) = queries.recv() => core.answer(q),
             }
-            persist(&mut core, store.as_ref()).await;
+            let changes = core.take_changes();
+            if !changes.is_empty() {
+                persist(changes, None, store.as_ref()).await;
+            }
         }
-        persist(&mut core, store.as_ref()).await;
         info!(samples = core.metrics.core.samples.load(std::sync::atomic::Ordering::Relaxed), "Core stopped.");
     });
     (CoreHandle { tx }, task)
 }
 
-async fn persist(core: &mut Core, store: Option<&IncidentStore>) {
-    let changes = core.take_changes();
-    if changes.is_empty() {
-        return;
-    }
+async fn persist(changes: Vec<engine::Change>, ack: Option<crate::model::Ack>, store: Option<&IncidentStore>) {
     match store {
         Some(s) => {
-            if let Err(e) = s.apply(changes).await {
+            if let Err(e) = s.apply(changes, ack).await {
                 crate::incident::warn_stopped(&e);
             }
         }
         None => {
             for c in changes {
                 info!(change = ?c, "Incident change (no store configured).");
+            }
+            if let Some(a) = ack {
+                a.confirm();
             }
         }
     }

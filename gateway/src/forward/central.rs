@@ -3,17 +3,18 @@
 //! (cleared by an empty retained message once the incident is closed); the gateway's birth and
 //! last will, retained, on `parkwatch/<site>/status`.
 //!
-//! rumqttc keeps QoS 1 publishes it has not had acknowledged and sends them again after a reconnect;
-//! its request queue is bounded, so a broker that is gone for long slows this task, never the core.
+//! The changes come from the incident store's change log, read by cursor: a broker that is slow or
+//! gone for long makes this publisher lag, never lose a change, and never slows the core.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, QoS};
-use tokio::sync::broadcast;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::incident::Incident;
+use crate::incident::changes::ChangeLog;
 
 /// Topics for a site.
 #[derive(Debug, Clone)]
@@ -39,88 +40,135 @@ impl Topics {
     }
 }
 
-/// Publishes incidents until `shutdown`, then announces the gateway offline.
+/// Sink name of the central publisher's cursor in the incident database.
+const SINK: &str = "central_mqtt";
+
+/// Publishes not acknowledged by the broker at most; more waits in the change log.
+const IN_FLIGHT: usize = 200;
+
+/// Publishes the incident change log until `shutdown`, then announces the gateway offline.
+///
+/// Reads by cursor: a change counts as delivered once the broker acknowledged its publishes, and the
+/// cursor (saved in the incident database) moves only past delivered changes, in order. After a lost
+/// connection or a restart the publisher starts again from the cursor: at-least-once, in order.
 pub async fn run(
     mut options: MqttOptions,
     site: String,
-    mut incidents: broadcast::Receiver<Incident>,
+    log: ChangeLog,
+    mut committed: watch::Receiver<i64>,
     shutdown: CancellationToken,
 ) {
     let topics = Topics::new(&site);
     let offline = serde_json::json!({ "state": "offline", "site": site }).to_string();
     options.set_last_will(LastWill::new(&topics.status, offline.clone(), QoS::AtLeastOnce, true));
     options.set_clean_session(true);
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    options.set_inflight(IN_FLIGHT as u16);
     let birth =
         serde_json::json!({ "state": "online", "site": site, "version": env!("CARGO_PKG_VERSION") }).to_string();
+    let mut cursor = match log.cursor(SINK) {
+        Ok(Some(c)) => c,
+        // A new sink starts with what is open now rather than replaying years of history.
+        Ok(None) => log.head().unwrap_or(0).saturating_sub(1000).max(0),
+        Err(e) => {
+            warn!(error = %e, "Cannot read the central publisher's cursor; starting from the newest changes.");
+            log.head().unwrap_or(0)
+        }
+    };
     let mut backoff = Duration::from_millis(500);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(500);
-                    info!(topic = %topics.status, "Central MQTT connected; publishing incidents.");
-                    let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, birth.clone());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    debug!(error = %e, "Central MQTT connection failed; retrying.");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+    'connection: loop {
+        let (client, mut eventloop) = AsyncClient::new(options.clone(), IN_FLIGHT * 2);
+        let mut flight = InFlight::new(cursor);
+        let mut connected = false;
+        loop {
+            let room = connected && flight.len() < IN_FLIGHT;
+            tokio::select! {
+                () = shutdown.cancelled() => break 'connection,
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        backoff = Duration::from_millis(500);
+                        info!(topic = %topics.status, "Central MQTT connected; publishing incidents.");
+                        let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, birth.clone());
+                        flight.expect_status();
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flight.sent(pkid),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(done) = flight.acked(ack.pkid) {
+                            if done > cursor {
+                                cursor = done;
+                                if let Err(e) = log.save_cursor(SINK, cursor) {
+                                    debug!(error = %e, "Cannot save the central publisher's cursor; changes may be sent again after a restart.");
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(error = %e, "Central MQTT connection failed; retrying.");
+                        tokio::select! {
+                            () = shutdown.cancelled() => break 'connection,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        // Start over from the last delivered change: nothing in flight is lost.
+                        continue 'connection;
+                    }
+                },
+                r = committed.changed(), if room && flight.next() > *committed.borrow() => {
+                    if r.is_err() {
+                        // The store has stopped; publish what is left, then wait for shutdown.
+                        committed = watch::channel(log.head().unwrap_or(0)).1;
+                    }
                 }
-            },
-            i = incidents.recv() => match i {
-                Ok(i) => {
-                    let json = serde_json::to_string(&i).unwrap_or_default();
-                    // Awaiting room in the request queue: back-pressure on this task only.
-                    let publish = async {
-                        client.publish(topics.incidents(&i.grid), QoS::AtLeastOnce, false, json.clone()).await?;
-                        if i.state == "normal" {
-                            client.publish(topics.alarm(i.id), QoS::AtLeastOnce, true, Vec::<u8>::new()).await
-                        } else {
-                            client.publish(topics.alarm(i.id), QoS::AtLeastOnce, true, json).await
+                () = std::future::ready(()), if room && flight.next() <= *committed.borrow() => {
+                    let rows = match log.after(flight.next() - 1, IN_FLIGHT - flight.len()) {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            warn!(error = %e, "Cannot read the incident change log; will try again.");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
                         }
                     };
-                    // The event loop must keep running while we wait for room.
-                    let mut publish = std::pin::pin!(publish);
-                    loop {
-                        tokio::select! {
-                            r = &mut publish => {
-                                if let Err(e) = r {
-                                    warn!(error = %e, "Cannot queue an incident for the central broker.");
-                                }
-                                break;
-                            }
-                            ev = eventloop.poll() => {
-                                if ev.is_err() {
-                                    tokio::time::sleep(Duration::from_millis(200)).await;
-                                }
-                            }
+                    if rows.is_empty() {
+                        // Only comments (not published) remain up to the head.
+                        flight.skip_to(*committed.borrow() + 1);
+                        continue;
+                    }
+                    for r in rows {
+                        let json = serde_json::to_string(&r).unwrap_or_default();
+                        let retained = if r.state == "normal" { Vec::new() } else { json.clone().into_bytes() };
+                        let a = client.try_publish(topics.incidents(&r.grid), QoS::AtLeastOnce, false, json);
+                        let b = client.try_publish(topics.alarm(r.id), QoS::AtLeastOnce, true, retained);
+                        if a.is_err() || b.is_err() {
+                            // The request queue is full; the connection is in trouble. Start over.
+                            warn!("Central MQTT request queue full; reconnecting.");
+                            continue 'connection;
                         }
+                        flight.publish(r.seq, 2);
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(missed = n, "Incident changes came faster than the central broker took them.");
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
+            }
         }
     }
-    // A clean goodbye: the retained status says offline without waiting for the will.
+    info!("Central MQTT publisher stopping.");
+    goodbye(&options, &topics, offline).await;
+}
+
+/// A clean goodbye on a fresh connection: the retained status says offline without waiting for the will.
+async fn goodbye(options: &MqttOptions, topics: &Topics, offline: String) {
+    let mut options = options.clone();
+    options.set_client_id(format!("{}-bye", options.client_id()));
+    let (client, mut eventloop) = AsyncClient::new(options, 4);
     if client.try_publish(&topics.status, QoS::AtLeastOnce, true, offline).is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let mut sent = false;
             while let Ok(ev) = eventloop.poll().await {
                 match ev {
-                    Event::Incoming(rumqttc::Packet::PubAck(_)) if !sent => {
+                    Event::Incoming(Packet::PubAck(_)) if !sent => {
                         sent = true;
                         let _ = client.try_disconnect();
                     }
-                    Event::Outgoing(rumqttc::Outgoing::Disconnect) => break,
+                    Event::Outgoing(Outgoing::Disconnect) => break,
                     _ => {}
                 }
             }
@@ -128,4 +176,106 @@ pub async fn run(
         .await;
     }
     info!("Central MQTT publisher stopped.");
+}
+
+/// Publishes in flight on one connection, in the order they were queued, and which change each
+/// belongs to. rumqttc sends requests in order, so the n-th outgoing publish is the n-th queued.
+#[derive(Debug)]
+struct InFlight {
+    /// Change seqs in queue order, one entry per publish (`None` for the birth message).
+    queued: VecDeque<Option<i64>>,
+    /// Packet id → change seq, for publishes on the wire.
+    wire: HashMap<u16, Option<i64>>,
+    /// Change seq → publishes not yet acknowledged.
+    open: BTreeMap<i64, u32>,
+    /// Every change up to here is delivered or was never published (comments).
+    delivered: i64,
+    /// The highest seq queued.
+    queued_up_to: i64,
+}
+
+impl InFlight {
+    fn new(cursor: i64) -> Self {
+        Self {
+            queued: VecDeque::new(),
+            wire: HashMap::new(),
+            open: BTreeMap::new(),
+            delivered: cursor,
+            queued_up_to: cursor,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queued.len() + self.wire.len()
+    }
+
+    /// The next change seq to read.
+    fn next(&self) -> i64 {
+        self.queued_up_to + 1
+    }
+
+    fn skip_to(&mut self, next: i64) {
+        self.queued_up_to = self.queued_up_to.max(next - 1);
+        if self.open.is_empty() {
+            self.delivered = self.delivered.max(self.queued_up_to);
+        }
+    }
+
+    fn expect_status(&mut self) {
+        self.queued.push_back(None);
+    }
+
+    fn publish(&mut self, seq: i64, publishes: u32) {
+        for _ in 0..publishes {
+            self.queued.push_back(Some(seq));
+        }
+        *self.open.entry(seq).or_default() += publishes;
+        self.queued_up_to = self.queued_up_to.max(seq);
+    }
+
+    fn sent(&mut self, pkid: u16) {
+        if let Some(seq) = self.queued.pop_front() {
+            self.wire.insert(pkid, seq);
+        }
+    }
+
+    /// A publish was acknowledged; returns the new delivered position when it moved.
+    fn acked(&mut self, pkid: u16) -> Option<i64> {
+        let seq = self.wire.remove(&pkid)??;
+        if let Some(n) = self.open.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                self.open.remove(&seq);
+            }
+        }
+        // Delivered up to just before the oldest change still open (or everything queued).
+        let before = self.open.keys().next().map_or(self.queued_up_to, |first| first - 1);
+        (before > self.delivered).then(|| {
+            self.delivered = before;
+            before
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+
+    #[test]
+    fn cursor_moves_only_past_changes_fully_acknowledged_in_order() {
+        let mut f = InFlight::new(10);
+        f.expect_status();
+        f.publish(11, 2);
+        f.publish(13, 2); // 12 was a comment
+        for pkid in 1..=5 {
+            f.sent(pkid);
+        }
+        assert_eq!(f.acked(1), None, "the birth message moves nothing");
+        assert_eq!(f.acked(4), None, "13 is half done and 11 not at all");
+        assert_eq!(f.acked(2), None);
+        assert_eq!(f.acked(3), Some(12), "11 done; 13 still open");
+        assert_eq!(f.acked(5), Some(13));
+        assert_eq!(f.next(), 14);
+        assert_eq!(f.len(), 0);
+    }
 }

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::config::PointKind;
-use crate::core::engine::{Change, NewIncident};
+use crate::incident::changes::{change_code, severity_level, state_code, ChangeRow};
 use crate::model::{Registry, Sample};
 
 /// Escapes a measurement name: commas and spaces.
@@ -144,15 +144,17 @@ impl Encoder {
         lines
     }
 
-    /// Appends one incident change as a line of measurement `incident`.
-    pub fn incident(&self, c: &IncidentLine<'_>, out: &mut String) {
+    /// Appends one incident change: tags site, grid, device, rule, severity, category; the state, the
+    /// severity and the kind of change both as strings and as numbers (for stores that keep only
+    /// numbers), the incident id and the change's sequence number; at the change's unique timestamp.
+    pub fn incident(&self, c: &ChangeRow, out: &mut String) {
         out.push_str("incident");
         for (k, v) in [
-            ("category", c.category),
-            ("device", c.device),
-            ("grid", c.grid),
-            ("rule", c.rule),
-            ("severity", c.severity),
+            ("category", c.category.as_str()),
+            ("device", &c.device),
+            ("grid", &c.grid),
+            ("rule", &c.rule),
+            ("severity", &c.severity),
             ("site", self.site.as_str()),
         ] {
             if v.is_empty() {
@@ -163,47 +165,25 @@ impl Encoder {
             out.push('=');
             escape_key(v, out);
         }
-        let _ = write!(out, " id={}i,state=", c.id);
-        quote_string(c.state, out);
-        if c.value.is_finite() {
+        let _ = write!(
+            out,
+            " id={}i,seq={}i,state_code={}i,severity_level={}i,change_code={}i,state=",
+            c.id,
+            c.seq,
+            state_code(&c.state),
+            severity_level(&c.severity),
+            change_code(&c.change)
+        );
+        quote_string(&c.state, out);
+        out.push_str(",change=");
+        quote_string(&c.change, out);
+        if let Some(v) = c.value.filter(|v| v.is_finite()) {
             out.push_str(",value=");
-            push_float(c.value, out);
+            push_float(v, out);
         }
         out.push_str(",message=");
-        quote_string(c.message, out);
-        let _ = writeln!(out, " {}", c.at);
-    }
-}
-
-/// The fields of one incident line.
-#[derive(Debug, Clone, Copy)]
-pub struct IncidentLine<'a> {
-    pub id: i64,
-    pub at: i64,
-    pub rule: &'a str,
-    pub severity: &'a str,
-    pub category: &'a str,
-    pub grid: &'a str,
-    pub device: &'a str,
-    pub state: &'a str,
-    pub value: f64,
-    pub message: &'a str,
-}
-
-impl<'a> From<&'a NewIncident> for IncidentLine<'a> {
-    fn from(n: &'a NewIncident) -> Self {
-        Self {
-            id: n.id,
-            at: n.at,
-            rule: &n.rule,
-            severity: n.severity.as_str(),
-            category: &n.category,
-            grid: &n.grid,
-            device: &n.device,
-            state: n.state.as_str(),
-            value: n.value,
-            message: &n.message,
-        }
+        quote_string(&c.message, out);
+        let _ = writeln!(out, " {}", c.ts);
     }
 }
 
@@ -214,14 +194,6 @@ fn push_float(v: f64, out: &mut String) {
     let _ = write!(out, "{v}");
     if !out[start..].contains('.') {
         out.push_str(".0");
-    }
-}
-
-/// Whether a change is worth a line (every state change is; comments are not).
-pub fn is_forwarded(c: &Change) -> bool {
-    match c {
-        Change::Open(_) => true,
-        Change::Update(u) => u.state.is_some(),
     }
 }
 
@@ -287,24 +259,32 @@ points = [{ name = "kwh" }]
         let enc = Encoder::new(&reg);
         let mut out = String::new();
         enc.incident(
-            &IncidentLine {
+            &ChangeRow {
+                seq: 41,
+                ts: 9,
+                at: String::new(),
+                change: "raised".into(),
                 id: 7,
-                at: 9,
-                rule: "electrical.residual_current",
-                severity: "critical",
-                category: "electrical",
-                grid: "g,1",
-                device: "m 1",
-                state: "active_unacked",
-                value: 350.0,
-                message: "say \"hi\"\\",
+                rule: "electrical.residual_current".into(),
+                title: String::new(),
+                category: "electrical".into(),
+                severity: "critical".into(),
+                state: "active_unacked".into(),
+                device: "m 1".into(),
+                grid: "g,1".into(),
+                point: String::new(),
+                value: Some(350.0),
+                message: "say \"hi\"\\".into(),
+                plan: String::new(),
+                who: None,
+                note: None,
             },
             &mut out,
         );
         assert_eq!(
             out,
             "incident,category=electrical,device=m\\ 1,grid=g\\,1,rule=electrical.residual_current,severity=critical,site=xh \
-             id=7i,state=\"active_unacked\",value=350.0,message=\"say \\\"hi\\\"\\\\\" 9\n"
+             id=7i,seq=41i,state_code=1i,severity_level=4i,change_code=1i,state=\"active_unacked\",change=\"raised\",value=350.0,message=\"say \\\"hi\\\"\\\\\" 9\n"
         );
     }
 }

@@ -1,9 +1,17 @@
-//! Forwarding: samples (after the core applied them) and incidents (after they were committed) become
-//! InfluxDB line protocol, are batched by size and time, committed to the durable outbox — only then
-//! are their MQTT messages acknowledged — and drained in order by one writer per target.
+//! Forwarding: samples (after the core applied them) and incident changes (read by cursor from the
+//! incident store's committed change log) become InfluxDB line protocol, are batched by size and time,
+//! committed to the durable outbox — only then are their MQTT messages acknowledged — and drained in
+//! order by one writer per target.
 //!
 //! The appender runs on a thread of its own (SQLite commits block), the writers on theirs (blocking
-//! HTTP). Every drop — outbox full, too old, disk full — is counted and raises a `system` incident.
+//! HTTP). Every drop by the outbox's bounds is counted and raises a `system` incident. When the outbox
+//! cannot commit at all (disk full, I/O error) the appender keeps what it holds, retries with backoff,
+//! acknowledges nothing it has not stored, counts what it cannot hold, raises one `system` incident
+//! and resumes by itself.
+//!
+//! Owns: line encoding, the outbox, the writers, the central MQTT publisher.
+//! May import: `model`, `config`, `incident::changes` (the change log it reads), `core::CoreHandle`
+//! (to raise `system` incidents).
 
 pub mod central;
 pub mod line;
@@ -15,17 +23,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use self::line::{Encoder, IncidentLine};
+use self::line::Encoder;
 use self::outbox::{Cursor, Kind, Outbox, OutboxError};
 use self::writer::{TargetMetrics, TargetSpec};
 use crate::config::Config;
 use crate::core::CoreHandle;
-use crate::incident::Incident;
-use crate::model::{Batch, Registry};
-use crate::source::mqtt::now_ns;
+use crate::incident::changes::ChangeLog;
+use crate::model::time::now_ns;
+use crate::model::{Ack, Batch, Registry};
 use crate::source::pool::SamplePool;
 
 /// Counters of the outbox as a whole.
@@ -36,12 +44,22 @@ pub struct OutboxMetrics {
     pub dropped_batches: AtomicU64,
     pub dropped_bytes: AtomicU64,
     pub dropped_incidents: AtomicU64,
+    /// Commits that failed (each is retried).
     pub append_errors: AtomicU64,
-    /// Lines that could not be stored at all (after making room failed).
-    pub lost_lines: AtomicU64,
-    pub incident_lines_lagged: AtomicU64,
+    /// Samples without an acknowledgement (QoS 0, Modbus) that could not be held while the outbox failed.
+    pub lost_samples: AtomicU64,
+    /// Samples of QoS 1 messages not stored while the outbox failed: not acknowledged, so the broker
+    /// delivers them again.
+    pub unacked_samples: AtomicU64,
+    /// Incident changes committed to the outbox.
+    pub incident_lines: AtomicU64,
+    /// Incident changes committed in the store but not yet in the outbox.
+    pub incident_lag: AtomicU64,
     pub bytes: AtomicU64,
     pub batches: AtomicU64,
+    /// The outbox cannot commit now; `last_error` says why.
+    pub failing: AtomicBool,
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// What the API and `/metrics` read.
@@ -84,7 +102,7 @@ pub fn start(
     registry: Arc<Registry>,
     pool: Arc<SamplePool>,
     batches: mpsc::Receiver<Batch>,
-    incidents: Option<broadcast::Receiver<Incident>>,
+    incidents: Option<(ChangeLog, watch::Receiver<i64>)>,
     core: CoreHandle,
 ) -> Result<Forwarder, ForwardError> {
     let f = &config.forward;
@@ -118,6 +136,7 @@ pub fn start(
                 .map_err(ForwardError::Thread)?,
         );
     }
+    let incident_cursor = outbox.incident_cursor()?;
     let appender = Appender {
         encoder: Encoder::new(&registry),
         registry,
@@ -129,6 +148,13 @@ pub fn start(
         batch_lines: f.batch_lines,
         batch_time: Duration::from_millis(f.batch_ms),
         last_drop_incident: None,
+        pending: String::with_capacity(1 << 20),
+        lines: 0,
+        acks: Vec::new(),
+        retry: RETRY_MIN,
+        retry_at: None,
+        incident_cursor,
+        prune_failing: false,
     };
     let appender = std::thread::Builder::new()
         .name("outbox".into())
@@ -165,6 +191,13 @@ fn write_url(base: &str, org: &str, bucket: &str) -> String {
 /// Minimum time between two `system` incidents about dropped data.
 const DROP_INCIDENT_EVERY: Duration = Duration::from_secs(600);
 
+/// Retry delays while the outbox cannot commit.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Incident changes read from the change log per outbox transaction.
+const INCIDENT_BATCH: usize = 5_000;
+
 struct Appender {
     encoder: Encoder,
     registry: Arc<Registry>,
@@ -176,10 +209,20 @@ struct Appender {
     batch_lines: usize,
     batch_time: Duration,
     last_drop_incident: Option<Instant>,
+    /// Telemetry lines not yet committed, and the acknowledgements waiting on them.
+    pending: String,
+    lines: usize,
+    acks: Vec<Ack>,
+    retry: Duration,
+    /// Set while the outbox cannot commit: when to try again.
+    retry_at: Option<tokio::time::Instant>,
+    /// The last incident change committed to the outbox.
+    incident_cursor: i64,
+    prune_failing: bool,
 }
 
 impl Appender {
-    fn run(mut self, mut batches: mpsc::Receiver<Batch>, incidents: Option<broadcast::Receiver<Incident>>) {
+    fn run(mut self, mut batches: mpsc::Receiver<Batch>, incidents: Option<(ChangeLog, watch::Receiver<i64>)>) {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -187,141 +230,218 @@ impl Appender {
                 return;
             }
         };
-        rt.block_on(async move {
-            let mut incidents = incidents;
-            let mut pending = String::with_capacity(1 << 20);
-            let mut lines = 0usize;
-            let mut acks = Vec::new();
+        let (log, mut committed) = match incidents {
+            Some((log, rx)) => (Some(log), Some(rx)),
+            None => (None, None),
+        };
+        rt.block_on(async {
             let mut since: Option<tokio::time::Instant> = None;
-            // Confirmed batches are deleted as writers confirm them, not only when new data arrives.
+            // Confirmed batches are deleted as writers confirm them, not only when new data arrives;
+            // the change log is read on this tick too, in case a wake-up was missed.
             let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
             housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let deadline = since.map(|t| t + self.batch_time);
                 tokio::select! {
                     b = batches.recv() => match b {
-                        Some(mut b) => {
-                            lines += self.encoder.samples(&self.registry, &b.samples, &mut pending);
-                            if let Some(a) = b.ack.take() {
-                                acks.push(a);
-                            }
-                            self.pool.put(std::mem::take(&mut b.samples));
+                        Some(b) => {
+                            self.take(b);
                             since.get_or_insert_with(tokio::time::Instant::now);
                             // Messages waiting for an acknowledgement hold the broker's in-flight
                             // window: commit as soon as the burst is over.
-                            if lines >= self.batch_lines || (!acks.is_empty() && batches.is_empty()) {
-                                self.commit(Kind::Telemetry, &mut pending, &mut lines, &mut acks);
+                            if self.retry_at.is_none()
+                                && (self.lines >= self.batch_lines || (!self.acks.is_empty() && batches.is_empty()))
+                            {
+                                self.commit();
                                 since = None;
                             }
                         }
                         None => break,
                     },
-                    i = recv_incident(&mut incidents) => match i {
-                        Ok(i) => self.incident(&i),
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            self.metrics.outbox.incident_lines_lagged.fetch_add(n, Ordering::Relaxed);
-                            warn!(missed = n, "Incident changes came faster than the outbox took them; some were not forwarded.");
+                    r = changed(&mut committed) => {
+                        if r.is_err() {
+                            committed = None;
                         }
-                        Err(broadcast::error::RecvError::Closed) => incidents = None,
-                    },
-                    () = sleep_until(deadline) => {
-                        self.commit(Kind::Telemetry, &mut pending, &mut lines, &mut acks);
+                        if self.retry_at.is_none() {
+                            self.incidents(log.as_ref());
+                        }
+                    }
+                    () = sleep_until(deadline), if self.retry_at.is_none() => {
+                        self.commit();
                         since = None;
                     }
-                    _ = housekeeping.tick() => self.prune(),
+                    () = sleep_until(self.retry_at) => {
+                        self.retry_at = None;
+                        self.outbox.reclaim();
+                        self.commit();
+                        self.incidents(log.as_ref());
+                        since = None;
+                    }
+                    _ = housekeeping.tick() => {
+                        if self.retry_at.is_none() {
+                            self.incidents(log.as_ref());
+                        }
+                        self.prune(log.as_ref());
+                    }
                 }
             }
-            self.commit(Kind::Telemetry, &mut pending, &mut lines, &mut acks);
+            self.commit();
             // Incidents committed in the store during shutdown still go out.
-            if let Some(rx) = incidents.as_mut() {
-                while let Ok(i) = rx.try_recv() {
-                    self.incident(&i);
-                }
+            self.incidents(log.as_ref());
+            if !self.pending.is_empty() {
+                error!(
+                    lines = self.lines,
+                    "Telemetry not stored at shutdown; QoS 1 messages among it were not acknowledged."
+                );
             }
             info!("Outbox appender stopped.");
         });
     }
 
-    fn incident(&mut self, i: &Incident) {
-        let at = chrono::DateTime::parse_from_rfc3339(&i.updated_at)
-            .ok()
-            .and_then(|t| t.timestamp_nanos_opt())
-            .unwrap_or_else(now_ns);
-        let mut body = String::new();
-        self.encoder.incident(
-            &IncidentLine {
-                id: i.id,
-                at,
-                rule: &i.rule,
-                severity: &i.severity,
-                category: &i.category,
-                grid: &i.grid,
-                device: &i.device,
-                state: &i.state,
-                value: i.value.unwrap_or(f64::NAN),
-                message: &i.message,
-            },
-            &mut body,
-        );
-        let mut lines = 1;
-        self.commit(Kind::Incident, &mut body, &mut lines, &mut Vec::new());
+    /// Encodes a batch into the pending telemetry. While the outbox fails, what does not fit in the
+    /// bound is not held: its acknowledgement is withdrawn (the broker delivers it again) or, without
+    /// one, its samples are counted lost.
+    fn take(&mut self, mut b: Batch) {
+        let m = &self.metrics.outbox;
+        if self.retry_at.is_some() && self.lines >= self.batch_lines.saturating_mul(4) {
+            let n = b.samples.len() as u64;
+            match b.ack.take() {
+                Some(ack) => {
+                    m.unacked_samples.fetch_add(n, Ordering::Relaxed);
+                    drop(ack);
+                }
+                None => {
+                    m.lost_samples.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        } else {
+            self.lines += self.encoder.samples(&self.registry, &b.samples, &mut self.pending);
+            if let Some(a) = b.ack.take() {
+                self.acks.push(a);
+            }
+        }
+        self.pool.put(std::mem::take(&mut b.samples));
     }
 
-    fn commit(
-        &mut self,
-        kind: Kind,
-        body: &mut String,
-        lines: &mut usize,
-        acks: &mut Vec<tokio::sync::oneshot::Sender<()>>,
-    ) {
-        if body.is_empty() {
+    /// Commits the pending telemetry; on failure keeps it and schedules a retry.
+    fn commit(&mut self) {
+        if self.pending.is_empty() {
             // Nothing to store (every sample was filtered): the messages are done.
-            for a in acks.drain(..) {
-                let _ = a.send(());
+            for a in self.acks.drain(..) {
+                a.confirm();
             }
             return;
         }
-        let metrics = self.metrics.clone();
-        let m = &metrics.outbox;
-        match self.outbox.append(kind, *lines, body.as_bytes(), now_ns()) {
+        let r = self.outbox.append(Kind::Telemetry, self.lines, self.pending.as_bytes(), now_ns());
+        match r {
             Ok((_, dropped)) => {
+                let m = &self.metrics.outbox;
                 m.committed_batches.fetch_add(1, Ordering::Relaxed);
-                m.committed_lines.fetch_add(*lines as u64, Ordering::Relaxed);
-                if dropped.batches > 0 {
-                    m.dropped_batches.fetch_add(dropped.batches, Ordering::Relaxed);
-                    m.dropped_bytes.fetch_add(dropped.bytes, Ordering::Relaxed);
-                    m.dropped_incidents.fetch_add(dropped.incidents, Ordering::Relaxed);
-                    self.report_drop(format!(
-                        "outbox full or too old: dropped the {} oldest batches ({} bytes, {} of them incidents) that no store had confirmed",
-                        dropped.batches, dropped.bytes, dropped.incidents
-                    ));
+                m.committed_lines.fetch_add(self.lines as u64, Ordering::Relaxed);
+                for a in self.acks.drain(..) {
+                    a.confirm();
                 }
-                self.wake.fetch_add(1, Ordering::Release);
+                self.pending.clear();
+                self.lines = 0;
+                self.stored(dropped);
             }
-            Err(e) => {
-                m.append_errors.fetch_add(1, Ordering::Relaxed);
-                m.lost_lines.fetch_add(*lines as u64, Ordering::Relaxed);
-                error!(error = %e, lines = *lines, "Cannot store a batch in the outbox; it is lost.");
-                self.report_drop(format!("cannot store data in the outbox ({e}); {lines} lines lost"));
-            }
+            Err(e) => self.failed(&e),
         }
-        // Durable, or lost and counted: either way the messages are settled.
-        for a in acks.drain(..) {
-            let _ = a.send(());
-        }
-        body.clear();
-        *lines = 0;
-        self.prune();
     }
 
-    /// Deletes what every target confirmed and refreshes the depth gauges.
-    fn prune(&mut self) {
-        if let Err(e) = self.outbox.prune() {
-            warn!(error = %e, "Cannot delete confirmed batches.");
+    /// Reads the incident change log after the outbox's cursor and commits it in batches.
+    fn incidents(&mut self, log: Option<&ChangeLog>) {
+        let Some(log) = log else { return };
+        loop {
+            let rows = match log.after(self.incident_cursor, INCIDENT_BATCH) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    warn!(error = %e, "Cannot read the incident change log; will try again.");
+                    return;
+                }
+            };
+            let Some(last) = rows.last().map(|r| r.seq) else { break };
+            let mut body = String::with_capacity(rows.len() * 256);
+            for r in &rows {
+                self.encoder.incident(r, &mut body);
+            }
+            match self.outbox.append_incidents(rows.len(), body.as_bytes(), now_ns(), last) {
+                Ok((_, dropped)) => {
+                    let m = &self.metrics.outbox;
+                    m.committed_batches.fetch_add(1, Ordering::Relaxed);
+                    m.committed_lines.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    m.incident_lines.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    self.incident_cursor = last;
+                    self.stored(dropped);
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    return;
+                }
+            }
+            if rows.len() < INCIDENT_BATCH {
+                break;
+            }
+        }
+    }
+
+    /// After a successful commit: report drops by the bounds, clear a failure, wake the writers.
+    fn stored(&mut self, dropped: outbox::Dropped) {
+        let metrics = self.metrics.clone();
+        let m = &metrics.outbox;
+        if dropped.batches > 0 {
+            m.dropped_batches.fetch_add(dropped.batches, Ordering::Relaxed);
+            m.dropped_bytes.fetch_add(dropped.bytes, Ordering::Relaxed);
+            m.dropped_incidents.fetch_add(dropped.incidents, Ordering::Relaxed);
+            self.report_drop(format!(
+                "outbox full or too old: dropped the {} oldest batches ({} bytes, {} of them incidents) that no store had confirmed",
+                dropped.batches, dropped.bytes, dropped.incidents
+            ));
+        }
+        if m.failing.swap(false, Ordering::Relaxed) {
+            info!("Outbox writable again; forwarding and acknowledgements resume.");
+        }
+        self.retry = RETRY_MIN;
+        self.wake.fetch_add(1, Ordering::Release);
+    }
+
+    /// A commit failed: keep everything, retry later, say so once per episode.
+    fn failed(&mut self, e: &OutboxError) {
+        let m = &self.metrics.outbox;
+        m.append_errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = m.last_error.lock() {
+            *last = Some(e.to_string());
+        }
+        if !m.failing.swap(true, Ordering::Relaxed) {
+            error!(error = %e, lines = self.lines, "Cannot store data in the outbox; holding it and not acknowledging QoS 1 messages until it can.");
+            let message = format!(
+                "the outbox cannot store data ({e}); QoS 1 messages are not acknowledged, other readings beyond what is held are lost, until it can"
+            );
+            if !self.core.system_incident("forward.outbox_failing", message) {
+                error!("Could not raise the system incident for the failing outbox; the core is busy.");
+            }
+        }
+        self.retry_at = Some(tokio::time::Instant::now() + self.retry);
+        self.retry = (self.retry * 2).min(RETRY_MAX);
+    }
+
+    /// Deletes what every target confirmed and refreshes the depth and lag gauges.
+    fn prune(&mut self, log: Option<&ChangeLog>) {
+        match self.outbox.prune() {
+            Ok(_) => self.prune_failing = false,
+            Err(e) => {
+                // Once per episode: on a full disk this fails every second until space returns.
+                if !std::mem::replace(&mut self.prune_failing, true) {
+                    warn!(error = %e, "Cannot delete confirmed batches; will keep trying.");
+                }
+            }
         }
         if let Ok((batches, bytes)) = self.outbox.depth() {
             self.metrics.outbox.batches.store(batches, Ordering::Relaxed);
             self.metrics.outbox.bytes.store(bytes, Ordering::Relaxed);
+        }
+        if let Some(head) = log.and_then(|l| l.head().ok()) {
+            self.metrics.outbox.incident_lag.store(head.saturating_sub(self.incident_cursor) as u64, Ordering::Relaxed);
         }
     }
 
@@ -337,11 +457,10 @@ impl Appender {
     }
 }
 
-async fn recv_incident(
-    rx: &mut Option<broadcast::Receiver<Incident>>,
-) -> Result<Incident, broadcast::error::RecvError> {
+/// Waits for the change log to grow; pending forever without one.
+async fn changed(rx: &mut Option<watch::Receiver<i64>>) -> Result<(), watch::error::RecvError> {
     match rx {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.changed().await,
         None => std::future::pending().await,
     }
 }

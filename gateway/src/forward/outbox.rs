@@ -13,7 +13,10 @@
 //!    has passed it, or by the bounds below; never because a write was merely attempted.
 //! 4. **Bounded, loudly.** The outbox has a maximum size and age. When full, the oldest telemetry goes
 //!    first and incidents last; every drop is counted and raises a `system` incident. A full disk is
-//!    handled the same way: make room by dropping the oldest telemetry, never crash.
+//!    not a bound: an append that fails is an error the caller keeps and retries (and does not
+//!    acknowledge), because what is already held was acknowledged and must not be dropped for room.
+//! 7. **Incidents exactly once into the outbox.** Incident changes are read from the incident store's
+//!    change log; the batch holding them and the log position it reaches commit in one transaction.
 //! 5. **Idempotent replay.** A batch that is sent twice (a crash between the store's 2xx and the cursor
 //!    update) carries the same series and timestamps, so the store overwrites rather than adds.
 //! 6. **Poison is parked, not retried forever.** A batch a target rejects as malformed (4xx other than
@@ -21,7 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// What a batch holds; telemetry is dropped before incidents when space runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,7 @@ fn connect(path: &Path) -> Result<Connection, OutboxError> {
             seq INTEGER PRIMARY KEY AUTOINCREMENT, kind INTEGER NOT NULL, created INTEGER NOT NULL,
             lines INTEGER NOT NULL, bytes INTEGER NOT NULL, body BLOB NOT NULL);
          CREATE TABLE IF NOT EXISTS cursors(target TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS incident_cursor(id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS dead_letters(
             id INTEGER PRIMARY KEY, target TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL,
             status INTEGER NOT NULL, message TEXT NOT NULL, body BLOB NOT NULL);",
@@ -124,33 +128,64 @@ impl Outbox {
         self.bytes
     }
 
-    /// Commits one batch. Makes room first (age, then size: oldest telemetry first); on a full disk,
-    /// drops more of the oldest telemetry and tries once more.
+    /// Commits one batch, making room first (age, then size: oldest telemetry first).
     ///
     /// # Errors
-    /// The batch could not be stored even after making room.
+    /// The batch could not be stored (disk full, I/O error): nothing was committed; the caller keeps it.
     pub fn append(&mut self, kind: Kind, lines: usize, body: &[u8], now: i64) -> Result<(i64, Dropped), OutboxError> {
-        let mut dropped = self.enforce(body.len() as u64, now)?;
-        match self.insert(kind, lines, body, now) {
-            Ok(seq) => Ok((seq, dropped)),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::DiskFull => {
-                // Free a quarter of what we hold, oldest telemetry first, and try again.
-                let target = self.bytes.saturating_sub(self.bytes / 4 + body.len() as u64);
-                let d = self.drop_oldest_until(target)?;
-                dropped.batches += d.batches;
-                dropped.bytes += d.bytes;
-                dropped.incidents += d.incidents;
-                Ok((self.insert(kind, lines, body, now)?, dropped))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let dropped = self.enforce(body.len() as u64, now)?;
+        Ok((self.insert(kind, lines, body, now)?, dropped))
+    }
+
+    /// Commits a batch of incident changes together with the change-log position it reaches.
+    ///
+    /// # Errors
+    /// As [`Outbox::append`]; the position stays where it was.
+    pub fn append_incidents(
+        &mut self,
+        lines: usize,
+        body: &[u8],
+        now: i64,
+        upto: i64,
+    ) -> Result<(i64, Dropped), OutboxError> {
+        let dropped = self.enforce(body.len() as u64, now)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO batches(kind, created, lines, bytes, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![Kind::Incident as i64, now, lines as i64, body.len() as i64, body],
+        )?;
+        let seq = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO incident_cursor(id, seq) VALUES (0, ?1) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq",
+            [upto],
+        )?;
+        tx.commit()?;
+        self.bytes += body.len() as u64;
+        Ok((seq, dropped))
+    }
+
+    /// Gives back what the write-ahead log holds beyond the database (a full disk often is the WAL
+    /// that could not be checkpointed); harmless when there is nothing to give back.
+    pub fn reclaim(&self) {
+        let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
+    /// The last incident change-log position committed to the outbox (0 when none).
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn incident_cursor(&self) -> Result<i64, OutboxError> {
+        Ok(self
+            .conn
+            .query_row("SELECT seq FROM incident_cursor WHERE id = 0", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
     }
 
     fn insert(&mut self, kind: Kind, lines: usize, body: &[u8], now: i64) -> Result<i64, rusqlite::Error> {
-        self.conn.execute(
-            "INSERT INTO batches(kind, created, lines, bytes, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![kind as i64, now, lines as i64, body.len() as i64, body],
-        )?;
+        self.conn
+            .prepare_cached("INSERT INTO batches(kind, created, lines, bytes, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![kind as i64, now, lines as i64, body.len() as i64, body])?;
         self.bytes += body.len() as u64;
         Ok(self.conn.last_insert_rowid())
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::outbox::{Cursor, Stored};
-use crate::source::mqtt::now_ns;
+use crate::model::time::now_ns;
 
 /// Counters of one target, read by the API and `/metrics`.
 #[derive(Debug, Default)]

@@ -1,27 +1,45 @@
 //! Incidents on disk: every alarm episode with its transitions, acknowledgements, shelving and comments
-//! (who and when), in SQLite (WAL). One thread owns the connection; changes are committed before they
-//! are announced to subscribers (API stream, forwarding), so nobody is told of an incident that a
-//! power cut could take back.
+//! (who and when), in SQLite (WAL). One thread owns the writing connection; changes are committed in
+//! order, in group commits, and only then are the sources told their readings are durable and the
+//! sinks (outbox, central MQTT) told there is more to read from the change log (`changes.rs`).
 //!
-//! A write that fails (disk full, I/O error) is kept and retried, bounded; it is logged and counted,
-//! never a crash.
+//! A write that fails (disk full, I/O error) is kept in memory and retried with backoff until it
+//! succeeds, without waiting for another change; meanwhile the API shows the pending changes over what
+//! is on disk, marked not persisted, and the readings behind them are not acknowledged. Nothing here
+//! panics on a failing disk.
+//!
+//! Owns: the incident model as the API shows it, the incident database, its change log and cursors.
+//! May import: `model`, `core::engine`'s change types (what the rules produce).
 
+pub mod changes;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
+use self::changes::ChangeClock;
 use crate::core::alarm::{Severity, State};
-use crate::core::engine::{Change, IncidentUpdate, OpenIncident};
-use crate::source::mqtt::decode::fmt_ns;
+use crate::core::engine::{Change, IncidentUpdate, NewIncident, OpenIncident};
+use crate::model::time::fmt_ns;
+use crate::model::Ack;
 
-/// Changes waiting for a failed disk to come back; beyond this the oldest are dropped and counted.
-const PENDING_MAX: usize = 10_000;
+/// Changes kept in memory while the database fails; beyond this the oldest are dropped and counted
+/// (their readings are not acknowledged, so the broker delivers them again).
+const PENDING_MAX: usize = 50_000;
+
+/// Changes committed in one transaction at most (a group commit).
+const GROUP_MAX: usize = 5_000;
+
+/// Retry delays while the database fails.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The incident store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +82,12 @@ pub struct Incident {
     pub chattering: bool,
     /// Seconds from raise to the first acknowledgement.
     pub response_secs: Option<f64>,
+    /// False while the latest changes are only in memory (the database is failing; they are retried).
+    pub persisted: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
-    /// In announcements: the change announced (raised, returned, acked…) and its time (UTC ns).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub change: Option<String>,
     #[serde(skip)]
-    pub change_ns: i64,
+    raised_ns: i64,
 }
 
 /// One line of an incident's history.
@@ -101,6 +118,24 @@ pub struct Filter {
     pub limit: usize,
 }
 
+impl Filter {
+    fn matches(&self, i: &Incident) -> bool {
+        let state_ok = match self.state.as_deref() {
+            Some("open") => i.state != "normal",
+            Some("closed") => i.state == "normal",
+            Some(s) => i.state == s,
+            None => true,
+        };
+        state_ok
+            && self.grid.as_ref().is_none_or(|g| *g == i.grid)
+            && self.severity.as_ref().is_none_or(|s| *s == i.severity)
+            && self.category.as_ref().is_none_or(|c| *c == i.category)
+            && self.device.as_ref().is_none_or(|d| *d == i.device)
+            && self.since.is_none_or(|t| i.raised_ns >= t)
+            && self.until.is_none_or(|t| i.raised_ns < t)
+    }
+}
+
 /// An operator action on an incident that has no live alarm (system incidents, removed rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Manual {
@@ -109,7 +144,7 @@ pub enum Manual {
 }
 
 enum Cmd {
-    Apply(Vec<Change>),
+    Apply(Vec<Change>, Option<Ack>),
     Manual {
         id: i64,
         action: Manual,
@@ -133,29 +168,31 @@ enum Cmd {
 /// Counters of the store.
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
+    /// Changes committed.
     pub committed: AtomicU64,
+    /// Transactions committed (group commits).
+    pub commits: AtomicU64,
+    /// Commits that failed (each is retried).
     pub write_errors: AtomicU64,
+    /// Changes dropped after the database failed for too long.
     pub dropped: AtomicU64,
+    /// Changes waiting in memory for the database.
+    pub pending: AtomicU64,
+    /// The database is failing now; `last_error` says why.
+    pub failing: AtomicBool,
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// A cheap handle to the incident store thread.
 #[derive(Clone, Debug)]
 pub struct IncidentStore {
     tx: mpsc::Sender<Cmd>,
-    announce: broadcast::Sender<Incident>,
+    committed: watch::Receiver<i64>,
     pub metrics: Arc<StoreMetrics>,
 }
 
-/// Opens (creating when needed) the database, returning its open incidents and the next free id.
-///
-/// # Errors
-/// The file cannot be opened or its schema created.
-pub fn open(path: &Path) -> Result<(Connection, Vec<OpenIncident>, i64), StoreError> {
-    let err = |source| StoreError::Open { path: path.to_owned(), source };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let conn = Connection::open(path).map_err(err)?;
+/// Creates the schema (and brings an older one up to date) on `conn`.
+pub(crate) fn schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL;
          PRAGMA synchronous=FULL;
@@ -171,9 +208,30 @@ pub fn open(path: &Path) -> Result<(Connection, Vec<OpenIncident>, i64), StoreEr
          CREATE TABLE IF NOT EXISTS incident_events(
             seq INTEGER PRIMARY KEY, incident INTEGER NOT NULL REFERENCES incidents(id), at INTEGER NOT NULL,
             kind TEXT NOT NULL, state TEXT, severity TEXT, value REAL, who TEXT, note TEXT);
-         CREATE INDEX IF NOT EXISTS incident_events_incident ON incident_events(incident);",
-    )
-    .map_err(err)?;
+         CREATE INDEX IF NOT EXISTS incident_events_incident ON incident_events(incident);
+         CREATE TABLE IF NOT EXISTS sink_cursors(sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);",
+    )?;
+    let has_ts: bool =
+        conn.prepare("SELECT 1 FROM pragma_table_info('incident_events') WHERE name = 'ts'")?.exists([])?;
+    if !has_ts {
+        // Changes written before unique timestamps existed keep their own time (`COALESCE(ts, at)`).
+        conn.execute_batch("ALTER TABLE incident_events ADD COLUMN ts INTEGER")?;
+    }
+    Ok(())
+}
+
+/// Opens (creating when needed) the database, returning its open incidents and the next free id.
+///
+/// # Errors
+/// The file cannot be opened or its schema created.
+pub fn open(path: &Path) -> Result<(Connection, Vec<OpenIncident>, i64), StoreError> {
+    let err = |source| StoreError::Open { path: path.to_owned(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    schema(&conn).map_err(err)?;
     let next: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM incidents", [], |r| r.get(0)).map_err(err)?;
     let mut stmt = conn
         .prepare("SELECT id, rule, device, state, severity, shelved_until, peak FROM incidents WHERE state != 'normal'")
@@ -209,25 +267,46 @@ pub fn open(path: &Path) -> Result<(Connection, Vec<OpenIncident>, i64), StoreEr
 }
 
 /// Starts the store thread on an opened connection.
-pub fn spawn(conn: Connection) -> (IncidentStore, std::thread::JoinHandle<()>) {
+///
+/// # Errors
+/// The change log cannot be read, or the thread cannot start.
+pub fn spawn(conn: Connection) -> Result<(IncidentStore, std::thread::JoinHandle<()>), StoreError> {
+    let (head, last_ts): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(COALESCE(ts, at)), 0) FROM incident_events",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (tx, rx) = mpsc::channel(1024);
-    let (announce, _) = broadcast::channel(1024);
+    let (committed_tx, committed) = watch::channel(head);
     let metrics = Arc::new(StoreMetrics::default());
-    let store = IncidentStore { tx, announce: announce.clone(), metrics: metrics.clone() };
-    let thread = std::thread::Builder::new()
-        .name("incidents".into())
-        .spawn(move || run(conn, rx, &announce, &metrics))
-        .unwrap_or_else(|e| panic!("cannot start the incident store thread: {e}"));
-    (store, thread)
+    let store = IncidentStore { tx, committed, metrics: metrics.clone() };
+    let writer = Writer {
+        conn,
+        clock: ChangeClock::after(last_ts),
+        pending: Vec::new(),
+        acks: Vec::new(),
+        committed: committed_tx,
+        metrics,
+        retry: RETRY_MIN,
+        retry_at: None,
+    };
+    let thread = std::thread::Builder::new().name("incidents".into()).spawn(move || writer.run(rx)).map_err(|e| {
+        StoreError::Open {
+            path: PathBuf::from("(thread)"),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        }
+    })?;
+    Ok((store, thread))
 }
 
 impl IncidentStore {
-    /// Queues changes; they are committed in order, then announced.
+    /// Queues changes; they are committed in order. `ack` (the readings that caused them) is confirmed
+    /// once they are committed, and dropped unconfirmed if they never are.
     ///
     /// # Errors
     /// [`StoreError::Stopped`] when the store thread is gone.
-    pub async fn apply(&self, changes: Vec<Change>) -> Result<(), StoreError> {
-        self.tx.send(Cmd::Apply(changes)).await.map_err(|_| StoreError::Stopped)
+    pub async fn apply(&self, changes: Vec<Change>, ack: Option<Ack>) -> Result<(), StoreError> {
+        self.tx.send(Cmd::Apply(changes, ack)).await.map_err(|_| StoreError::Stopped)
     }
 
     /// Waits until everything queued before this call is committed (or failed and queued for retry).
@@ -267,7 +346,7 @@ impl IncidentStore {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Incidents matching `filter`, newest first.
+    /// Incidents matching `filter`, newest first, including changes not yet on disk.
     ///
     /// # Errors
     /// A database error.
@@ -287,70 +366,164 @@ impl IncidentStore {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Incidents as they are committed (new ones and every change), for live views and forwarding.
-    pub fn subscribe(&self) -> broadcast::Receiver<Incident> {
-        self.announce.subscribe()
+    /// The sequence number of the newest committed change; sinks wait on it to read the change log.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
     }
 }
 
-fn run(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Cmd>,
-    announce: &broadcast::Sender<Incident>,
-    metrics: &StoreMetrics,
-) {
-    let mut pending: Vec<Change> = Vec::new();
-    let mut last_error_log = std::time::Instant::now() - Duration::from_secs(60);
-    while let Some(cmd) = rx.blocking_recv() {
-        match cmd {
-            Cmd::Apply(changes) => {
-                pending.extend(changes);
-                if pending.len() > PENDING_MAX {
-                    let drop = pending.len() - PENDING_MAX;
-                    pending.drain(..drop);
-                    metrics.dropped.fetch_add(drop as u64, Ordering::Relaxed);
-                    error!(dropped = drop, "Incident changes dropped: the database has been failing too long.");
-                }
-                match commit(&mut conn, &pending) {
-                    Ok(()) => {
-                        metrics.committed.fetch_add(pending.len() as u64, Ordering::Relaxed);
-                        // One announcement per change, each showing the incident as that change left it.
-                        for c in pending.drain(..) {
-                            if let Ok(Some(mut i)) = get(&conn, change_id(&c), false) {
-                                as_of(&mut i, &c);
-                                let _ = announce.send(i);
+/// The store thread's state: the writing connection and what waits for it.
+struct Writer {
+    conn: Connection,
+    clock: ChangeClock,
+    /// Changes not yet committed, in order, and the acknowledgements waiting on them.
+    pending: Vec<Change>,
+    acks: Vec<Ack>,
+    committed: watch::Sender<i64>,
+    metrics: Arc<StoreMetrics>,
+    retry: Duration,
+    /// Set while the database fails: when to try again.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                error!(error = %e, "Cannot start the incident store's runtime; incidents are not stored.");
+                return;
+            }
+        };
+        rt.block_on(async {
+            loop {
+                let cmd = tokio::select! {
+                    cmd = rx.recv() => cmd,
+                    () = sleep_until(self.retry_at) => {
+                        self.flush();
+                        continue;
+                    }
+                };
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Cmd::Apply(changes, ack) => {
+                        self.queue(changes, ack);
+                        // Group commit: everything already waiting goes into the same transaction.
+                        let mut other = None;
+                        while self.pending.len() < GROUP_MAX {
+                            match rx.try_recv() {
+                                Ok(Cmd::Apply(changes, ack)) => self.queue(changes, ack),
+                                Ok(cmd) => {
+                                    other = Some(cmd);
+                                    break;
+                                }
+                                Err(_) => break,
                             }
                         }
-                    }
-                    Err(e) => {
-                        metrics.write_errors.fetch_add(1, Ordering::Relaxed);
-                        if last_error_log.elapsed() >= Duration::from_secs(10) {
-                            error!(error = %e, pending = pending.len(), "Cannot write incidents; will retry.");
-                            last_error_log = std::time::Instant::now();
+                        // While the disk fails, the retry timer paces the attempts.
+                        if self.retry_at.is_none() {
+                            self.flush();
+                        }
+                        if let Some(cmd) = other {
+                            self.handle(cmd);
                         }
                     }
+                    cmd => self.handle(cmd),
+                }
+            }
+        });
+        self.flush();
+        if !self.pending.is_empty() {
+            error!(
+                lost = self.pending.len(),
+                "Incident changes could not be written at shutdown; their readings were not acknowledged."
+            );
+        }
+        info!("Incident store stopped.");
+    }
+
+    fn queue(&mut self, changes: Vec<Change>, ack: Option<Ack>) {
+        self.pending.extend(changes);
+        self.acks.extend(ack);
+        if self.pending.len() > PENDING_MAX {
+            let n = self.pending.len() - PENDING_MAX;
+            self.pending.drain(..n);
+            // Which readings caused the dropped changes is not tracked: fail them all, so every one is
+            // delivered again rather than one acknowledged without its change.
+            self.acks.clear();
+            self.metrics.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            error!(dropped = n, "Incident changes dropped: the database has been failing too long.");
+        }
+        self.metrics.pending.store(self.pending.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Commits what is pending; on failure keeps it and schedules a retry.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            self.retry_at = None;
+            return;
+        }
+        match commit(&mut self.conn, &mut self.clock, &self.pending) {
+            Ok(head) => {
+                let m = &self.metrics;
+                m.committed.fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+                m.commits.fetch_add(1, Ordering::Relaxed);
+                m.pending.store(0, Ordering::Relaxed);
+                self.pending.clear();
+                for a in self.acks.drain(..) {
+                    a.confirm();
+                }
+                if head > 0 {
+                    self.committed.send_replace(head);
+                }
+                if self.retry_at.take().is_some() {
+                    m.failing.store(false, Ordering::Relaxed);
+                    info!("Incident database writable again; pending changes committed.");
+                }
+                self.retry = RETRY_MIN;
+            }
+            Err(e) => {
+                // A full disk is often a write-ahead log that could not be checkpointed: give it back.
+                let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                let m = &self.metrics;
+                m.write_errors.fetch_add(1, Ordering::Relaxed);
+                if !m.failing.swap(true, Ordering::Relaxed) {
+                    error!(error = %e, pending = self.pending.len(), "Cannot write incidents; keeping them in memory and retrying.");
+                }
+                if let Ok(mut last) = m.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                self.retry_at = Some(tokio::time::Instant::now() + self.retry);
+                self.retry = (self.retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Apply(changes, ack) => {
+                self.queue(changes, ack);
+                if self.retry_at.is_none() {
+                    self.flush();
                 }
             }
             Cmd::Manual { id, action, who, note, at, reply } => {
-                let r = manual(&mut conn, id, action, &who, note.as_deref(), at);
-                if r.is_ok() {
-                    if let Ok(Some(mut i)) = get(&conn, id, false) {
-                        i.change = Some(if i.state == "normal" { "closed" } else { "acked" }.into());
-                        i.change_ns = at;
-                        let _ = announce.send(i);
-                    }
+                self.flush();
+                let r = manual(&mut self.conn, &mut self.clock, id, action, &who, note.as_deref(), at);
+                if let Ok(head) = &r {
+                    self.committed.send_replace(*head);
                 }
-                let _ = reply.send(r);
+                let _ = reply.send(r.map(|_| ()));
             }
             Cmd::Comment { id, who, text, at, reply } => {
                 let r = (|| {
                     let exists: Option<i64> =
-                        conn.query_row("SELECT id FROM incidents WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-                    if exists.is_none() {
+                        self.conn.query_row("SELECT id FROM incidents WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+                    if exists.is_none() && !self.pending.iter().any(|c| change_id(c) == id) {
                         return Err(StoreError::NotFound(id));
                     }
-                    conn.execute(
-                        "INSERT INTO incident_events(incident, at, kind, who, note) VALUES (?1, ?2, 'comment', ?3, ?4)",
+                    self.conn.execute(
+                        "INSERT INTO incident_events(incident, at, ts, kind, who, note) VALUES (?1, ?2, ?2, 'comment', ?3, ?4)",
                         params![id, at, who, text],
                     )?;
                     Ok(())
@@ -358,49 +531,27 @@ fn run(
                 let _ = reply.send(r);
             }
             Cmd::Sync(reply) => {
+                if self.retry_at.is_none() {
+                    self.flush();
+                }
                 let _ = reply.send(());
             }
             Cmd::List(filter, reply) => {
-                let _ = reply.send(list(&conn, &filter));
+                let _ = reply.send(list(&self.conn, &filter, &self.pending));
             }
             Cmd::Get(id, reply) => {
-                let _ = reply.send(get(&conn, id, true));
+                let r = get(&self.conn, id, true).and_then(|i| overlay_one(&self.conn, i, id, &self.pending));
+                let _ = reply.send(r);
             }
         }
     }
-    if !pending.is_empty() {
-        if let Err(e) = commit(&mut conn, &pending) {
-            error!(error = %e, lost = pending.len(), "Incident changes could not be written at shutdown.");
-        }
-    }
-    info!("Incident store stopped.");
 }
 
-/// Rewrites a snapshot to show the incident as of change `c`.
-fn as_of(i: &mut Incident, c: &Change) {
-    match c {
-        Change::Open(n) => {
-            i.state = n.state.as_str().to_owned();
-            i.severity = n.severity.as_str().to_owned();
-            i.value = opt_f(n.value);
-            i.change = Some("raised".into());
-            i.change_ns = n.at;
-        }
-        Change::Update(u) => {
-            if let Some(s) = u.state {
-                i.state = s.as_str().to_owned();
-            }
-            if let Some(s) = u.severity {
-                i.severity = s.as_str().to_owned();
-            }
-            if u.value.is_some() {
-                i.value = u.value;
-            }
-            i.change = Some(u.kind.to_owned());
-            i.change_ns = u.at;
-        }
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
-    i.updated_at = fmt_ns(i.change_ns);
 }
 
 fn change_id(c: &Change) -> i64 {
@@ -414,89 +565,126 @@ fn opt_f(v: f64) -> Option<f64> {
     (!v.is_nan()).then_some(v)
 }
 
-fn commit(conn: &mut Connection, changes: &[Change]) -> Result<(), rusqlite::Error> {
+/// Commits `changes` in one transaction; returns the newest change-log sequence number (0 if none).
+fn commit(conn: &mut Connection, clock: &mut ChangeClock, changes: &[Change]) -> Result<i64, rusqlite::Error> {
     let tx = conn.transaction()?;
+    let mut head = 0;
     for c in changes {
-        match c {
-            Change::Open(n) => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO incidents(id, rule, title, category, severity, state, device, grid, point, value,
-                        peak, message, plan, raised_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?13)",
-                    params![
-                        n.id,
-                        n.rule,
-                        n.title,
-                        n.category,
-                        n.severity.as_str(),
-                        n.state.as_str(),
-                        n.device,
-                        n.grid,
-                        n.point,
-                        opt_f(n.value),
-                        n.message,
-                        n.plan,
-                        n.at
-                    ],
-                )?;
-                tx.execute(
-                    "INSERT INTO incident_events(incident, at, kind, state, severity, value) VALUES (?1, ?2, 'raised', ?3, ?4, ?5)",
-                    params![n.id, n.at, n.state.as_str(), n.severity.as_str(), opt_f(n.value)],
-                )?;
-            }
-            Change::Update(u) => update(&tx, u)?,
-        }
+        let seq = match c {
+            Change::Open(n) => open_incident(&tx, clock, n)?,
+            Change::Update(u) => update(&tx, clock, u)?,
+        };
+        head = head.max(seq.unwrap_or(0));
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(head)
 }
 
-fn update(tx: &rusqlite::Transaction<'_>, u: &IncidentUpdate) -> Result<(), rusqlite::Error> {
+fn open_incident(
+    tx: &rusqlite::Transaction<'_>,
+    clock: &mut ChangeClock,
+    n: &NewIncident,
+) -> Result<Option<i64>, rusqlite::Error> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO incidents(id, rule, title, category, severity, state, device, grid, point, value,
+                peak, message, plan, raised_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?13)",
+        )?
+        .execute(params![
+            n.id,
+            n.rule,
+            n.title,
+            n.category,
+            n.severity.as_str(),
+            n.state.as_str(),
+            n.device,
+            n.grid,
+            n.point,
+            opt_f(n.value),
+            n.message,
+            n.plan,
+            n.at
+        ])?;
+    if inserted == 0 {
+        // Already there (committed before a failed transaction was retried): nothing new to log.
+        return Ok(None);
+    }
+    let ts = clock.stamp(n.at, &n.rule, &n.device);
+    tx.prepare_cached(
+        "INSERT INTO incident_events(incident, at, ts, kind, state, severity, value) VALUES (?1, ?2, ?3, 'raised', ?4, ?5, ?6)",
+    )?
+    .execute(params![n.id, n.at, ts, n.state.as_str(), n.severity.as_str(), opt_f(n.value)])?;
+    Ok(Some(tx.last_insert_rowid()))
+}
+
+/// Applies one update and logs it with the incident's state after it; `None` when the incident is
+/// unknown (its opening was dropped while the database failed).
+fn update(
+    tx: &rusqlite::Transaction<'_>,
+    clock: &mut ChangeClock,
+    u: &IncidentUpdate,
+) -> Result<Option<i64>, rusqlite::Error> {
+    let series: Option<(String, String)> = tx
+        .prepare_cached("SELECT rule, device FROM incidents WHERE id = ?1")?
+        .query_row([u.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((rule, device)) = series else {
+        warn!(incident = u.id, change = u.kind, "Change for an incident that is not stored; skipped.");
+        return Ok(None);
+    };
     let state = u.state.map(State::as_str);
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE incidents SET updated_at = ?2, state = COALESCE(?3, state), severity = COALESCE(?4, severity),
             peak = CASE WHEN ?5 IS NULL THEN peak WHEN peak IS NULL OR ?5 > peak THEN ?5 ELSE peak END
          WHERE id = ?1",
-        params![u.id, u.at, state, u.severity.map(Severity::as_str), u.peak],
-    )?;
+    )?
+    .execute(params![u.id, u.at, state, u.severity.map(Severity::as_str), u.peak])?;
     match u.kind {
         "returned" => {
-            tx.execute("UPDATE incidents SET returned_at = ?2 WHERE id = ?1", params![u.id, u.at])?;
+            tx.prepare_cached("UPDATE incidents SET returned_at = ?2 WHERE id = ?1")?.execute(params![u.id, u.at])?;
         }
         "acked" => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE incidents SET acked_at = COALESCE(acked_at, ?2), acked_by = COALESCE(acked_by, ?3) WHERE id = ?1",
-                params![u.id, u.at, u.who],
-            )?;
+            )?
+            .execute(params![u.id, u.at, u.who])?;
         }
         "closed" => {
-            tx.execute("UPDATE incidents SET closed_at = ?2, shelved_until = NULL WHERE id = ?1", params![u.id, u.at])?;
+            tx.prepare_cached("UPDATE incidents SET closed_at = ?2, shelved_until = NULL WHERE id = ?1")?
+                .execute(params![u.id, u.at])?;
         }
         "chattering" => {
-            tx.execute("UPDATE incidents SET chattering = 1 WHERE id = ?1", params![u.id])?;
+            tx.prepare_cached("UPDATE incidents SET chattering = 1 WHERE id = ?1")?.execute(params![u.id])?;
         }
         "shelved" => {
-            tx.execute("UPDATE incidents SET shelved_until = ?2 WHERE id = ?1", params![u.id, u.shelved_until])?;
+            tx.prepare_cached("UPDATE incidents SET shelved_until = ?2 WHERE id = ?1")?
+                .execute(params![u.id, u.shelved_until])?;
         }
         "unshelved" => {
-            tx.execute("UPDATE incidents SET shelved_until = NULL WHERE id = ?1", params![u.id])?;
+            tx.prepare_cached("UPDATE incidents SET shelved_until = NULL WHERE id = ?1")?.execute(params![u.id])?;
         }
         _ => {}
     }
-    tx.execute(
-        "INSERT INTO incident_events(incident, at, kind, state, severity, value, who, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![u.id, u.at, u.kind, state, u.severity.map(Severity::as_str), u.value, u.who, u.note],
-    )?;
-    Ok(())
+    let ts = clock.stamp(u.at, &rule, &device);
+    tx.prepare_cached(
+        "INSERT INTO incident_events(incident, at, ts, kind, state, severity, value, who, note)
+         SELECT id, ?2, ?3, ?4, state, severity, ?5, ?6, ?7 FROM incidents WHERE id = ?1",
+    )?
+    .execute(params![u.id, u.at, ts, u.kind, u.value, u.who, u.note])?;
+    Ok(Some(tx.last_insert_rowid()))
 }
 
+/// Acknowledges or closes an incident without a live alarm; returns the newest change-log sequence.
 fn manual(
     conn: &mut Connection,
+    clock: &mut ChangeClock,
     id: i64,
     action: Manual,
     who: &str,
     note: Option<&str>,
     at: i64,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let state: Option<String> =
         conn.query_row("SELECT state FROM incidents WHERE id = ?1", [id], |r| r.get(0)).optional()?;
     let state = state.ok_or(StoreError::NotFound(id))?;
@@ -516,18 +704,123 @@ fn manual(
         note: note.map(str::to_owned),
         shelved_until: None,
     };
-    match action {
-        Manual::Ack if state == "active_unacked" => update(&tx, &step("acked", State::ActiveAcked))?,
+    let head = match action {
+        Manual::Ack if state == "active_unacked" => update(&tx, clock, &step("acked", State::ActiveAcked))?,
         // Acknowledging a returned incident closes it; closing an unacknowledged one acknowledges it first.
         Manual::Ack | Manual::Close => {
             if state.ends_with("unacked") {
-                update(&tx, &step("acked", State::Normal))?;
+                update(&tx, clock, &step("acked", State::Normal))?;
             }
-            update(&tx, &step("closed", State::Normal))?;
+            update(&tx, clock, &step("closed", State::Normal))?
+        }
+    };
+    tx.commit()?;
+    Ok(head.unwrap_or(0))
+}
+
+/// The incidents touched by pending changes, as those changes leave them (not persisted).
+fn overlay(conn: &Connection, pending: &[Change]) -> Result<BTreeMap<i64, Incident>, StoreError> {
+    let mut out: BTreeMap<i64, Incident> = BTreeMap::new();
+    for c in pending {
+        match c {
+            Change::Open(n) => {
+                out.entry(n.id).or_insert_with(|| from_new(n));
+            }
+            Change::Update(u) => {
+                let i = match out.entry(u.id) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => match get(conn, u.id, false)? {
+                        Some(stored) => e.insert(stored),
+                        None => continue,
+                    },
+                };
+                apply_update(i, u);
+            }
         }
     }
-    tx.commit()?;
-    Ok(())
+    for i in out.values_mut() {
+        i.persisted = false;
+    }
+    Ok(out)
+}
+
+fn overlay_one(
+    conn: &Connection,
+    stored: Option<Incident>,
+    id: i64,
+    pending: &[Change],
+) -> Result<Option<Incident>, StoreError> {
+    if !pending.iter().any(|c| change_id(c) == id) {
+        return Ok(stored);
+    }
+    let Some(mut live) = overlay(conn, pending)?.remove(&id) else { return Ok(stored) };
+    if let Some(s) = stored {
+        live.history = s.history;
+    }
+    Ok(Some(live))
+}
+
+fn from_new(n: &NewIncident) -> Incident {
+    let at = fmt_ns(n.at);
+    Incident {
+        id: n.id,
+        rule: n.rule.clone(),
+        title: n.title.clone(),
+        category: n.category.clone(),
+        severity: n.severity.as_str().to_owned(),
+        state: n.state.as_str().to_owned(),
+        device: n.device.clone(),
+        grid: n.grid.clone(),
+        point: n.point.clone(),
+        value: opt_f(n.value),
+        peak: opt_f(n.value),
+        message: n.message.clone(),
+        plan: n.plan.clone(),
+        raised_at: at.clone(),
+        updated_at: at,
+        returned_at: None,
+        acked_at: None,
+        acked_by: None,
+        closed_at: None,
+        shelved_until: None,
+        chattering: false,
+        response_secs: None,
+        persisted: false,
+        history: Vec::new(),
+        raised_ns: n.at,
+    }
+}
+
+fn apply_update(i: &mut Incident, u: &IncidentUpdate) {
+    if let Some(s) = u.state {
+        i.state = s.as_str().to_owned();
+    }
+    if let Some(s) = u.severity {
+        i.severity = s.as_str().to_owned();
+    }
+    if let Some(p) = u.peak {
+        if i.peak.is_none_or(|old| p > old) {
+            i.peak = Some(p);
+        }
+    }
+    let at = fmt_ns(u.at);
+    match u.kind {
+        "returned" => i.returned_at = Some(at.clone()),
+        "acked" if i.acked_at.is_none() => {
+            i.acked_at = Some(at.clone());
+            i.acked_by.clone_from(&u.who);
+            i.response_secs = Some((u.at - i.raised_ns) as f64 / 1e9);
+        }
+        "closed" => {
+            i.closed_at = Some(at.clone());
+            i.shelved_until = None;
+        }
+        "chattering" => i.chattering = true,
+        "shelved" => i.shelved_until = u.shelved_until.map(fmt_ns),
+        "unshelved" => i.shelved_until = None,
+        _ => {}
+    }
+    i.updated_at = at;
 }
 
 const COLUMNS: &str = "id, rule, title, category, severity, state, device, grid, point, value, peak, message, plan,
@@ -560,9 +853,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
         shelved_until: ts(r.get(19)?),
         chattering: r.get::<_, i64>(20)? != 0,
         response_secs: acked.map(|a| (a - raised) as f64 / 1e9),
+        persisted: true,
         history: Vec::new(),
-        change: None,
-        change_ns: 0,
+        raised_ns: raised,
     })
 }
 
@@ -589,7 +882,22 @@ fn get(conn: &Connection, id: i64, history: bool) -> Result<Option<Incident>, St
     Ok(inc)
 }
 
-fn list(conn: &Connection, f: &Filter) -> Result<Vec<Incident>, StoreError> {
+/// Incidents matching `f` on disk, with the pending changes laid over them.
+fn list(conn: &Connection, f: &Filter, pending: &[Change]) -> Result<Vec<Incident>, StoreError> {
+    let limit = if f.limit == 0 { 100 } else { f.limit.min(1000) };
+    let mut rows = list_stored(conn, f, limit)?;
+    if pending.is_empty() {
+        return Ok(rows);
+    }
+    let live = overlay(conn, pending)?;
+    rows.retain(|i| !live.contains_key(&i.id));
+    rows.extend(live.into_values().filter(|i| f.matches(i)));
+    rows.sort_by_key(|i| std::cmp::Reverse(i.id));
+    rows.truncate(limit);
+    Ok(rows)
+}
+
+fn list_stored(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<Incident>, StoreError> {
     let mut sql = format!("SELECT {COLUMNS} FROM incidents WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let mut add = |clause: &str, v: rusqlite::types::Value| {
@@ -620,7 +928,6 @@ fn list(conn: &Connection, f: &Filter) -> Result<Vec<Incident>, StoreError> {
     if let Some(t) = f.until {
         add(" AND raised_at < ?", t.into());
     }
-    let limit = if f.limit == 0 { 100 } else { f.limit.min(1000) };
     sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), row)?.collect::<Result<_, _>>()?;
@@ -677,13 +984,19 @@ mod tests {
         let (mut conn, open0, next) = open(&path).unwrap();
         assert!(open0.is_empty());
         assert_eq!(next, 1);
-        commit(&mut conn, &[new(1), upd(1, "acked", State::ActiveAcked, Some(420.0)), new(2)]).unwrap();
         commit(
             &mut conn,
+            &mut ChangeClock::default(),
+            &[new(1), upd(1, "acked", State::ActiveAcked, Some(420.0)), new(2)],
+        )
+        .unwrap();
+        commit(
+            &mut conn,
+            &mut ChangeClock::default(),
             &[upd(2, "returned", State::ReturnedUnacked, Some(10.0)), upd(2, "acked", State::Normal, None)],
         )
         .unwrap();
-        commit(&mut conn, &[upd(2, "closed", State::Normal, None)]).unwrap();
+        commit(&mut conn, &mut ChangeClock::default(), &[upd(2, "closed", State::Normal, None)]).unwrap();
         let one = get(&conn, 1, true).unwrap().unwrap();
         assert_eq!(one.state, "active_acked");
         assert_eq!(one.peak, Some(420.0));
@@ -696,21 +1009,69 @@ mod tests {
         assert_eq!(open1[0].id, 1);
         assert_eq!(open1[0].state, State::ActiveAcked);
         let f = Filter { state: Some("open".into()), ..Filter::default() };
-        assert_eq!(list(&conn, &f).unwrap().len(), 1);
+        assert_eq!(list(&conn, &f, &[]).unwrap().len(), 1);
         let f = Filter { grid: Some("g1".into()), severity: Some("critical".into()), ..Filter::default() };
-        assert_eq!(list(&conn, &f).unwrap().len(), 2);
+        assert_eq!(list(&conn, &f, &[]).unwrap().len(), 2);
     }
 
     #[test]
     fn manual_ack_and_close_of_system_incidents() {
         let dir = tempfile::tempdir().unwrap();
         let (mut conn, _, _) = open(&dir.path().join("i.db")).unwrap();
-        commit(&mut conn, &[new(7)]).unwrap();
-        manual(&mut conn, 7, Manual::Ack, "wang", None, 5).unwrap();
+        commit(&mut conn, &mut ChangeClock::default(), &[new(7)]).unwrap();
+        manual(&mut conn, &mut ChangeClock::default(), 7, Manual::Ack, "wang", None, 5).unwrap();
         assert_eq!(get(&conn, 7, false).unwrap().unwrap().state, "active_acked");
-        manual(&mut conn, 7, Manual::Close, "wang", Some("fixed"), 6).unwrap();
+        manual(&mut conn, &mut ChangeClock::default(), 7, Manual::Close, "wang", Some("fixed"), 6).unwrap();
         assert_eq!(get(&conn, 7, false).unwrap().unwrap().state, "normal");
-        assert!(matches!(manual(&mut conn, 7, Manual::Close, "wang", None, 7), Err(StoreError::Closed(7))));
-        assert!(matches!(manual(&mut conn, 8, Manual::Ack, "wang", None, 7), Err(StoreError::NotFound(8))));
+        assert!(matches!(
+            manual(&mut conn, &mut ChangeClock::default(), 7, Manual::Close, "wang", None, 7),
+            Err(StoreError::Closed(7))
+        ));
+        assert!(matches!(
+            manual(&mut conn, &mut ChangeClock::default(), 8, Manual::Ack, "wang", None, 7),
+            Err(StoreError::NotFound(8))
+        ));
+    }
+
+    #[test]
+    fn change_log_reads_every_change_in_order_with_unique_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.db");
+        let (mut conn, _, _) = open(&path).unwrap();
+        let mut clock = ChangeClock::default();
+        // Raised and returned in the same nanosecond: two changes, two timestamps a millisecond apart.
+        let mut returned = upd(1, "returned", State::ReturnedUnacked, Some(10.0));
+        if let Change::Update(u) = &mut returned {
+            u.at = 1_000;
+        }
+        commit(&mut conn, &mut clock, &[new(1), returned, new(2)]).unwrap();
+        let log = changes::ChangeLog::open(&path).unwrap();
+        let rows = log.after(0, 100).unwrap();
+        assert_eq!(rows.iter().map(|r| r.change.as_str()).collect::<Vec<_>>(), ["raised", "returned", "raised"]);
+        assert_eq!(rows[1].state, "returned_unacked", "each row shows the state after its change");
+        assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq && w[0].ts < w[1].ts));
+        assert!(rows[1].ts / 1_000_000 > rows[0].ts / 1_000_000, "same series: another millisecond");
+        assert_eq!(log.after(rows[1].seq, 100).unwrap().len(), 1);
+        assert_eq!(log.head().unwrap(), rows[2].seq);
+        assert_eq!(log.cursor("central").unwrap(), None);
+        log.save_cursor("central", rows[1].seq).unwrap();
+        log.save_cursor("central", 1).unwrap();
+        assert_eq!(log.cursor("central").unwrap(), Some(rows[1].seq), "a cursor never goes back");
+    }
+
+    #[test]
+    fn pending_changes_show_in_lists_marked_not_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, _, _) = open(&dir.path().join("i.db")).unwrap();
+        commit(&mut conn, &mut ChangeClock::default(), &[new(1)]).unwrap();
+        let pending = [upd(1, "acked", State::ActiveAcked, None), new(2)];
+        let all = list(&conn, &Filter::default(), &pending).unwrap();
+        assert_eq!(all.iter().map(|i| (i.id, i.persisted)).collect::<Vec<_>>(), [(2, false), (1, false)]);
+        assert_eq!(all[1].state, "active_acked");
+        assert_eq!(all[1].acked_by.as_deref(), Some("li"));
+        let acked = Filter { state: Some("active_unacked".into()), ..Filter::default() };
+        assert_eq!(list(&conn, &acked, &pending).unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), [2]);
+        let one = overlay_one(&conn, get(&conn, 2, true).unwrap(), 2, &pending).unwrap().unwrap();
+        assert!(!one.persisted);
     }
 }

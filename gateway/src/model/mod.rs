@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::config::{Config, PointKind};
 
+pub mod time;
+
 /// Index of a point in [`Registry::points`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PointId(pub u32);
@@ -61,9 +63,64 @@ pub struct Event {
 pub struct Batch {
     pub samples: Vec<Sample>,
     pub events: Vec<Event>,
-    /// Fired once the batch is durable (in the outbox when forwarding, else applied to point state);
-    /// the source acknowledges the messages behind it only then.
-    pub ack: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Confirmed once the batch is durable (its samples in the outbox when forwarding, else applied to
+    /// point state, and the incident changes it caused in the incident store); the source acknowledges
+    /// the messages behind it only then.
+    pub ack: Option<Ack>,
+}
+
+/// A promise to tell a source that what it handed over is durable, shared by everyone who must store
+/// a part of it (the outbox, the incident store).
+///
+/// The source's receiver completes with `Ok(())` once every holder has called [`Ack::confirm`], and
+/// with an error as soon as one holder is dropped without confirming (its part could not be stored):
+/// then the source does not acknowledge, and the broker delivers the messages again.
+#[derive(Debug)]
+pub struct Ack {
+    inner: Option<std::sync::Arc<AckInner>>,
+}
+
+#[derive(Debug)]
+struct AckInner {
+    tx: Option<tokio::sync::oneshot::Sender<()>>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for AckInner {
+    fn drop(&mut self) {
+        if !self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            if let Some(tx) = self.tx.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+impl Ack {
+    /// A new promise and the receiver the source waits on.
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inner = AckInner { tx: Some(tx), failed: std::sync::atomic::AtomicBool::new(false) };
+        (Self { inner: Some(std::sync::Arc::new(inner)) }, rx)
+    }
+
+    /// Another holder that must confirm too before the source is told.
+    pub fn share(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+
+    /// This holder's part is durable.
+    pub fn confirm(mut self) {
+        self.inner.take();
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.failed.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 impl Batch {
@@ -77,10 +134,10 @@ impl Batch {
         Self { samples, events, ack: None }
     }
 
-    /// Tells the source that the batch is durable.
+    /// Tells the source that this holder's part of the batch is durable.
     pub fn confirm(&mut self) {
         if let Some(ack) = self.ack.take() {
-            let _ = ack.send(());
+            ack.confirm();
         }
     }
 
@@ -215,5 +272,26 @@ impl Registry {
     pub fn point_of(&self, device: DeviceId, name: &str) -> Option<PointId> {
         let range = self.device(device).points.clone();
         range.into_iter().find(|&i| self.points[i as usize].name == name).map(PointId)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ack;
+
+    #[test]
+    fn ack_fires_only_when_every_holder_confirmed() {
+        let (a, mut rx) = Ack::new();
+        let b = a.share();
+        a.confirm();
+        assert!(rx.try_recv().is_err(), "one holder is still storing");
+        b.confirm();
+        assert_eq!(rx.try_recv(), Ok(()));
+
+        let (a, mut rx) = Ack::new();
+        let b = a.share();
+        drop(b); // that part could not be stored
+        a.confirm();
+        assert_eq!(rx.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Closed));
     }
 }

@@ -2,6 +2,7 @@
 
 mod config_check;
 mod demo;
+mod durability;
 mod forward;
 mod modbus;
 mod mqtt;

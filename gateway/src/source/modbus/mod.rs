@@ -26,8 +26,8 @@ use self::decode::{DataType, Order};
 use self::plan::{Read, Span, Table};
 use self::profile::Profile;
 use crate::config::{self, ModbusConnection, ModbusKind};
+use crate::model::time::now_ns;
 use crate::model::{Batch, DeviceId, Event, PointId, Quality, Registry, Sample};
-use crate::source::mqtt::now_ns;
 
 /// The Modbus source failed to start.
 #[derive(Debug, thiserror::Error)]

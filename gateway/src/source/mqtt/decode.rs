@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::topic::TopicPattern;
 use crate::config::{PayloadFormat, Subscription, TimeUnit};
+use crate::model::time::fmt_ns;
 use crate::model::{Batch, DeviceId, Event, PointId, Quality, Registry, Sample};
 
 /// Why a message, or one value in it, was not accepted.
@@ -440,11 +441,6 @@ fn read_ts(doc: &Value, pointer: &str, unit: TimeUnit) -> Result<i64, Reject> {
 
 fn top_level_key(pointer: &str) -> Option<&str> {
     pointer.strip_prefix('/').filter(|k| !k.contains('/'))
-}
-
-/// A UTC timestamp in ns as RFC 3339, for messages.
-pub fn fmt_ns(ts: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ts).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn resolve<'c>(

@@ -2,8 +2,10 @@
 //!
 //! Back-pressure: the task awaits room in the core channel before it polls the connection again, so a
 //! slow core slows reading from the broker instead of growing a queue. With QoS 1 a message is
-//! acknowledged only once the batch holding its samples has been handed to the core; a crash before
-//! that means the broker delivers it again (at-least-once).
+//! acknowledged only once the batch holding it is durable (its samples in the outbox, the incident
+//! changes it caused in the incident store); a crash before that means the broker delivers it again
+//! (at-least-once). A message that cannot be used (too large, malformed) is rejected, counted and
+//! acknowledged: a poison message costs one message, never the connection.
 
 pub mod decode;
 pub mod topic;
@@ -23,7 +25,8 @@ use self::decode::{Decoder, Reject};
 use super::pool::SamplePool;
 use crate::config;
 use crate::metrics::{add, Metrics, RejectRecord};
-use crate::model::{Batch, Registry};
+use crate::model::time::{fmt_ns, now_ns};
+use crate::model::{Ack, Batch, Registry};
 
 /// A broker connection that cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -114,96 +117,145 @@ impl MqttSource {
     }
 
     /// Runs until `shutdown`, reconnecting with capped exponential backoff and jitter.
+    ///
+    /// Messages whose batch could not be stored are not acknowledged. The broker sends them again only
+    /// on a new session, so once a later batch is stored (storage works again), or after a capped,
+    /// growing delay, the task opens a new session on a fresh connection to have them delivered again.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let broker = self.metrics.brokers[self.broker_index].id.clone();
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 16 * 1024);
         let filters: Vec<SubscribeFilter> =
             self.subs.iter().map(|s| SubscribeFilter::new(s.decoder.pattern().filter().to_owned(), s.qos)).collect();
         let mut batch = Batch::new(self.pool.take(), Vec::new());
-        let mut pending_acks: Vec<Publish> = Vec::new();
-        // Messages handed over, waiting for their batch to become durable before they are acknowledged,
-        // in order. Bounded by the core channel and the outbox's batching.
-        let mut waiting: VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)> = VecDeque::new();
         let mut rejects: Vec<Reject> = Vec::new();
         let mut backoff = self.reconnect_min;
+        let mut redeliver_wait = REDELIVER_MIN;
         loop {
-            ack_ready(&mut waiting, &client);
-            let polled = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                done = front_durable(&mut waiting) => {
-                    ack(done, &client);
-                    continue;
+            let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 16 * 1024);
+            let mut pending_acks: Vec<Publish> = Vec::new();
+            // Messages handed over, waiting for their batch to become durable before they are
+            // acknowledged, in order. Bounded by the core channel and the broker's in-flight window.
+            let mut waiting: Waiting = VecDeque::new();
+            // When messages were first left unacknowledged because their batch was not stored.
+            let mut undelivered: Option<tokio::time::Instant> = None;
+            let mut stored_since = false;
+            let mut check = tokio::time::interval(Duration::from_millis(500));
+            let reopen = loop {
+                stored_since |= self.ack_ready(&mut waiting, &client, &mut undelivered);
+                if let Some(since) = undelivered {
+                    if stored_since || since.elapsed() >= redeliver_wait {
+                        break true;
+                    }
                 }
-                polled = eventloop.poll() => polled,
+                let polled = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break false,
+                    done = front_durable(&mut waiting) => {
+                        stored_since |= self.ack(done, &client, &mut undelivered);
+                        continue;
+                    }
+                    _ = check.tick(), if undelivered.is_some() => continue,
+                    polled = eventloop.poll() => polled,
+                };
+                match polled {
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        self.handle(&publish, &mut batch, &mut rejects);
+                        if publish.qos != QoS::AtMostOnce {
+                            pending_acks.push(publish);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        let m = &self.metrics.brokers[self.broker_index];
+                        m.connected.store(true, Ordering::Relaxed);
+                        add(&m.connections, 1);
+                        backoff = self.reconnect_min;
+                        info!(broker = %broker, session_present = ack.session_present, "Connected to MQTT broker.");
+                        if !filters.is_empty() {
+                            if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                                warn!(broker = %broker, error = %e, "Could not queue subscriptions.");
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        for (code, f) in ack.return_codes.iter().zip(&filters) {
+                            if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                                warn!(broker = %broker, filter = %f.path, "Broker refused the subscription.");
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let m = &self.metrics.brokers[self.broker_index];
+                        let was_connected = m.connected.swap(false, Ordering::Relaxed);
+                        add(&m.connection_errors, 1);
+                        if self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err() {
+                            break false;
+                        }
+                        // Unacknowledged messages come again on the next session; their acks died with
+                        // the connection.
+                        pending_acks.clear();
+                        waiting.clear();
+                        undelivered = None;
+                        let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+                        let wait = backoff + jitter;
+                        if was_connected {
+                            warn!(broker = %broker, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost.");
+                        } else {
+                            debug!(broker = %broker, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection failed.");
+                        }
+                        tokio::select! {
+                            () = shutdown.cancelled() => break false,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                        backoff = (backoff * 2).min(self.reconnect_max);
+                        continue;
+                    }
+                }
+                // Hand over what one network read produced, or a full batch; never wait for more input
+                // while holding samples.
+                if (eventloop.state.events.is_empty() || batch.len() >= self.batch_samples)
+                    && self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err()
+                {
+                    break false;
+                }
             };
-            match polled {
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    self.handle(&publish, &mut batch, &mut rejects);
-                    if publish.qos != QoS::AtMostOnce {
-                        pending_acks.push(publish);
-                    }
+            if reopen {
+                // Hand over what was read (it is not acknowledged on this connection either way), then
+                // leave without DISCONNECT so the broker keeps the session and its unacknowledged messages.
+                let _ = self.flush(&mut batch, &mut pending_acks, &mut waiting).await;
+                self.metrics.brokers[self.broker_index].connected.store(false, Ordering::Relaxed);
+                add(&self.metrics.brokers[self.broker_index].redelivery_sessions, 1);
+                if stored_since {
+                    info!(broker = %broker, "Storage works again; reconnecting to receive the unacknowledged messages again.");
+                    redeliver_wait = REDELIVER_MIN;
+                } else {
+                    debug!(broker = %broker, "Reconnecting to receive unacknowledged messages again.");
+                    redeliver_wait = (redeliver_wait * 2).min(REDELIVER_MAX);
                 }
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    let m = &self.metrics.brokers[self.broker_index];
-                    m.connected.store(true, Ordering::Relaxed);
-                    add(&m.connections, 1);
-                    backoff = self.reconnect_min;
-                    info!(broker = %broker, session_present = ack.session_present, "Connected to MQTT broker.");
-                    if !filters.is_empty() {
-                        if let Err(e) = client.try_subscribe_many(filters.clone()) {
-                            warn!(broker = %broker, error = %e, "Could not queue subscriptions.");
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    for (code, f) in ack.return_codes.iter().zip(&filters) {
-                        if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
-                            warn!(broker = %broker, filter = %f.path, "Broker refused the subscription.");
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let m = &self.metrics.brokers[self.broker_index];
-                    let was_connected = m.connected.swap(false, Ordering::Relaxed);
-                    add(&m.connection_errors, 1);
-                    if self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err() {
-                        break;
-                    }
-                    // Unacknowledged messages come again on the next session; their acks died with
-                    // the connection.
-                    pending_acks.clear();
-                    waiting.clear();
-                    let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
-                    let wait = backoff + jitter;
-                    if was_connected {
-                        warn!(broker = %broker, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost.");
-                    } else {
-                        debug!(broker = %broker, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection failed.");
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                    backoff = (backoff * 2).min(self.reconnect_max);
-                    continue;
-                }
+                drop(client);
+                drop(eventloop);
+                continue;
             }
-            // Hand over what one network read produced, or a full batch; never wait for more input
-            // while holding samples.
-            if (eventloop.state.events.is_empty() || batch.len() >= self.batch_samples)
-                && self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err()
-            {
-                break;
-            }
+            self.leave(&client, &mut eventloop, &mut batch, &mut pending_acks, &mut waiting).await;
+            break;
         }
-        // Shutdown: hand over what was read, acknowledge what became durable, leave the session cleanly.
-        let _ = self.flush(&mut batch, &mut pending_acks, &mut waiting).await;
+        info!(broker = %broker, "MQTT source stopped.");
+    }
+
+    /// Shutdown: hand over what was read, acknowledge what became durable, leave the session cleanly.
+    async fn leave(
+        &mut self,
+        client: &AsyncClient,
+        eventloop: &mut rumqttc::EventLoop,
+        batch: &mut Batch,
+        pending_acks: &mut Vec<Publish>,
+        waiting: &mut Waiting,
+    ) {
+        let _ = self.flush(batch, pending_acks, waiting).await;
+        let mut undelivered = None;
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while !waiting.is_empty() {
-                let done = front_durable(&mut waiting).await;
-                ack(done, &client);
+                let done = front_durable(waiting).await;
+                self.ack(done, client, &mut undelivered);
             }
         })
         .await;
@@ -218,7 +270,52 @@ impl MqttSource {
             })
             .await;
         }
-        info!(broker = %broker, "MQTT source stopped.");
+    }
+
+    /// Acknowledges the messages of a settled batch if it is durable; otherwise leaves them to be
+    /// delivered again and counts them. Returns whether it was durable.
+    fn ack(
+        &self,
+        (durable, acks): (bool, Vec<Publish>),
+        client: &AsyncClient,
+        undelivered: &mut Option<tokio::time::Instant>,
+    ) -> bool {
+        if !durable {
+            add(&self.metrics.brokers[self.broker_index].unacked, acks.len() as u64);
+            undelivered.get_or_insert_with(tokio::time::Instant::now);
+            return false;
+        }
+        for p in acks {
+            if let Err(e) = client.try_ack(&p) {
+                // The broker will deliver the message again: at-least-once holds.
+                debug!(error = %e, "Could not queue an acknowledgement.");
+            }
+        }
+        true
+    }
+
+    /// Acknowledges, in order, the messages whose batches are already settled, without waiting.
+    /// Returns whether any of them was durable.
+    fn ack_ready(
+        &self,
+        waiting: &mut Waiting,
+        client: &AsyncClient,
+        undelivered: &mut Option<tokio::time::Instant>,
+    ) -> bool {
+        let mut stored = false;
+        while let Some((rx, _)) = waiting.front_mut() {
+            let durable = match rx {
+                None => true,
+                Some(rx) => match rx.try_recv() {
+                    Ok(()) => true,
+                    Err(oneshot::error::TryRecvError::Empty) => return stored,
+                    Err(oneshot::error::TryRecvError::Closed) => false,
+                },
+            };
+            let acks = waiting.pop_front().map(|(_, a)| a).unwrap_or_default();
+            stored |= self.ack((durable, acks), client, undelivered);
+        }
+        stored
     }
 
     fn handle(&mut self, publish: &Publish, batch: &mut Batch, rejects: &mut Vec<Reject>) {
@@ -255,7 +352,7 @@ impl MqttSource {
             }
             let excerpt = &publish.payload[..publish.payload.len().min(160)];
             self.metrics.rejects.push(RejectRecord {
-                at: decode::fmt_ns(now),
+                at: fmt_ns(now),
                 broker: m.broker.clone(),
                 subscription: m.topic.clone(),
                 topic: topic.chars().take(256).collect(),
@@ -268,18 +365,13 @@ impl MqttSource {
 
     /// Hands the batch to the core (waiting for room: back-pressure). Its QoS 1 messages are
     /// acknowledged once the batch is durable (see `ack_ready`).
-    async fn flush(
-        &self,
-        batch: &mut Batch,
-        acks: &mut Vec<Publish>,
-        waiting: &mut VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)>,
-    ) -> Result<(), ()> {
+    async fn flush(&self, batch: &mut Batch, acks: &mut Vec<Publish>, waiting: &mut Waiting) -> Result<(), ()> {
         let mut durable = None;
         if !batch.is_empty() {
             let mut full = std::mem::replace(batch, Batch::new(self.pool.take(), Vec::new()));
             if !acks.is_empty() {
-                let (tx, rx) = oneshot::channel();
-                full.ack = Some(tx);
+                let (ack, rx) = Ack::new();
+                full.ack = Some(ack);
                 durable = Some(rx);
             }
             if self.tx.send(full).await.is_err() {
@@ -294,9 +386,17 @@ impl MqttSource {
     }
 }
 
+/// Batches handed over whose messages wait for an acknowledgement, oldest first.
+type Waiting = VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)>;
+
+/// First and longest wait before a new session is opened to receive unacknowledged messages again
+/// while storage has not been seen working.
+const REDELIVER_MIN: Duration = Duration::from_secs(2);
+const REDELIVER_MAX: Duration = Duration::from_secs(60);
+
 /// Waits until the oldest handed-over batch is durable (`true`) or dropped (`false`) and takes it off
 /// the queue; pending forever when none waits. Cancel-safe: the entry is taken only on completion.
-async fn front_durable(waiting: &mut VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)>) -> (bool, Vec<Publish>) {
+async fn front_durable(waiting: &mut Waiting) -> (bool, Vec<Publish>) {
     let durable = match waiting.front_mut() {
         Some((Some(rx), _)) => rx.await.is_ok(),
         Some((None, _)) => true,
@@ -304,34 +404,6 @@ async fn front_durable(waiting: &mut VecDeque<(Option<oneshot::Receiver<()>>, Ve
     };
     let acks = waiting.pop_front().map(|(_, a)| a).unwrap_or_default();
     (durable, acks)
-}
-
-fn ack((durable, acks): (bool, Vec<Publish>), client: &AsyncClient) {
-    if !durable {
-        return;
-    }
-    for p in acks {
-        if let Err(e) = client.try_ack(&p) {
-            // The broker will deliver the message again: at-least-once holds.
-            debug!(error = %e, "Could not queue an acknowledgement.");
-        }
-    }
-}
-
-/// Acknowledges, in order, the messages whose batches are already durable, without waiting.
-fn ack_ready(waiting: &mut VecDeque<(Option<oneshot::Receiver<()>>, Vec<Publish>)>, client: &AsyncClient) {
-    while let Some((rx, _)) = waiting.front_mut() {
-        let durable = match rx {
-            None => true,
-            Some(rx) => match rx.try_recv() {
-                Ok(()) => true,
-                Err(oneshot::error::TryRecvError::Empty) => return,
-                Err(oneshot::error::TryRecvError::Closed) => false,
-            },
-        };
-        let acks = waiting.pop_front().map(|(_, a)| a).unwrap_or_default();
-        ack((durable, acks), client);
-    }
 }
 
 /// Connection options for a configured broker: address, keep-alive, credentials, TLS, packet size.
@@ -350,11 +422,6 @@ pub fn options(b: &config::Broker, client_id: String) -> Result<MqttOptions, Mqt
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(&b.id, tls)?))));
     }
     Ok(options)
-}
-
-/// Now as UTC nanoseconds.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 fn read(broker: &str, file: &std::path::Path) -> Result<Vec<u8>, MqttError> {

@@ -1,0 +1,471 @@
+//! Nothing acknowledged is lost: incident changes reach every sink from the incident store's change
+//! log, poison messages cost one message, and failing storage stops acknowledgements instead of
+//! dropping data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use parkwatch_e2e::{wait_until, Gateway, Mosquitto, Publisher, Subscriber, Victoria};
+use serde_json::json;
+
+/// A park of `devices` meters in four grids, one alarm rule on `ia` without delays, forwarding to
+/// `store` and incidents to the central broker (the same Mosquitto).
+fn park(mqtt: u16, store: &str, devices: usize, rules_dir: &std::path::Path) -> String {
+    let mut text = format!(
+        r#"
+[site]
+id = "xh"
+
+[api]
+listen = "{{api}}"
+
+[[grids]]
+id = "g1"
+[[grids]]
+id = "g2"
+[[grids]]
+id = "g3"
+[[grids]]
+id = "g4"
+
+[[mqtt.brokers]]
+id = "local"
+host = "127.0.0.1"
+port = {mqtt}
+client_id = "parkwatch-durable"
+persistent_session = true
+reconnect_min_ms = 100
+reconnect_max_ms = 500
+
+[[mqtt.subscriptions]]
+broker = "local"
+topic = "park/{{grid}}/meter/{{device}}/telemetry"
+qos = 1
+timestamp = {{ pointer = "/ts", unit = "ms" }}
+
+[rules]
+builtin = false
+dirs = [{rules:?}]
+
+[forward]
+outbox = "outbox.db"
+batch_ms = 100
+mqtt = {{ broker = "local" }}
+
+[[forward.targets]]
+id = "central"
+url = "{store}"
+org = "park"
+bucket = "telemetry"
+token = "t"
+retry_min_ms = 100
+retry_max_ms = 1000
+"#,
+        rules = rules_dir.display().to_string()
+    );
+    for d in 0..devices {
+        text.push_str(&format!(
+            "\n[[devices]]\nid = \"d{d:04}\"\ngrid = \"g{}\"\ncategory = \"electrical\"\npoints = [{{ name = \"ia\", unit = \"A\" }}]\n",
+            d % 4 + 1
+        ));
+    }
+    text
+}
+
+fn high_rule(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("high.rhai"),
+        r#"rule(#{ id: "t.high", category: "electrical", severity: "major", watch: #{ points: ["ia"] },
+                  condition: |ctx| ctx.value > 100.0 });"#,
+    )
+    .unwrap();
+}
+
+fn topic(d: usize) -> String {
+    format!("park/g{}/meter/d{d:04}/telemetry", d % 4 + 1)
+}
+
+/// Every committed change in the incident database: seq → (incident, kind, state).
+fn changes_in_db(gw: &Gateway) -> BTreeMap<i64, (i64, String, String)> {
+    let conn = rusqlite::Connection::open(gw.dir.path().join("incidents.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT seq, incident, kind, state FROM incident_events WHERE kind != 'comment' ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?.unwrap_or_default()))))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The `seq` field of every incident point in the store, one entry per stored point.
+fn seqs_in_store(store: &Victoria) -> Vec<i64> {
+    let mut out = Vec::new();
+    for s in store.export(r#"{__name__="incident_seq"}"#) {
+        for v in s["values"].as_array().into_iter().flatten() {
+            out.push(v.as_f64().unwrap_or(-1.0) as i64);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Seqs of the changes published on central MQTT, in the order received.
+fn seqs_on_mqtt(watcher: &Subscriber) -> Vec<i64> {
+    watcher
+        .seen()
+        .iter()
+        .filter(|(t, _, _)| t.starts_with("parkwatch/xh/incidents/"))
+        .filter_map(|(_, m, _)| serde_json::from_str::<serde_json::Value>(m).ok()?["seq"].as_i64())
+        .collect()
+}
+
+const DEVICES: usize = 1000;
+const ROUNDS: usize = 20;
+
+/// Publishes ROUNDS readings per device, alternating above and below the limit: every reading changes
+/// its device's incident.
+fn flip_all(p: &Publisher, base_ms: i64) {
+    for r in 0..ROUNDS {
+        for d in 0..DEVICES {
+            let ia = if r % 2 == 0 { 200.0 } else { 3.0 };
+            p.publish(&topic(d), 1, json!({ "ts": base_ms + r as i64, "ia": ia }).to_string());
+        }
+    }
+}
+
+fn wait_connected(gw: &Gateway, p: &Publisher) {
+    wait_until(Duration::from_secs(30), "the subscription", || {
+        p.publish(&topic(0), 1, json!({ "ts": parkwatch_e2e::now_ms() - 3_600_000, "ia": 1.0 }).to_string());
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("d0000", "ia")
+    });
+}
+
+/// Checks that every committed change is its own point in the store and was published on central
+/// MQTT (in order when `in_order`), and that the state is readable as a number.
+fn assert_sinks_complete(gw: &Gateway, store: &Victoria, watcher: &Subscriber, in_order: bool) {
+    let db = changes_in_db(gw);
+    let want: Vec<i64> = db.keys().copied().collect();
+    let stored = wait_until(Duration::from_secs(120), "every change as its own point in the store", || {
+        let got = seqs_in_store(store);
+        (got == want).then_some(got)
+    });
+    assert_eq!(stored.len(), db.len());
+    let published = wait_until(Duration::from_secs(120), "every change on central MQTT", || {
+        let got = seqs_on_mqtt(watcher);
+        let set: BTreeSet<i64> = got.iter().copied().collect();
+        want.iter().all(|s| set.contains(s)).then_some(got)
+    });
+    if in_order {
+        assert!(published.windows(2).all(|w| w[0] < w[1]), "central MQTT changes in order, none twice");
+    }
+    let codes = store.export(r#"{__name__="incident_state_code"}"#);
+    let values: BTreeSet<i64> = codes
+        .iter()
+        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+        .map(|v| v.as_f64().unwrap_or(-1.0) as i64)
+        .collect();
+    assert_eq!(values, BTreeSet::from([1, 3]), "active (1) and returned (3) stored as numbers");
+}
+
+#[test]
+fn an_incident_storm_reaches_the_store_and_central_mqtt_change_by_change() {
+    let broker = Mosquitto::start("max_inflight_messages 1000");
+    let store = Victoria::start();
+    let rules = tempfile::tempdir().unwrap();
+    high_rule(rules.path());
+    let gw = Gateway::start(&park(broker.port, &store.url(), DEVICES, rules.path()));
+    let watcher = Subscriber::connect(broker.port, "central-watch", "parkwatch/xh/incidents/#");
+    let p = Publisher::connect(broker.port, "storm-pub");
+    wait_connected(&gw, &p);
+    let started = std::time::Instant::now();
+    flip_all(&p, parkwatch_e2e::now_ms() - 1_800_000);
+    wait_until(Duration::from_secs(120), "every reading's change committed", || {
+        (changes_in_db(&gw).len() >= DEVICES * ROUNDS).then_some(())
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let db = changes_in_db(&gw);
+    eprintln!("{} incident changes committed in {secs:.1} s ({:.0}/s)", db.len(), db.len() as f64 / secs);
+    let flips = db.values().filter(|(_, kind, _)| kind != "chattering").count();
+    assert_eq!(flips, DEVICES * ROUNDS, "one change per reading (plus chattering notices)");
+    assert_sinks_complete(&gw, &store, &watcher, true);
+    let lag = gw.metric("parkwatch_outbox_incident_lag").expect("incident lag exported");
+    assert!(lag <= 1.0, "outbox caught up with the change log: lag {lag}");
+}
+
+#[test]
+fn a_crash_in_an_incident_storm_loses_no_acknowledged_change() {
+    let broker = Mosquitto::start("max_inflight_messages 1000");
+    let store = Victoria::start();
+    let rules = tempfile::tempdir().unwrap();
+    high_rule(rules.path());
+    let mut gw = Gateway::start(&park(broker.port, &store.url(), DEVICES, rules.path()));
+    let watcher = Subscriber::connect(broker.port, "central-watch-2", "parkwatch/xh/incidents/#");
+    let p = Publisher::connect(broker.port, "storm-pub-2");
+    wait_connected(&gw, &p);
+    flip_all(&p, parkwatch_e2e::now_ms() - 1_800_000);
+    wait_until(Duration::from_secs(60), "the storm half way", || {
+        (changes_in_db(&gw).len() >= DEVICES * ROUNDS / 2).then_some(())
+    });
+    assert!(gw.signal("KILL").code().is_none(), "killed");
+    gw.restart();
+    // Every reading was published before the crash; the broker delivers what was not acknowledged.
+    // The last reading of every device is low, so every incident ends returned, and the history of
+    // each device ends with that return.
+    wait_until(Duration::from_secs(120), "every device's last reading applied", || {
+        let db = changes_in_db(&gw);
+        let mut last: BTreeMap<i64, String> = BTreeMap::new();
+        for (incident, _, state) in db.values() {
+            last.insert(*incident, state.clone());
+        }
+        let devices = gw.json("/api/v1/incidents?state=active_unacked&limit=1000");
+        (devices.as_array().is_some_and(Vec::is_empty) && last.values().all(|s| s == "returned_unacked")).then_some(())
+    });
+    assert_sinks_complete(&gw, &store, &watcher, false);
+}
+
+/// One meter with ten points forwarding to `store`; the outbox and the incident database at the paths
+/// given (relative ones live in the test's directory).
+fn meter(mqtt: u16, store: &str, outbox: &str, incidents: &str, rules_dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "xh"
+
+[api]
+listen = "{{api}}"
+
+[[grids]]
+id = "g1"
+
+[[devices]]
+id = "m1"
+grid = "g1"
+category = "electrical"
+points = [{{ name = "ia", unit = "A" }}, {{ name = "p0" }}, {{ name = "p1" }}, {{ name = "p2" }}, {{ name = "p3" }}, {{ name = "p4" }}, {{ name = "p5" }}, {{ name = "p6" }}, {{ name = "p7" }}, {{ name = "p8" }}]
+
+[[mqtt.brokers]]
+id = "local"
+host = "127.0.0.1"
+port = {mqtt}
+client_id = "parkwatch-disk"
+persistent_session = true
+reconnect_min_ms = 100
+reconnect_max_ms = 500
+
+[[mqtt.subscriptions]]
+broker = "local"
+topic = "park/{{grid}}/meter/{{device}}/telemetry"
+qos = 1
+timestamp = {{ pointer = "/ts", unit = "ms" }}
+{extra}
+
+[rules]
+builtin = false
+dirs = [{rules:?}]
+
+[incidents]
+path = {incidents:?}
+
+[forward]
+outbox = {outbox:?}
+batch_ms = 100
+mqtt = {{ broker = "local" }}
+
+[[forward.targets]]
+id = "central"
+url = "{store}"
+org = "park"
+bucket = "telemetry"
+token = "t"
+retry_min_ms = 100
+retry_max_ms = 1000
+"#,
+        rules = rules_dir.display().to_string()
+    )
+}
+
+fn reading(ts: i64, ia: f64) -> String {
+    let mut m = json!({ "ts": ts, "ia": ia });
+    for p in 0..9 {
+        m[format!("p{p}")] = json!(ts % 1000 + p);
+    }
+    m.to_string()
+}
+
+const METER: &str = "park/g1/meter/m1/telemetry";
+
+#[test]
+fn a_full_outbox_disk_stops_acknowledgements_and_loses_nothing() {
+    let broker = Mosquitto::start("max_inflight_messages 1000");
+    let store = Victoria::start();
+    let disk = parkwatch_e2e::SmallDisk::mount(16 << 20);
+    let rules = tempfile::tempdir().unwrap();
+    high_rule(rules.path());
+    let outbox = disk.path.join("outbox.db");
+    // Small batches: what the appender holds while the disk is full soon exceeds its bound, so the
+    // rest is left unacknowledged for the broker to deliver again.
+    let text = meter(broker.port, &store.url(), &outbox.display().to_string(), "incidents.db", rules.path(), "")
+        .replace("batch_ms = 100", "batch_ms = 100\nbatch_lines = 50");
+    let gw = Gateway::start(&text);
+    let p = Publisher::connect(broker.port, "disk-pub");
+    let base = parkwatch_e2e::now_ms() - 1_800_000;
+    wait_until(Duration::from_secs(30), "the subscription", || {
+        p.publish(METER, 1, reading(base, 1.0));
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("m1", "ia")
+    });
+    disk.fill();
+    const N: i64 = 5_000;
+    for i in 1..=N {
+        p.publish(METER, 1, reading(base + i, 1.0));
+    }
+    wait_until(Duration::from_secs(30), "the outbox to fail", || {
+        (gw.metric("parkwatch_outbox_failing") == Some(1.0)).then_some(())
+    });
+    // While the disk is full, what arrives still reaches point state (alarms keep working) but is not
+    // acknowledged: the appender holds what fits in its bound and withdraws the acknowledgement of the
+    // rest, so the broker keeps those (and, its in-flight window full, holds back the others).
+    std::thread::sleep(Duration::from_secs(3));
+    disk.free();
+    wait_until(Duration::from_secs(60), "a new session to receive them again", || {
+        (gw.metric("parkwatch_mqtt_redelivery_sessions_total{broker=\"local\"}")? > 0.0).then_some(())
+    });
+    let (distinct, _) = wait_until(Duration::from_secs(120), "every reading in the store", || {
+        let c = store.count(r#"{__name__=~"electrical_.*"}"#);
+        (c.0 >= (N as usize + 1) * 10).then_some(c)
+    });
+    assert_eq!(distinct, (N as usize + 1) * 10, "every acknowledged reading, every point");
+    let unacked = gw.metric("parkwatch_mqtt_unacked_total{broker=\"local\"}").unwrap_or_default();
+    assert!(unacked > 0.0, "some readings were left to the broker and delivered again");
+    let incidents = gw.json("/api/v1/incidents?limit=100");
+    let failing: Vec<_> =
+        incidents.as_array().unwrap().iter().filter(|i| i["rule"] == "system.forward.outbox_failing").collect();
+    assert_eq!(failing.len(), 1, "one system incident for the episode: {incidents}");
+    let log = gw.log();
+    let lines = log.lines().filter(|l| l.contains("outbox") && (l.contains("ERROR") || l.contains("WARN"))).count();
+    assert!(lines <= 5, "bounded log lines about the outbox, got {lines}:\n{log}");
+    assert_eq!(gw.metric("parkwatch_outbox_failing"), Some(0.0));
+}
+
+#[test]
+fn a_full_incident_disk_keeps_the_incident_visible_and_delivers_it_when_space_returns() {
+    let broker = Mosquitto::start("");
+    let store = Victoria::start();
+    let disk = parkwatch_e2e::SmallDisk::mount(16 << 20);
+    let rules = tempfile::tempdir().unwrap();
+    high_rule(rules.path());
+    let incidents = disk.path.join("incidents.db");
+    let gw = Gateway::start(&meter(
+        broker.port,
+        &store.url(),
+        "outbox.db",
+        &incidents.display().to_string(),
+        rules.path(),
+        "",
+    ));
+    let watcher = Subscriber::connect(broker.port, "incident-disk-watch", "parkwatch/xh/incidents/#");
+    let p = Publisher::connect(broker.port, "incident-disk-pub");
+    let base = parkwatch_e2e::now_ms() - 1_800_000;
+    wait_until(Duration::from_secs(30), "the subscription", || {
+        p.publish(METER, 1, reading(base, 1.0));
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("m1", "ia")
+    });
+    disk.fill();
+    p.publish(METER, 1, reading(base + 1, 350.0));
+    let shown = wait_until(Duration::from_secs(10), "the incident in the API at once", || {
+        let list = gw.json("/api/v1/incidents?state=open");
+        list.as_array()?.iter().find(|i| i["rule"] == "t.high").cloned()
+    });
+    assert_eq!(shown["persisted"], false, "{shown}");
+    assert!(seqs_on_mqtt(&watcher).is_empty(), "nothing is told before it is committed");
+    std::thread::sleep(Duration::from_secs(2));
+    disk.free();
+    // No further change: the retry alone writes it, and both sinks get it.
+    wait_until(Duration::from_secs(30), "the incident persisted", || {
+        let list = gw.json("/api/v1/incidents?state=open");
+        list.as_array()?.iter().find(|i| i["rule"] == "t.high" && i["persisted"] == true).cloned()
+    });
+    wait_until(Duration::from_secs(30), "the incident on central MQTT", || {
+        (!seqs_on_mqtt(&watcher).is_empty()).then_some(())
+    });
+    wait_until(Duration::from_secs(30), "the incident in the store", || {
+        let s = store.export(r#"{__name__="incident_state_code"}"#);
+        (s.first()?["metric"]["rule"] == "t.high").then_some(())
+    });
+}
+
+#[test]
+fn poison_messages_cost_one_message_each() {
+    let broker = Mosquitto::start("");
+    let store = Victoria::start();
+    let rules = tempfile::tempdir().unwrap();
+    high_rule(rules.path());
+    let gw = Gateway::start(&meter(
+        broker.port,
+        &store.url(),
+        "outbox.db",
+        "incidents.db",
+        rules.path(),
+        "max_payload_bytes = 65536",
+    ));
+    let p = Publisher::connect(broker.port, "poison-pub");
+    let base = parkwatch_e2e::now_ms() - 1_800_000;
+    wait_until(Duration::from_secs(30), "the subscription", || {
+        p.publish(METER, 1, reading(base, 1.0));
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("m1", "ia")
+    });
+    let connections = gw.metric("parkwatch_mqtt_connections_total{broker=\"local\"}").unwrap();
+    let big = Publisher::connect_large(broker.port, "poison-big-pub");
+    for (i, size) in [(1, 2 << 20), (2, 20 << 20)] {
+        big.publish(METER, 1, vec![b'{'; size]);
+        big.publish(METER, 1, reading(base + i, i as f64 + 0.5));
+        wait_until(Duration::from_secs(1), "the next valid reading within 1 s", || {
+            (gw.point("m1", "ia")?.as_f64()? == i as f64 + 0.5).then_some(())
+        });
+    }
+    let too_large = gw.metric("parkwatch_mqtt_rejects_total{broker=\"local\",subscription=\"park/{grid}/meter/{device}/telemetry\",reason=\"too_large\"}");
+    assert_eq!(too_large, Some(2.0), "one reject each");
+    assert_eq!(gw.metric("parkwatch_mqtt_connections_total{broker=\"local\"}"), Some(connections), "no reconnect");
+    // A flood of malformed messages for 30 s with a valid reading every 200 ms: never more than 1 s stale.
+    let flood = std::thread::spawn({
+        let port = broker.port;
+        move || {
+            let f = Publisher::connect(port, "flood-pub");
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            let mut n = 0u64;
+            while std::time::Instant::now() < until {
+                f.publish(METER, 1, b"{\"ts\": oops".to_vec());
+                n += 1;
+                if n.is_multiple_of(64) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            n
+        }
+    });
+    let mut worst = Duration::ZERO;
+    let start = std::time::Instant::now();
+    let mut i = 10;
+    while start.elapsed() < Duration::from_secs(30) {
+        let sent = std::time::Instant::now();
+        p.publish(METER, 1, reading(base + i, i as f64 + 0.5));
+        loop {
+            let seen = gw.point("m1", "ia").and_then(|v| v.as_f64());
+            if seen == Some(i as f64 + 0.5) || sent.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        worst = worst.max(sent.elapsed());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let flooded = flood.join().unwrap();
+    eprintln!("{flooded} malformed messages in 30 s; worst staleness of a valid reading {worst:?}");
+    assert!(worst <= Duration::from_secs(1), "a valid reading took {worst:?} to apply");
+    assert!(flooded > 10_000, "the flood was a flood ({flooded})");
+}
