@@ -806,4 +806,6 @@ pub fn from_str(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigEr
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -13,28 +13,34 @@ use crate::model::{Registry, Sample};
 
 /// Escapes a measurement name: commas and spaces.
 pub fn escape_measurement(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            ',' | ' ' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '\n' => out.push_str("\\n"),
-            _ => out.push(c),
-        }
-    }
+    escape(s, &[',', ' '], out);
 }
 
 /// Escapes a tag key, tag value or field key: commas, equals signs and spaces.
 pub fn escape_key(s: &str, out: &mut String) {
-    for c in s.chars() {
+    escape(s, &[',', '=', ' '], out);
+}
+
+/// Puts a backslash before each `special` character. A backslash is literal to the store unless it
+/// precedes a special character or another backslash, so one that does (or that ends the text, where
+/// it would escape the separator after it, or that precedes a newline, written as `\n`) is doubled.
+/// A newline cannot be carried by a line and becomes the two characters `\n`.
+fn escape(s: &str, special: &[char], out: &mut String) {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
-            ',' | '=' | ' ' => {
+            '\\' => {
+                out.push('\\');
+                if chars.peek().is_none_or(|n| matches!(n, '\\' | '\n') || special.contains(n)) {
+                    out.push('\\');
+                }
+            }
+            '\n' => out.push_str("\\n"),
+            c if special.contains(&c) => {
                 out.push('\\');
                 out.push(c);
             }
-            '\n' => out.push_str("\\n"),
-            _ => out.push(c),
+            c => out.push(c),
         }
     }
 }
@@ -198,6 +204,9 @@ fn push_float(v: f64, out: &mut String) {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{PointId, Quality};
@@ -242,6 +251,25 @@ points = [{ name = "kwh" }]
              electrical,building=B\\ 11\\,\\ east\\=wing,device=配电柜1,grid=g1,site=xh,voltage=380 ua=230.0 6\n\
              energy,device=m2,grid=g1,site=xh kwh=12.0 6\n"
         );
+    }
+
+    #[test]
+    fn backslashes_never_escape_a_separator() {
+        let check = |s: &str, expected: &str| {
+            let mut out = String::new();
+            escape_key(s, &mut out);
+            assert_eq!(out, expected, "{s:?}");
+        };
+        check("C:\\temp", "C:\\temp");
+        // A trailing backslash would otherwise escape the ',' or ' ' after the value.
+        check("a\\", "a\\\\");
+        check("a\\,b", "a\\\\\\,b");
+        check("a\\\\b", "a\\\\\\b");
+        check("x\\ y=1", "x\\\\\\ y\\=1");
+        check("a\\\nb", "a\\\\\\nb");
+        let mut out = String::new();
+        escape_measurement("m\\", &mut out);
+        assert_eq!(out, "m\\\\");
     }
 
     #[test]

@@ -103,9 +103,16 @@ pub fn encode(value: f64, ty: DataType, order: Order) -> Vec<u16> {
     };
     // Apply the inverse layout: build natural words, then reorder like `bytes` does (it is an involution).
     let words: Vec<u16> = be.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+    if ty == DataType::Bit {
+        // `number` reads a bit from the register as the device holds it, whatever the byte order.
+        return words;
+    }
     let b = bytes(&words, order);
     b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect()
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
@@ -144,6 +151,11 @@ mod tests {
         assert_eq!(number(&[0b1010_0000], DataType::Bit, Order::ABCD, 5), Some(1.0));
         assert_eq!(number(&[0b1010_0000], DataType::Bit, Order::ABCD, 6), Some(0.0));
         assert_eq!(number(&[0x0001], DataType::U32, Order::ABCD, 0), None);
+        // Bits ignore the byte order both ways.
+        for order in [Order::ABCD, Order::CDAB, Order::BADC, Order::DCBA] {
+            assert_eq!(encode(1.0, DataType::Bit, order), vec![0x0001], "{order:?}");
+            assert_eq!(number(&[0x0001], DataType::Bit, order, 0), Some(1.0), "{order:?}");
+        }
         assert_eq!(text(&[0x5344, 0x4D36, 0x3330, 0x0000], Order::ABCD), "SDM630");
     }
 }

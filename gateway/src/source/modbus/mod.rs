@@ -498,3 +498,6 @@ pub async fn write(config: &config::Config, device: &str, point: &str, value: f6
         Err(e) => Err(ModbusError::Protocol(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod proptests;

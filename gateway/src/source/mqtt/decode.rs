@@ -204,12 +204,20 @@ impl Decoder {
             if ts > now.saturating_add(spec.max_future_ns) {
                 Err(reject(
                     RejectReason::TimestampFuture,
-                    format!("timestamp {} is {} s ahead of the clock", fmt_ns(ts), (ts - now) / 1_000_000_000),
+                    format!(
+                        "timestamp {} is {} s ahead of the clock",
+                        fmt_ns(ts),
+                        ts.saturating_sub(now) / 1_000_000_000
+                    ),
                 ))
             } else if ts < now.saturating_sub(spec.max_past_ns) {
                 Err(reject(
                     RejectReason::TimestampPast,
-                    format!("timestamp {} is {} s behind the clock", fmt_ns(ts), (now - ts) / 1_000_000_000),
+                    format!(
+                        "timestamp {} is {} s behind the clock",
+                        fmt_ns(ts),
+                        now.saturating_sub(ts) / 1_000_000_000
+                    ),
                 ))
             } else {
                 Ok(ts)
@@ -261,6 +269,7 @@ impl Decoder {
                 let (fields, auto) =
                     if spec.fields.is_empty() { (&resolved.auto_fields, true) } else { (&spec.fields, false) };
                 let before = batch.samples.len();
+                let rejected_before = rejects.len();
                 for (i, field) in fields.iter().enumerate() {
                     let point = if auto { Some(PointId(resolved.first_point + i as u32)) } else { resolved.points[i] };
                     let Some(point) = point else {
@@ -289,6 +298,9 @@ impl Decoder {
                 let added = batch.samples.len() - before;
                 if added == 0 && auto {
                     rejects.push(reject(RejectReason::NoValues, "no key of the payload names a point of the device"));
+                } else if added == 0 && rejects.len() == rejected_before {
+                    // Every field was optional and absent: still counted, so no message vanishes unseen.
+                    rejects.push(reject(RejectReason::NoValues, "none of the configured fields is in the payload"));
                 }
                 added
             }
@@ -512,6 +524,9 @@ fn resolve<'c>(
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config;
@@ -590,6 +605,10 @@ category = "access"
             ("unit = \"ms\"".into(), r#"{"ts": "soon", "ua": 1}"#.into(), vec![BadTimestamp]),
             ("unit = \"ms\"".into(), r#"{"ua": 1}"#.into(), vec![MissingField]),
             ("unit = \"ns\"".into(), r#"{"ts": 1e300, "ua": 1}"#.into(), vec![BadTimestamp]),
+            // Far enough back that the distance to the clock does not fit in an i64 of nanoseconds.
+            ("unit = \"s\"".into(), r#"{"ts": -9000000000, "ua": 1}"#.into(), vec![TimestampPast]),
+            ("unit = \"ns\"".into(), format!(r#"{{"ts": {}, "ua": 1}}"#, i64::MIN), vec![TimestampPast]),
+            ("unit = \"ns\"".into(), format!(r#"{{"ts": {}, "ua": 1}}"#, i64::MAX), vec![TimestampFuture]),
             ("unit = \"rfc3339\"".into(), format!(r#"{{"ts": "{rfc}", "ua": 1}}"#), vec![]),
             ("unit = \"rfc3339\"".into(), r#"{"ts": "2026-13-01T00:00:00Z", "ua": 1}"#.into(), vec![BadTimestamp]),
         ];
@@ -620,6 +639,18 @@ category = "access"
         }
         let big = format!("{{\"ua\": 1, \"pad\": \"{}\"}}", "x".repeat(100));
         assert_eq!(check("max_payload_bytes = 64", "park/g1/m1/x", &big).1, vec![TooLarge]);
+    }
+
+    #[test]
+    fn optional_fields_alone_never_vanish() {
+        let extra =
+            "fields = [{ point = \"ua\", optional = true }, { point = \"ia\", pointer = \"/i\", optional = true }]";
+        assert_eq!(check(extra, "park/g1/m1/x", r#"{"i": 2}"#), (vec![(1, NOW, 2.0)], vec![]));
+        // A partial update without any of the fields is still one reject, not a silent drop.
+        assert_eq!(check(extra, "park/g1/m1/x", r#"{"other": 2}"#), (vec![], vec![NoValues]));
+        assert_eq!(check(extra, "park/g1/m1/x", "null"), (vec![], vec![NoValues]));
+        // A field that was there but wrong is reject enough.
+        assert_eq!(check(extra, "park/g1/m1/x", r#"{"i": "x"}"#), (vec![], vec![WrongType]));
     }
 
     #[test]

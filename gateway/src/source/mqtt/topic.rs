@@ -154,6 +154,9 @@ impl TopicPattern {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
