@@ -260,6 +260,77 @@ fn a_refused_token_pauses_the_target_and_loses_nothing() {
 }
 
 #[test]
+fn a_refused_line_is_isolated_parked_and_replayed() {
+    use parkwatch_e2e::{Fault, FaultProxy};
+    let broker = Mosquitto::start("");
+    let store = Victoria::start();
+    let proxy = FaultProxy::start(store.url(), vec![Fault::RejectMarked("ia=987654", "unable to parse 'ia=987654'")]);
+    let gw = Gateway::start(&config(broker.port, &proxy.url(), ""));
+    let p = Publisher::connect(broker.port, "marked-pub");
+    wait_until(Duration::from_secs(10), "the subscription", || {
+        p.publish(TOPIC, 1, message(0));
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("配电柜A1", "ua")
+    });
+    // One burst at QoS 0 (nothing waits for an acknowledgement): one batch, one line in it marked.
+    for i in 1..=40 {
+        if i == 20 {
+            p.publish(TOPIC, 0, json!({ "ts": base_ms() + i, "ua": 1.5, "ia": 987654.0 }).to_string());
+        } else {
+            p.publish(TOPIC, 0, message(i));
+        }
+    }
+    wait_until(Duration::from_secs(30), "the batch to be settled", || {
+        let t = &gw.json("/api/v1/forward")["targets"][0];
+        (gw.point("配电柜A1", "ia")? == json!(40.0) && t["backlog_batches"] == 0 && t["dead_letters"] == 1)
+            .then_some(())
+    });
+    let seen = proxy.seen.lock().unwrap().clone();
+    let whole = seen.iter().find(|s| s.body.contains("ia=987654")).unwrap();
+    let lines = whole.body.lines().count();
+    assert!(lines > 1, "the marked line came in a batch with others: {}", whole.body);
+    assert_eq!(whole.status, 400);
+    // Every other line of that batch reached the store.
+    let ia = wait_until(Duration::from_secs(10), "the other lines in the store", || {
+        let s = store.export(r#"{__name__="electrical_ia"}"#);
+        (s.first()?["values"].as_array()?.len() == 40).then(|| s[0].clone())
+    });
+    let stored: Vec<i64> = ia["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as i64).collect();
+    assert_eq!(stored, (0..=40).filter(|i| *i != 20).collect::<Vec<_>>());
+    let fwd = gw.json("/api/v1/forward");
+    let letter = &fwd["targets"][0]["recent_dead_letters"][0];
+    assert_eq!(letter["status"], 400, "{fwd}");
+    assert_eq!(letter["message"], "unable to parse 'ia=987654'");
+    assert_eq!(fwd["targets"][0]["recent_dead_letters"].as_array().unwrap().len(), 1);
+
+    // The store is fixed; the dead letter goes again, while the gateway runs.
+    proxy.clear();
+    let config = gw.dir.path().join("parkwatch.toml");
+    let out = std::process::Command::new(parkwatch_e2e::gateway_bin())
+        .args(["forward", "replay", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("target \"central\": 1 dead letters, 1 lines,"), "{stdout}");
+    wait_until(Duration::from_secs(30), "the replayed line in the store", || {
+        let s = store.export(r#"{__name__="electrical_ia"}"#);
+        let values = s.first()?["values"].as_array()?.clone();
+        (values.len() == 41 && values.contains(&json!(987654))).then_some(())
+    });
+    let fwd = gw.json("/api/v1/forward");
+    assert!(fwd["targets"][0]["recent_dead_letters"].as_array().unwrap().is_empty(), "{fwd}");
+    // Nothing left: a second replay has nothing to do.
+    let again = std::process::Command::new(parkwatch_e2e::gateway_bin())
+        .args(["forward", "replay", "--dry-run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("dry run: 0 dead letters"));
+}
+
+#[test]
 fn a_full_outbox_drops_the_oldest_telemetry_and_keeps_incidents() {
     let broker = Mosquitto::start("max_inflight_messages 1000");
     let store = Victoria::reserve();
