@@ -1,4 +1,4 @@
-//! The `parkwatch` command: run, check a config, or run the demo park.
+//! The `parkwatch` command: run, check a config, run the demo park, test rules, replay dead letters.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,27 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Work with forwarding to central stores.
+    Forward {
+        #[command(subcommand)]
+        command: ForwardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ForwardCommand {
+    /// Queue the dead letters (lines a store rejected) again, each for the target that rejected it,
+    /// and remove them from the dead letters. Works whether the gateway runs or not.
+    Replay {
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/parkwatch/parkwatch.toml")]
+        config: PathBuf,
+        /// Only the dead letters of this target.
+        #[arg(long, value_name = "ID")]
+        target: Option<String>,
+        /// Show what would be queued without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +112,9 @@ fn main() -> ExitCode {
             report(demo(listen, mqtt_listen, modbus_listen, duration))
         }
         Command::Rules { command: RulesCommand::Test { files, rules } } => rules_test(&files, rules.as_deref()),
+        Command::Forward { command: ForwardCommand::Replay { config, target, dry_run } } => {
+            report(replay(&config, target.as_deref(), dry_run))
+        }
     }
 }
 
@@ -310,4 +334,56 @@ fn rules_test(files: &[PathBuf], dir: Option<&Path>) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn replay(file: &Path, only: Option<&str>, dry_run: bool) -> anyhow::Result<()> {
+    use parkwatch::forward::outbox;
+    let config = config::load(file)?;
+    let outbox_path = &config.forward.outbox;
+    let configured: Vec<String> = config.forward.targets.iter().map(|t| t.id.clone()).collect();
+    let targets = match only {
+        Some(id) if configured.iter().any(|t| t == id) => vec![id.to_owned()],
+        Some(id) => anyhow::bail!("target \"{id}\" is not in {} (configured targets: {})", file.display(), {
+            if configured.is_empty() {
+                "none".to_owned()
+            } else {
+                configured.join(", ")
+            }
+        }),
+        None => configured.clone(),
+    };
+    if !outbox_path.exists() {
+        println!("{}: no outbox yet, nothing to replay", outbox_path.display());
+        return Ok(());
+    }
+    let done = outbox::replay(outbox_path, &targets, dry_run, parkwatch::model::time::now_ns())
+        .with_context(|| format!("cannot replay the dead letters in {}", outbox_path.display()))?;
+    println!("outbox {}", outbox_path.display());
+    let verb = if dry_run { "would be queued again" } else { "queued again" };
+    for r in &done {
+        if r.letters == 0 {
+            println!("  target \"{}\": no dead letters", r.target);
+        } else {
+            println!(
+                "  target \"{}\": {} dead letters, {} lines, {} bytes {verb} as {} new batches for this target only",
+                r.target, r.letters, r.lines, r.bytes, r.batches
+            );
+        }
+    }
+    if only.is_none() {
+        for (target, letters, bytes) in outbox::dead_letter_counts(outbox_path)? {
+            if !configured.contains(&target) {
+                println!("  target \"{target}\": {letters} dead letters ({bytes} bytes) left in place: not a configured target");
+            }
+        }
+    }
+    let (letters, lines, bytes) = done.iter().fold((0, 0, 0), |(a, b, c), r| (a + r.letters, b + r.lines, c + r.bytes));
+    if dry_run {
+        println!("dry run: {letters} dead letters ({lines} lines, {bytes} bytes) would be queued; nothing changed");
+    } else {
+        println!(
+            "{letters} dead letters ({lines} lines, {bytes} bytes) queued; the gateway sends them on its next pass"
+        );
+    }
+    Ok(())
 }

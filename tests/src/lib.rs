@@ -413,6 +413,12 @@ pub enum Fault {
     Status(u16, &'static str),
     /// 429 with `Retry-After: secs`.
     TooMany(u64),
+    /// Answer every request with this status and body for this long, counted from the first request
+    /// it answers; then the plan goes on.
+    StatusFor(u16, &'static str, Duration),
+    /// Answer 400 with this message to every request whose body contains the marker, and forward the
+    /// others; stays in force until [`FaultProxy::clear`].
+    RejectMarked(&'static str, &'static str),
 }
 
 /// One request the proxy saw: when, what it answered, and the body.
@@ -428,6 +434,7 @@ pub struct Seen {
 pub struct FaultProxy {
     pub port: u16,
     pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    plan: Arc<std::sync::Mutex<std::collections::VecDeque<Fault>>>,
 }
 
 impl FaultProxy {
@@ -437,9 +444,11 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
-        let log = seen.clone();
+        let plan = Arc::new(std::sync::Mutex::new(plan.into_iter().collect::<std::collections::VecDeque<_>>()));
+        let (log, faults) = (seen.clone(), plan.clone());
         std::thread::spawn(move || {
-            let mut plan = plan.into_iter();
+            // When the `StatusFor` at the head of the plan answered first.
+            let mut since: Option<Instant> = None;
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -462,20 +471,43 @@ impl FaultProxy {
                     continue;
                 }
                 let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (status, extra, reply) = match plan.next().unwrap_or(Fault::Pass) {
-                    Fault::Pass => match ureq::post(&format!("{upstream}{path}")).send_bytes(&body) {
+                let text = String::from_utf8_lossy(&body).into_owned();
+                // `None` forwards the request; `Some` answers it here.
+                let answer: Option<(u16, String, String)> = {
+                    let mut plan = faults.lock().unwrap();
+                    loop {
+                        match plan.front().cloned() {
+                            Some(Fault::StatusFor(s, msg, d)) => {
+                                if since.get_or_insert_with(Instant::now).elapsed() < d {
+                                    break Some((s, String::new(), msg.to_owned()));
+                                }
+                                since = None;
+                                plan.pop_front();
+                            }
+                            Some(Fault::RejectMarked(marker, msg)) => {
+                                break text.contains(marker).then(|| (400, String::new(), msg.to_owned()));
+                            }
+                            Some(f) => {
+                                plan.pop_front();
+                                break match f {
+                                    Fault::Status(s, msg) => Some((s, String::new(), msg.to_owned())),
+                                    Fault::TooMany(secs) => {
+                                        Some((429, format!("Retry-After: {secs}\r\n"), "slow down".to_owned()))
+                                    }
+                                    _ => None,
+                                };
+                            }
+                            None => break None,
+                        }
+                    }
+                };
+                let (status, extra, reply) =
+                    answer.unwrap_or_else(|| match ureq::post(&format!("{upstream}{path}")).send_bytes(&body) {
                         Ok(r) => (r.status(), String::new(), String::new()),
                         Err(ureq::Error::Status(s, r)) => (s, String::new(), r.into_string().unwrap_or_default()),
                         Err(e) => (502, String::new(), e.to_string()),
-                    },
-                    Fault::Status(s, msg) => (s, String::new(), msg.to_owned()),
-                    Fault::TooMany(secs) => (429, format!("Retry-After: {secs}\r\n"), "slow down".to_owned()),
-                };
-                log.lock().unwrap().push(Seen {
-                    at: Instant::now(),
-                    status,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
+                    });
+                log.lock().unwrap().push(Seen { at: Instant::now(), status, body: text });
                 let _ = write!(
                     stream,
                     "HTTP/1.1 {status} X\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{reply}",
@@ -483,7 +515,12 @@ impl FaultProxy {
                 );
             }
         });
-        Self { port, seen }
+        Self { port, seen, plan }
+    }
+
+    /// Drops what is left of the plan: from now on every request passes.
+    pub fn clear(&self) {
+        self.plan.lock().unwrap().clear();
     }
 
     /// Base URL for the gateway's config.

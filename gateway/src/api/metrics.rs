@@ -186,7 +186,7 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
     }
     let now = crate::model::time::now_ns();
     type Get = fn(&crate::forward::writer::TargetMetrics, i64) -> f64;
-    let series: [(&str, &str, &str, Get); 9] = [
+    let series: [(&str, &str, &str, Get); 11] = [
         ("parkwatch_forward_backlog_batches", "gauge", "Batches this target has not confirmed.", |t, _| {
             t.backlog_batches.load(Relaxed) as f64
         }),
@@ -215,9 +215,24 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
         ("parkwatch_forward_retries_total", "counter", "Failed writes that will be retried.", |t, _| {
             t.retries.load(Relaxed) as f64
         }),
-        ("parkwatch_forward_dead_letters_total", "counter", "Batches the target rejected as malformed.", |t, _| {
-            t.dead_letters.load(Relaxed) as f64
-        }),
+        (
+            "parkwatch_forward_dead_letters_total",
+            "counter",
+            "Lines the target rejected, parked as dead letters.",
+            |t, _| t.dead_letters.load(Relaxed) as f64,
+        ),
+        (
+            "parkwatch_forward_dead_letters_dropped_total",
+            "counter",
+            "Dead letters dropped (oldest first, any target) to keep within the bounds when this target parked lines.",
+            |t, _| t.dead_letters_dropped.load(Relaxed) as f64,
+        ),
+        (
+            "parkwatch_forward_paused",
+            "gauge",
+            "1 while the target is paused: the store refuses the credentials or the bucket is missing.",
+            |t, _| f64::from(u8::from(t.state() == crate::forward::writer::WriterState::Paused)),
+        ),
         ("parkwatch_forward_write_latency_seconds", "gauge", "Latency of the last confirmed write.", |t, _| {
             t.last_latency_us.load(Relaxed) as f64 / 1e6
         }),

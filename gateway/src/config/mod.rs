@@ -658,9 +658,18 @@ pub struct Forward {
     /// Outbox size limit, bytes of line protocol; when full the oldest telemetry is dropped first.
     #[serde(default = "default_outbox_bytes")]
     pub max_outbox_bytes: u64,
-    /// Batches older than this many seconds are dropped (counted, and a `system` incident).
+    /// Telemetry batches older than this many seconds are dropped (counted, and a `system`
+    /// incident); incident batches are kept until every store confirmed them.
     #[serde(default = "default_outbox_age")]
     pub max_age_secs: u64,
+    /// At most this many dead letters (lines a store rejected) are kept, all targets together; beyond
+    /// that the oldest are dropped and counted. Default 10000.
+    #[serde(default = "default_dead_letter_count")]
+    pub dead_letter_max_count: u64,
+    /// At most this many bytes of dead letters (lines and server messages) are kept; beyond that the
+    /// oldest are dropped and counted. Default 64 MiB.
+    #[serde(default = "default_dead_letter_bytes")]
+    pub dead_letter_max_bytes: u64,
     /// Incidents to a central MQTT broker (one of `mqtt.brokers`).
     pub mqtt: Option<CentralMqtt>,
 }
@@ -682,6 +691,8 @@ impl Default for Forward {
             batch_ms: default_batch_ms(),
             max_outbox_bytes: default_outbox_bytes(),
             max_age_secs: default_outbox_age(),
+            dead_letter_max_count: default_dead_letter_count(),
+            dead_letter_max_bytes: default_dead_letter_bytes(),
             mqtt: None,
         }
     }
@@ -701,6 +712,12 @@ fn default_outbox_bytes() -> u64 {
 }
 fn default_outbox_age() -> u64 {
     7 * 86_400
+}
+fn default_dead_letter_count() -> u64 {
+    10_000
+}
+fn default_dead_letter_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// One InfluxDB v2 API store.

@@ -138,3 +138,12 @@ fn bad_timezone_and_duplicate_topic() {
         + "\n[[mqtt.subscriptions]]\nbroker = \"b1\"\ntopic = \"park/{grid}/meter/{device}/telemetry\"\n";
     assert_eq!(paths(&text), ["site.timezone", "mqtt.subscriptions[1].topic"]);
 }
+
+#[test]
+fn dead_letter_bounds_default_and_must_be_positive() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.forward.dead_letter_max_count, 10_000);
+    assert_eq!(c.forward.dead_letter_max_bytes, 64 * 1024 * 1024);
+    let text = format!("{BASE}\n[forward]\ndead_letter_max_count = 0\ndead_letter_max_bytes = 0\n");
+    assert_eq!(paths(&text), ["forward.dead_letter_max_count", "forward.dead_letter_max_bytes"]);
+}

@@ -527,6 +527,12 @@ fn validate_forward(config: &mut Config, base: &Path, p: &mut Problems) {
     if f.max_outbox_bytes < 64 * 1024 {
         p.push("forward.max_outbox_bytes", format!("{}; expected at least 65536", f.max_outbox_bytes));
     }
+    if f.dead_letter_max_count == 0 {
+        p.push("forward.dead_letter_max_count", "0; expected at least 1 dead letter");
+    }
+    if f.dead_letter_max_bytes == 0 {
+        p.push("forward.dead_letter_max_bytes", "0; expected at least 1 byte");
+    }
     let mut ids = HashSet::new();
     for (i, t) in f.targets.iter_mut().enumerate() {
         let at = format!("forward.targets[{i}]");

@@ -126,6 +126,13 @@ pub fn start(
             timeout: Duration::from_secs(t.timeout_secs),
             retry_min: Duration::from_millis(t.retry_min_ms),
             retry_max: Duration::from_millis(t.retry_max_ms),
+            pause_min: writer::PAUSE_MIN,
+            pause_max: writer::PAUSE_MAX,
+            dead_letter_bounds: outbox::DeadLetterBounds {
+                max_count: f.dead_letter_max_count,
+                max_bytes: f.dead_letter_max_bytes,
+            },
+            on_pause: Some(writer::pause_incident(core.clone())),
         };
         let cursor = Cursor::open(&f.outbox, &t.id)?;
         let (m, stop, wake) = (m.clone(), stop.clone(), wake.clone());

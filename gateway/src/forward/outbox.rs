@@ -11,20 +11,27 @@
 //!    the others' progress — only the deletion of what it has not confirmed.
 //! 3. **Deleted only when confirmed by all.** A batch is deleted once every configured target's cursor
 //!    has passed it, or by the bounds below; never because a write was merely attempted.
-//! 4. **Bounded, loudly.** The outbox has a maximum size and age. When full, the oldest telemetry goes
-//!    first and incidents last; every drop is counted and raises a `system` incident. A full disk is
-//!    not a bound: an append that fails is an error the caller keeps and retries (and does not
-//!    acknowledge), because what is already held was acknowledged and must not be dropped for room.
-//! 7. **Incidents exactly once into the outbox.** Incident changes are read from the incident store's
-//!    change log; the batch holding them and the log position it reaches commit in one transaction.
+//! 4. **Bounded, loudly.** The outbox has a maximum size, and telemetry a maximum age. When full, the
+//!    oldest telemetry goes first and incidents last; every drop is counted and raises a `system`
+//!    incident. The age limit applies to telemetry only: an incident batch stays until every target
+//!    confirmed it (or the size bound, as a last resort, takes it). A full disk is not a bound: an
+//!    append that fails is an error the caller keeps and retries (and does not acknowledge), because
+//!    what is already held was acknowledged and must not be dropped for room.
 //! 5. **Idempotent replay.** A batch that is sent twice (a crash between the store's 2xx and the cursor
 //!    update) carries the same series and timestamps, so the store overwrites rather than adds.
-//! 6. **Poison is parked, not retried forever.** A batch a target rejects as malformed (4xx other than
-//!    429) moves to `dead_letters` for that target with the server's message, and the cursor moves on.
+//! 6. **Poison is parked, not retried forever.** When a target rejects a batch as malformed, the writer
+//!    isolates the offending lines; only those move to `dead_letters` (target, original sequence,
+//!    status, the server's message, the line), in the same transaction that moves the cursor on. The
+//!    dead letters are bounded by count and bytes; beyond that the oldest are dropped and counted.
+//! 7. **Dead letters can be replayed.** `replay` turns a target's dead letters back into batches
+//!    addressed to that target only (`batches.target`; NULL means every target) and deletes them in the
+//!    same transaction, so a line is either parked or queued, never both and never neither.
+//! 8. **Incidents exactly once into the outbox.** Incident changes are read from the incident store's
+//!    change log; the batch holding them and the log position it reaches commit in one transaction.
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 /// What a batch holds; telemetry is dropped before incidents when space runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,15 +78,47 @@ fn connect(path: &Path) -> Result<Connection, OutboxError> {
          PRAGMA synchronous=FULL;
          CREATE TABLE IF NOT EXISTS batches(
             seq INTEGER PRIMARY KEY AUTOINCREMENT, kind INTEGER NOT NULL, created INTEGER NOT NULL,
-            lines INTEGER NOT NULL, bytes INTEGER NOT NULL, body BLOB NOT NULL);
+            lines INTEGER NOT NULL, bytes INTEGER NOT NULL, body BLOB NOT NULL, target TEXT);
          CREATE TABLE IF NOT EXISTS cursors(target TEXT PRIMARY KEY, seq INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS incident_cursor(id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS dead_letters(
             id INTEGER PRIMARY KEY, target TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL,
-            status INTEGER NOT NULL, message TEXT NOT NULL, body BLOB NOT NULL);",
+            status INTEGER NOT NULL, message TEXT NOT NULL, body BLOB NOT NULL,
+            kind INTEGER NOT NULL DEFAULT 0);",
     )
     .map_err(err)?;
+    // Outboxes written before replay existed lack these columns.
+    add_column(&conn, "batches", "target", "TEXT").map_err(err)?;
+    add_column(&conn, "dead_letters", "kind", "INTEGER NOT NULL DEFAULT 0").map_err(err)?;
     Ok(conn)
+}
+
+/// Adds `column` to `table` unless it is there; other processes may open the file at the same time.
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<(), rusqlite::Error> {
+    let has = |conn: &Connection| -> Result<bool, rusqlite::Error> {
+        let n: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    };
+    if has(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = match has(conn) {
+        Ok(true) => Ok(()),
+        Ok(false) => conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}")),
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// The writing side: appends batches, enforces the bounds, deletes what every target confirmed.
@@ -190,20 +229,24 @@ impl Outbox {
         Ok(self.conn.last_insert_rowid())
     }
 
-    /// Drops what is older than the maximum age and, oldest telemetry first, what does not fit.
+    /// Drops telemetry older than the maximum age and, oldest telemetry first, what does not fit.
     fn enforce(&mut self, incoming: u64, now: i64) -> Result<Dropped, OutboxError> {
         let mut dropped = Dropped::default();
         if self.max_age_ns > 0 {
+            // Samples lose their worth with age; an incident is kept until confirmed.
             let horizon = now.saturating_sub(self.max_age_ns);
-            let (n, b, i): (i64, i64, i64) = self.conn.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(kind), 0) FROM batches WHERE created < ?1",
-                [horizon],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            let (n, b): (i64, i64) = self.conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM batches WHERE created < ?1 AND kind = ?2",
+                params![horizon, Kind::Telemetry as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             if n > 0 {
-                self.conn.execute("DELETE FROM batches WHERE created < ?1", [horizon])?;
+                self.conn.execute(
+                    "DELETE FROM batches WHERE created < ?1 AND kind = ?2",
+                    params![horizon, Kind::Telemetry as i64],
+                )?;
                 self.bytes = self.bytes.saturating_sub(b as u64);
-                dropped = Dropped { batches: n as u64, bytes: b as u64, incidents: i as u64 };
+                dropped = Dropped { batches: n as u64, bytes: b as u64, incidents: 0 };
             }
         }
         if self.max_bytes > 0 && self.bytes + incoming > self.max_bytes {
@@ -264,6 +307,9 @@ impl Outbox {
             self.conn.execute("DELETE FROM batches WHERE seq <= ?1", [min])?;
             self.bytes = self.bytes.saturating_sub(b as u64);
         }
+        // `parkwatch forward replay` may have appended from another process.
+        let held: i64 = self.conn.query_row("SELECT COALESCE(SUM(bytes), 0) FROM batches", [], |r| r.get(0))?;
+        self.bytes = held as u64;
         Ok(n as u64)
     }
 
@@ -304,15 +350,20 @@ impl Cursor {
             .unwrap_or(0))
     }
 
-    /// The next batch after `seq`, if any.
+    /// The next batch after `seq` meant for this target (addressed to all, or to it), if any.
     ///
     /// # Errors
     /// A database error.
     pub fn next_after(&self, seq: i64) -> Result<Option<Stored>, OutboxError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT seq, created, lines, body FROM batches WHERE seq > ?1 ORDER BY seq LIMIT 1")?
-            .query_row([seq], |r| Ok(Stored { seq: r.get(0)?, created: r.get(1)?, lines: r.get(2)?, body: r.get(3)? }))
+            .prepare_cached(
+                "SELECT seq, created, lines, body FROM batches
+                 WHERE seq > ?1 AND (target IS NULL OR target = ?2) ORDER BY seq LIMIT 1",
+            )?
+            .query_row(params![seq, self.target], |r| {
+                Ok(Stored { seq: r.get(0)?, created: r.get(1)?, lines: r.get(2)?, body: r.get(3)? })
+            })
             .optional()?)
     }
 
@@ -325,19 +376,32 @@ impl Cursor {
         Ok(())
     }
 
-    /// Parks a batch the target rejected, with the server's answer, and moves past it.
+    /// Moves past batch `seq`, parking the lines the target rejected (if any) in the same
+    /// transaction, then drops the oldest dead letters (of any target) beyond `bounds`. Returns how
+    /// many dead letters were dropped.
     ///
     /// # Errors
-    /// A database error.
-    pub fn dead_letter(&mut self, b: &Stored, status: u16, message: &str, now: i64) -> Result<(), OutboxError> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO dead_letters(target, seq, at, status, message, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![self.target, b.seq, now, status, message, b.body],
-        )?;
-        tx.execute("UPDATE cursors SET seq = MAX(seq, ?2) WHERE target = ?1", params![self.target, b.seq])?;
+    /// A database error; nothing was parked and the cursor did not move.
+    pub fn dead_letter(
+        &mut self,
+        seq: i64,
+        rejected: &[Rejected],
+        bounds: DeadLetterBounds,
+        now: i64,
+    ) -> Result<u64, OutboxError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for r in rejected {
+            // The batch is still held (the cursor has not passed it): its kind is known.
+            tx.execute(
+                "INSERT INTO dead_letters(target, seq, at, status, message, body, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE((SELECT kind FROM batches WHERE seq = ?2), 0))",
+                params![self.target, seq, now, r.status, r.message, r.body],
+            )?;
+        }
+        tx.execute("UPDATE cursors SET seq = MAX(seq, ?2) WHERE target = ?1", params![self.target, seq])?;
+        let dropped = if rejected.is_empty() { 0 } else { trim_dead_letters(&tx, bounds)? };
         tx.commit()?;
-        Ok(())
+        Ok(dropped)
     }
 
     /// What is waiting for this target: (batches, bytes, creation time of the oldest).
@@ -346,8 +410,9 @@ impl Cursor {
     /// A database error.
     pub fn backlog(&self, after: i64) -> Result<(u64, u64, Option<i64>), OutboxError> {
         Ok(self.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(created) FROM batches WHERE seq > ?1",
-            [after],
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(created) FROM batches
+             WHERE seq > ?1 AND (target IS NULL OR target = ?2)",
+            params![after, self.target],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
         )?)
     }
@@ -363,6 +428,152 @@ impl Cursor {
             .query_map(params![self.target, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?)
     }
+}
+
+/// Lines a target rejected as malformed, with the server's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub status: u16,
+    pub message: String,
+    /// The line(s), newline-terminated.
+    pub body: Vec<u8>,
+}
+
+/// Limits of the dead-letter table as a whole (every target's letters together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterBounds {
+    pub max_count: u64,
+    /// Bytes of parked lines and server messages.
+    pub max_bytes: u64,
+}
+
+/// Drops the oldest dead letters until the table is within `bounds`; returns how many went.
+fn trim_dead_letters(conn: &Connection, bounds: DeadLetterBounds) -> Result<u64, rusqlite::Error> {
+    const SIZE: &str = "LENGTH(body) + LENGTH(CAST(message AS BLOB))";
+    let (mut n, mut bytes): (i64, i64) =
+        conn.query_row(&format!("SELECT COUNT(*), COALESCE(SUM({SIZE}), 0) FROM dead_letters"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let over = |n: i64, bytes: i64| n as u64 > bounds.max_count || bytes as u64 > bounds.max_bytes;
+    if !over(n, bytes) {
+        return Ok(0);
+    }
+    let mut last = None;
+    let mut dropped = 0;
+    {
+        let mut stmt = conn.prepare(&format!("SELECT id, {SIZE} FROM dead_letters ORDER BY id"))?;
+        let mut rows = stmt.query([])?;
+        while over(n, bytes) {
+            let Some(row) = rows.next()? else { break };
+            last = Some(row.get::<_, i64>(0)?);
+            n -= 1;
+            bytes -= row.get::<_, i64>(1)?;
+            dropped += 1;
+        }
+    }
+    if let Some(last) = last {
+        conn.execute("DELETE FROM dead_letters WHERE id <= ?1", [last])?;
+    }
+    Ok(dropped)
+}
+
+/// What `replay` did, or would do, for one target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub target: String,
+    /// Dead letters taken back.
+    pub letters: u64,
+    pub lines: u64,
+    pub bytes: u64,
+    /// New batches appended, addressed to this target only.
+    pub batches: u64,
+}
+
+/// A replayed batch is cut at this many bytes of line protocol.
+const REPLAY_BATCH_BYTES: usize = 1 << 20;
+
+/// Dead letters per target: (target, count, bytes of lines), for every target that has some.
+///
+/// # Errors
+/// The file cannot be opened, or a database error.
+pub fn dead_letter_counts(path: &Path) -> Result<Vec<(String, u64, u64)>, OutboxError> {
+    let conn = connect(path)?;
+    let counts = conn
+        .prepare(
+            "SELECT target, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM dead_letters GROUP BY target ORDER BY target",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))?
+        .collect::<Result<_, _>>()?;
+    Ok(counts)
+}
+
+/// Appends the dead letters of each of `targets` as new batches addressed to that target alone and
+/// deletes them, all in one transaction; with `dry_run`, only reports what it would do. Safe while
+/// the daemon runs: the daemon's writers pick the batches up like any other.
+///
+/// # Errors
+/// The file cannot be opened, or a database error (then nothing changed).
+pub fn replay(path: &Path, targets: &[String], dry_run: bool, now: i64) -> Result<Vec<Replayed>, OutboxError> {
+    let mut conn = connect(path)?;
+    let tx = conn.transaction_with_behavior(if dry_run {
+        TransactionBehavior::Deferred
+    } else {
+        TransactionBehavior::Immediate
+    })?;
+    let mut report = Vec::new();
+    for target in targets {
+        let letters: Vec<(i64, i64, Vec<u8>)> = tx
+            .prepare("SELECT id, kind, body FROM dead_letters WHERE target = ?1 ORDER BY id")?
+            .query_map([target], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut done = Replayed { target: target.clone(), ..Replayed::default() };
+        // One open batch per kind, so incidents stay incidents (kept past the age limit).
+        let mut open: [(Vec<u8>, u64); 2] = [(Vec::new(), 0), (Vec::new(), 0)];
+        let flush = |kind: usize, body: &mut Vec<u8>, lines: &mut u64, done: &mut Replayed| {
+            if body.is_empty() {
+                return Ok::<(), rusqlite::Error>(());
+            }
+            if !dry_run {
+                tx.execute(
+                    "INSERT INTO batches(kind, created, lines, bytes, body, target) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![kind as i64, now, *lines as i64, body.len() as i64, &*body, target],
+                )?;
+            }
+            done.batches += 1;
+            body.clear();
+            *lines = 0;
+            Ok(())
+        };
+        for (id, kind, mut body) in letters {
+            if !body.ends_with(b"\n") {
+                body.push(b'\n');
+            }
+            let lines = body.iter().filter(|&&c| c == b'\n').count() as u64;
+            let k = usize::from(kind == Kind::Incident as i64);
+            let (buf, n) = &mut open[k];
+            if !buf.is_empty() && buf.len() + body.len() > REPLAY_BATCH_BYTES {
+                flush(k, buf, n, &mut done)?;
+            }
+            buf.extend_from_slice(&body);
+            *n += lines;
+            done.letters += 1;
+            done.lines += lines;
+            done.bytes += body.len() as u64;
+            if !dry_run {
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+            }
+        }
+        for (k, (buf, n)) in open.iter_mut().enumerate() {
+            flush(k, buf, n, &mut done)?;
+        }
+        report.push(done);
+    }
+    if dry_run {
+        tx.rollback()?;
+    } else {
+        tx.commit()?;
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -410,18 +621,117 @@ mod tests {
     }
 
     #[test]
-    fn old_batches_age_out_and_poison_is_parked() {
+    fn the_age_limit_drops_samples_but_keeps_incidents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.db");
         let mut o = Outbox::open(&path, &["a".to_string()], 0, 100).unwrap();
-        o.append(Kind::Telemetry, 1, b"old", 0).unwrap();
-        let (seq, d) = o.append(Kind::Telemetry, 1, b"new", 500).unwrap();
-        assert_eq!(d.batches, 1);
+        o.append(Kind::Telemetry, 1, b"old sample\n", 0).unwrap();
+        let (incident, _) = o.append(Kind::Incident, 1, b"old incident\n", 1).unwrap();
+        let (seq, d) = o.append(Kind::Telemetry, 1, b"new\n", 500).unwrap();
+        assert_eq!(d, Dropped { batches: 1, bytes: 11, incidents: 0 });
+        let c = Cursor::open(&path, "a").unwrap();
+        let first = c.next_after(c.position().unwrap()).unwrap().unwrap();
+        assert_eq!((first.seq, first.body.as_slice()), (incident, &b"old incident\n"[..]));
+        assert_eq!(c.next_after(first.seq).unwrap().unwrap().seq, seq);
+        // Much later still: the incident waits for its confirmation.
+        let (_, d) = o.append(Kind::Telemetry, 1, b"later\n", 10_000).unwrap();
+        assert_eq!(d.batches, 1, "only the sample went");
+        assert_eq!(c.next_after(0).unwrap().unwrap().seq, incident);
+    }
+
+    const ROOMY: DeadLetterBounds = DeadLetterBounds { max_count: 100, max_bytes: 1 << 20 };
+
+    fn rejected(line: &str) -> Rejected {
+        Rejected { status: 400, message: "unable to parse".into(), body: format!("{line}\n").into_bytes() }
+    }
+
+    #[test]
+    fn rejected_lines_are_parked_with_their_batch_and_the_cursor_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let mut o = Outbox::open(&path, &["a".to_string()], 0, 100).unwrap();
+        let (seq, _) = o.append(Kind::Incident, 3, b"x 1\nbad\ny 2\n", 500).unwrap();
         let mut c = Cursor::open(&path, "a").unwrap();
-        let b = c.next_after(c.position().unwrap()).unwrap().unwrap();
-        assert_eq!(b.seq, seq);
-        c.dead_letter(&b, 400, "unable to parse", 600).unwrap();
+        assert_eq!(c.dead_letter(seq, &[rejected("bad")], ROOMY, 600).unwrap(), 0);
         assert_eq!(c.position().unwrap(), seq);
         assert_eq!(c.dead_letters(10).unwrap(), vec![(seq, 600, 400, "unable to parse".to_string())]);
+        let kind: i64 = c.conn.query_row("SELECT kind FROM dead_letters", [], |r| r.get(0)).unwrap();
+        assert_eq!(kind, Kind::Incident as i64, "the letter remembers it came from an incident batch");
+    }
+
+    #[test]
+    fn dead_letters_are_bounded_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let mut o = Outbox::open(&path, &["a".to_string()], 0, 0).unwrap();
+        let mut c = Cursor::open(&path, "a").unwrap();
+        let by_count = DeadLetterBounds { max_count: 3, max_bytes: 1 << 20 };
+        let mut dropped = 0;
+        for i in 0..5 {
+            let (seq, _) = o.append(Kind::Telemetry, 1, b"l\n", i).unwrap();
+            dropped += c.dead_letter(seq, &[rejected(&format!("bad{i}"))], by_count, i).unwrap();
+        }
+        assert_eq!(dropped, 2);
+        let at: Vec<i64> = c.dead_letters(10).unwrap().into_iter().map(|d| d.1).collect();
+        assert_eq!(at, [4, 3, 2], "the two oldest went");
+        // Each letter is 5 bytes of line and 15 of message: 45 bytes hold two.
+        let by_bytes = DeadLetterBounds { max_count: 100, max_bytes: 45 };
+        let (seq, _) = o.append(Kind::Telemetry, 1, b"l\n", 9).unwrap();
+        assert_eq!(c.dead_letter(seq, &[rejected("bad9")], by_bytes, 9).unwrap(), 2);
+        let at: Vec<i64> = c.dead_letters(10).unwrap().into_iter().map(|d| d.1).collect();
+        assert_eq!(at, [9, 4]);
+        // Moving on without rejects trims nothing.
+        let (seq, _) = o.append(Kind::Telemetry, 1, b"l\n", 10).unwrap();
+        assert_eq!(c.dead_letter(seq, &[], DeadLetterBounds { max_count: 1, max_bytes: 1 }, 10).unwrap(), 0);
+    }
+
+    #[test]
+    fn replay_queues_dead_letters_for_their_target_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let targets = vec!["a".to_string(), "b".to_string()];
+        let mut o = Outbox::open(&path, &targets, 0, 0).unwrap();
+        let (s1, _) = o.append(Kind::Telemetry, 2, b"ok 1\nbad 1\n", 1).unwrap();
+        let (s2, _) = o.append(Kind::Incident, 1, b"incident bad\n", 2).unwrap();
+        let mut a = Cursor::open(&path, "a").unwrap();
+        let b = Cursor::open(&path, "b").unwrap();
+        a.dead_letter(s1, &[rejected("bad 1")], ROOMY, 3).unwrap();
+        a.dead_letter(s2, &[rejected("incident bad")], ROOMY, 4).unwrap();
+        b.advance(s2).unwrap();
+        assert_eq!(o.prune().unwrap(), 2);
+
+        let dry = replay(&path, &targets, true, 5).unwrap();
+        assert_eq!(
+            dry,
+            [
+                Replayed { target: "a".into(), letters: 2, lines: 2, bytes: 19, batches: 2 },
+                Replayed { target: "b".into(), ..Replayed::default() },
+            ]
+        );
+        assert_eq!(a.dead_letters(10).unwrap().len(), 2, "a dry run changes nothing");
+        assert!(a.next_after(s2).unwrap().is_none());
+
+        assert_eq!(replay(&path, &targets, false, 5).unwrap(), dry);
+        assert!(a.dead_letters(10).unwrap().is_empty());
+        let r1 = a.next_after(s2).unwrap().unwrap();
+        let r2 = a.next_after(r1.seq).unwrap().unwrap();
+        assert_eq!((r1.body.as_slice(), r1.lines), (&b"bad 1\n"[..], 1));
+        assert_eq!(r2.body, b"incident bad\n");
+        assert!(b.next_after(s2).unwrap().is_none(), "b never sees what only a rejected");
+        assert_eq!(b.backlog(s2).unwrap().0, 0);
+        // The replayed incident is still an incident: the age limit does not take it.
+        let kinds: Vec<i64> = a
+            .conn
+            .prepare("SELECT kind FROM batches ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kinds, [Kind::Telemetry as i64, Kind::Incident as i64]);
+        // The appending side sees the replayed bytes at its next prune.
+        o.prune().unwrap();
+        assert_eq!(o.bytes(), 19);
+        assert_eq!(dead_letter_counts(&path).unwrap(), vec![]);
     }
 }

@@ -248,6 +248,7 @@ proptest! {
         (rule, severity, category, grid, device) in (name(), name(), prop_oneof![Just(String::new()), name()], prop_oneof![Just(String::new()), name()], prop_oneof![Just(String::new()), name()]),
         site in name(),
         state in name(),
+        change in prop_oneof![Just("raised".to_owned()), Just("closed".to_owned()), name()],
         message in prop_oneof![Just(String::new()), name(), any::<String>()],
         value in prop_oneof![any::<f64>(), Just(f64::NAN)],
         (id, at) in (any::<i64>(), any::<i64>()),
@@ -255,7 +256,27 @@ proptest! {
         let reg = registry("c", "d", "g", &site, &[], &[("p".to_owned(), PointKind::Float)]);
         let enc = Encoder::new(&reg);
         let mut out = String::new();
-        let line = IncidentLine { id, at, rule: &rule, severity: &severity, category: &category, grid: &grid, device: &device, state: &state, value, message: &message };
+        let value = value.is_finite().then_some(value);
+        let line = ChangeRow {
+            seq: id.wrapping_add(1),
+            ts: at,
+            at: String::new(),
+            change: change.clone(),
+            id,
+            rule: rule.clone(),
+            title: String::new(),
+            category: category.clone(),
+            severity: severity.clone(),
+            state: state.clone(),
+            device: device.clone(),
+            grid: grid.clone(),
+            point: String::new(),
+            value,
+            message: message.clone(),
+            plan: String::new(),
+            who: None,
+            note: None,
+        };
         enc.incident(&line, &mut out);
         let got = parse(&out).map_err(|e| TestCaseError::fail(format!("{e} in {out:?}")))?;
         let mut tags = Vec::new();
@@ -264,9 +285,17 @@ proptest! {
                 tags.push((k.to_owned(), stored(v)));
             }
         }
-        let mut fields = vec![("id".to_owned(), Field::Int(id)), ("state".to_owned(), Field::Str(stored(&state)))];
-        if value.is_finite() {
-            fields.push(("value".to_owned(), Field::Float(value)));
+        let mut fields = vec![
+            ("id".to_owned(), Field::Int(id)),
+            ("seq".to_owned(), Field::Int(id.wrapping_add(1))),
+            ("state_code".to_owned(), Field::Int(state_code(&state))),
+            ("severity_level".to_owned(), Field::Int(severity_level(&severity))),
+            ("change_code".to_owned(), Field::Int(change_code(&change))),
+            ("state".to_owned(), Field::Str(stored(&state))),
+            ("change".to_owned(), Field::Str(stored(&change))),
+        ];
+        if let Some(v) = value {
+            fields.push(("value".to_owned(), Field::Float(v)));
         }
         fields.push(("message".to_owned(), Field::Str(stored(&message))));
         prop_assert_eq!(got, vec![Line { measurement: "incident".into(), tags, fields, ts: at }], "{}", out);
