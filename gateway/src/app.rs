@@ -144,7 +144,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         reloader: Some(reloader),
         forward: forwarder.as_ref().map(|f| f.metrics.clone()),
         modbus: modbus_status,
+        health: crate::model::health::Health::new(),
     };
+    let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -204,6 +206,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let _ = t.await;
     }
     let _ = reload_task.await;
+    let _ = health_task.await;
     if let Some(c) = central {
         let _ = c.await;
     }

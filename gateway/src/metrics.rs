@@ -45,6 +45,8 @@ pub struct BrokerMetrics {
     pub connected: AtomicBool,
     pub connections: AtomicU64,
     pub connection_errors: AtomicU64,
+    /// Why the last connection attempt failed or the connection was lost.
+    pub last_error: Mutex<String>,
 }
 
 impl BrokerMetrics {
@@ -54,7 +56,13 @@ impl BrokerMetrics {
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             connection_errors: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
         }
+    }
+
+    /// Records why the connection failed (failure path only: it takes a lock).
+    pub fn set_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 }
 

@@ -18,7 +18,17 @@ fn label(v: &str) -> String {
 pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     let m = &st.metrics;
     let mut out = String::with_capacity(4096);
-    let _ = writeln!(out, "# HELP parkwatch_up 1 while the gateway runs.\n# TYPE parkwatch_up gauge\nparkwatch_up 1");
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_up 1 while the process is up (whether it does its job: parkwatch_component_status).\n# TYPE parkwatch_up gauge\nparkwatch_up 1"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_component_status Health of each component: 0 ok, 1 degraded, 2 failed.\n# TYPE parkwatch_component_status gauge"
+    );
+    for c in st.health.snapshot() {
+        let _ = writeln!(out, "parkwatch_component_status{{component=\"{}\"}} {}", label(&c.name), c.status.gauge());
+    }
     let _ = writeln!(out, "# HELP parkwatch_uptime_seconds Seconds since start.\n# TYPE parkwatch_uptime_seconds gauge\nparkwatch_uptime_seconds {}", m.started.elapsed().as_secs());
 
     let _ = writeln!(
@@ -101,6 +111,9 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     if let Some(f) = &st.forward {
         forward(&mut out, f);
     }
+    if let Some(store) = &st.incidents {
+        incident_store(&mut out, &store.metrics);
+    }
     modbus(&mut out, &st.modbus);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
@@ -110,6 +123,12 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
     for (name, kind, help, v) in [
         ("parkwatch_outbox_batches", "gauge", "Batches held in the outbox.", o.batches.load(Relaxed)),
         ("parkwatch_outbox_bytes", "gauge", "Bytes of line protocol held in the outbox.", o.bytes.load(Relaxed)),
+        (
+            "parkwatch_outbox_committed_batches_total",
+            "counter",
+            "Batches committed to the outbox.",
+            o.committed_batches.load(Relaxed),
+        ),
         (
             "parkwatch_outbox_committed_lines_total",
             "counter",
@@ -134,12 +153,36 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
             "Lines that could not be stored at all.",
             o.lost_lines.load(Relaxed),
         ),
+        (
+            "parkwatch_outbox_dropped_incidents_total",
+            "counter",
+            "Incident batches among the dropped batches.",
+            o.dropped_incidents.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_append_errors_total",
+            "counter",
+            "Appends to the outbox that failed (disk full, database error).",
+            o.append_errors.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_incident_lines_lagged_total",
+            "counter",
+            "Incident changes missed because they came faster than the outbox took them.",
+            o.incident_lines_lagged.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_failing",
+            "gauge",
+            "1 while the last append to the outbox failed.",
+            u64::from(o.failing.load(Relaxed)),
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     let now = crate::source::mqtt::now_ns();
     type Get = fn(&crate::forward::writer::TargetMetrics, i64) -> f64;
-    let series: [(&str, &str, &str, Get); 9] = [
+    let series: [(&str, &str, &str, Get); 11] = [
         ("parkwatch_forward_backlog_batches", "gauge", "Batches this target has not confirmed.", |t, _| {
             t.backlog_batches.load(Relaxed) as f64
         }),
@@ -165,6 +208,15 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
         ("parkwatch_forward_lines_total", "counter", "Lines the target confirmed.", |t, _| {
             t.lines.load(Relaxed) as f64
         }),
+        ("parkwatch_forward_bytes_total", "counter", "Bytes of line protocol the target confirmed.", |t, _| {
+            t.bytes.load(Relaxed) as f64
+        }),
+        (
+            "parkwatch_forward_write_latency_seconds_sum",
+            "counter",
+            "Sum of the latencies of confirmed writes (divide by parkwatch_forward_writes_total for the mean).",
+            |t, _| t.latency_us_sum.load(Relaxed) as f64 / 1e6,
+        ),
         ("parkwatch_forward_retries_total", "counter", "Failed writes that will be retried.", |t, _| {
             t.retries.load(Relaxed) as f64
         }),
@@ -186,12 +238,43 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
     }
 }
 
+fn incident_store(out: &mut String, m: &crate::incident::StoreMetrics) {
+    for (name, kind, help, v) in [
+        (
+            "parkwatch_incident_store_committed_total",
+            "counter",
+            "Incident changes committed to the database.",
+            m.committed.load(Relaxed),
+        ),
+        (
+            "parkwatch_incident_store_write_errors_total",
+            "counter",
+            "Commits of incident changes that failed (retried with the next change).",
+            m.write_errors.load(Relaxed),
+        ),
+        (
+            "parkwatch_incident_store_dropped_total",
+            "counter",
+            "Incident changes dropped after the database failed too long.",
+            m.dropped.load(Relaxed),
+        ),
+        (
+            "parkwatch_incident_store_failing",
+            "gauge",
+            "1 while the last commit of incident changes failed.",
+            u64::from(m.failing.load(Relaxed)),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+}
+
 fn modbus(out: &mut String, m: &crate::source::modbus::ModbusStatus) {
     if m.devices.is_empty() {
         return;
     }
     type Get = fn(&crate::source::modbus::DeviceStatus) -> f64;
-    let series: [(&str, &str, &str, Get); 8] = [
+    let series: [(&str, &str, &str, Get); 9] = [
         ("parkwatch_modbus_online", "gauge", "1 while the device answers.", |d| {
             f64::from(u8::from(d.online.load(Relaxed)))
         }),
@@ -216,6 +299,12 @@ fn modbus(out: &mut String, m: &crate::source::modbus::ModbusStatus) {
         ("parkwatch_modbus_latency_seconds", "gauge", "Latency of the last request.", |d| {
             d.last_latency_us.load(Relaxed) as f64 / 1e6
         }),
+        (
+            "parkwatch_modbus_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last valid read (0: never).",
+            |d| d.last_success_ns.load(Relaxed) as f64 / 1e9,
+        ),
     ];
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -42,6 +42,10 @@ pub struct OutboxMetrics {
     pub incident_lines_lagged: AtomicU64,
     pub bytes: AtomicU64,
     pub batches: AtomicU64,
+    /// True while the last append failed.
+    pub failing: AtomicBool,
+    /// Why the last append failed.
+    pub last_error: std::sync::Mutex<String>,
 }
 
 /// What the API and `/metrics` read.
@@ -287,6 +291,7 @@ impl Appender {
             Ok((_, dropped)) => {
                 m.committed_batches.fetch_add(1, Ordering::Relaxed);
                 m.committed_lines.fetch_add(*lines as u64, Ordering::Relaxed);
+                m.failing.store(false, Ordering::Relaxed);
                 if dropped.batches > 0 {
                     m.dropped_batches.fetch_add(dropped.batches, Ordering::Relaxed);
                     m.dropped_bytes.fetch_add(dropped.bytes, Ordering::Relaxed);
@@ -300,6 +305,8 @@ impl Appender {
             }
             Err(e) => {
                 m.append_errors.fetch_add(1, Ordering::Relaxed);
+                *m.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                m.failing.store(true, Ordering::Relaxed);
                 m.lost_lines.fetch_add(*lines as u64, Ordering::Relaxed);
                 error!(error = %e, lines = *lines, "Cannot store a batch in the outbox; it is lost.");
                 self.report_drop(format!("cannot store data in the outbox ({e}); {lines} lines lost"));

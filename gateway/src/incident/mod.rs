@@ -136,6 +136,10 @@ pub struct StoreMetrics {
     pub committed: AtomicU64,
     pub write_errors: AtomicU64,
     pub dropped: AtomicU64,
+    /// True while the last commit failed.
+    pub failing: std::sync::atomic::AtomicBool,
+    /// Why the last commit failed.
+    pub last_error: std::sync::Mutex<String>,
 }
 
 /// A cheap handle to the incident store thread.
@@ -314,6 +318,7 @@ fn run(
                 match commit(&mut conn, &pending) {
                     Ok(()) => {
                         metrics.committed.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                        metrics.failing.store(false, Ordering::Relaxed);
                         // One announcement per change, each showing the incident as that change left it.
                         for c in pending.drain(..) {
                             if let Ok(Some(mut i)) = get(&conn, change_id(&c), false) {
@@ -324,6 +329,8 @@ fn run(
                     }
                     Err(e) => {
                         metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+                        *metrics.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                        metrics.failing.store(true, Ordering::Relaxed);
                         if last_error_log.elapsed() >= Duration::from_secs(10) {
                             error!(error = %e, pending = pending.len(), "Cannot write incidents; will retry.");
                             last_error_log = std::time::Instant::now();
