@@ -3,6 +3,7 @@
 mod config_check;
 mod demo;
 mod forward;
+mod health;
 mod modbus;
 mod mqtt;
 mod rules;
