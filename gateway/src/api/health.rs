@@ -9,7 +9,7 @@
 //!   failed with the last error.
 //! - `target:<id>`: last write ok (or nothing to write yet) → ok; retrying → degraded with the error;
 //!   no successful write for longer than [`TARGET_FAILED_AFTER`] → failed.
-//! - `outbox`, `incidents`: the last write failed → failed "cannot write: <error>", ok after the next
+//! - `outbox`, `incidents`: the last write failed → failed `cannot write: <error>`, ok after the next
 //!   successful one.
 //! - `rules`: packs that did not load → degraded naming them.
 
@@ -39,6 +39,10 @@ pub const TARGET_FAILED_AFTER: Duration = Duration::from_secs(60);
 /// How often the evaluator looks at the counters.
 const EVERY: Duration = Duration::from_secs(1);
 
+/// The rule report is a copy of every loaded rule made by the core task: ask for it less often than
+/// the counters are read (a broken pack is degraded, never failed, so readiness does not wait on it).
+const RULES_EVERY_TICKS: u32 = 5;
+
 /// Derives component health from the counters of a running gateway.
 pub struct Evaluator {
     health: Health,
@@ -47,7 +51,7 @@ pub struct Evaluator {
     incidents: Option<Arc<StoreMetrics>>,
     /// Modbus devices by connection id.
     modbus: BTreeMap<String, Vec<Arc<DeviceStatus>>>,
-    core: Option<CoreHandle>,
+    core: CoreHandle,
     /// Per target: when it was first seen failing (UTC ns), until it writes again.
     failing_since: Vec<Option<i64>>,
     names: Names,
@@ -81,7 +85,7 @@ impl Evaluator {
             forward,
             incidents: state.incidents.as_ref().map(|s| s.metrics.clone()),
             modbus,
-            core: state.reloader.is_some().then(|| state.core.clone()),
+            core: state.core.clone(),
             failing_since: vec![None; targets],
             names,
         };
@@ -106,9 +110,7 @@ impl Evaluator {
         if self.incidents.is_some() {
             h.set("incidents", Status::Ok, "");
         }
-        if self.core.is_some() {
-            h.set("rules", Status::Ok, "");
-        }
+        h.set("rules", Status::Ok, "");
     }
 
     /// Looks at every counter once and reports; `now_ns` is UTC nanoseconds.
@@ -169,10 +171,9 @@ impl Evaluator {
     }
 
     /// Asks the core which rule packs did not load.
-    async fn rules(&self) {
-        let Some(core) = &self.core else { return };
-        // A busy core answers late; the next tick asks again.
-        let Ok(Ok(report)) = tokio::time::timeout(EVERY, core.rules()).await else { return };
+    pub async fn rules(&self) {
+        // A busy core answers late; the next round asks again.
+        let Ok(Ok(report)) = tokio::time::timeout(EVERY, self.core.rules()).await else { return };
         if report.errors.is_empty() {
             self.health.set("rules", Status::Ok, "");
             return;
@@ -187,13 +188,15 @@ impl Evaluator {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut every = tokio::time::interval(EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for n in 0u32.. {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = every.tick() => {}
             }
             self.tick(crate::source::mqtt::now_ns());
-            self.rules().await;
+            if n % RULES_EVERY_TICKS == 0 {
+                self.rules().await;
+            }
         }
     }
 }

@@ -221,6 +221,30 @@ mod health {
     }
 
     #[tokio::test]
+    async fn packs_that_did_not_load_degrade_the_rules() {
+        let (mut st, _tx) = state(Metrics::new(vec![], vec![], 10));
+        let e = Evaluator::new(&st);
+        e.rules().await;
+        assert_eq!(status(&st, "rules"), (Status::Ok, String::new()));
+        let (tx, rx) = mpsc::channel(4);
+        let broken = |pack: &str| crate::core::rules::PackError {
+            pack: pack.into(),
+            rule: None,
+            message: "syntax error".into(),
+        };
+        let core = Core::new(st.registry.clone(), st.metrics.clone(), Arc::new(SamplePool::default()), 10)
+            .with_load_errors(vec![broken("noise.rhai"), broken("electrical.rhai"), broken("noise.rhai")]);
+        (st.core, _) = crate::core::spawn(core, rx, None, None);
+        let e = Evaluator::new(&st);
+        e.rules().await;
+        assert_eq!(
+            status(&st, "rules"),
+            (Status::Degraded, "rule packs not loaded: electrical.rhai, noise.rhai".into())
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
     async fn readyz_answers_503_naming_failed_components() {
         let st = with_components();
         let app = router(st.clone());
