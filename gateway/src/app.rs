@@ -153,7 +153,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         reloader: Some(reloader),
         forward: forwarder.as_ref().map(|f| f.metrics.clone()),
         modbus: modbus_status,
+        health: crate::model::health::Health::new(),
     };
+    let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -221,6 +223,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     // The last incident changes are committed before the sinks read them one last time.
     let _ = store.sync().await;
     central_stop.cancel();
+    let _ = health_task.await;
     if let Some(c) = central {
         let _ = c.await;
     }

@@ -1,4 +1,5 @@
-//! The `parkwatch` command: run, check a config, run the demo park, test rules, replay dead letters.
+//! The `parkwatch` command: run, check a config, run the demo park, test rules, replay dead letters,
+//! or show a running gateway's health.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -50,6 +51,17 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
     },
+    /// Show the health of a running gateway, one line per component.
+    ///
+    /// Exit status: 0 all ok, 1 something degraded, 2 something failed, 3 the gateway cannot be reached.
+    Status {
+        /// Base URL of the gateway's API.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Language of the table.
+        #[arg(long, value_enum, default_value_t = Lang::Zh)]
+        lang: Lang,
+    },
     /// Work with alarm rules.
     Rules {
         #[command(subcommand)]
@@ -76,6 +88,15 @@ enum ForwardCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// Language of `parkwatch status`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Lang {
+    /// 中文
+    Zh,
+    /// English
+    En,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +136,7 @@ fn main() -> ExitCode {
         Command::Forward { command: ForwardCommand::Replay { config, target, dry_run } } => {
             report(replay(&config, target.as_deref(), dry_run))
         }
+        Command::Status { url, lang } => status(&url, lang),
     }
 }
 
@@ -386,4 +408,148 @@ fn replay(file: &Path, only: Option<&str>, dry_run: bool) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+/// Exit status of `parkwatch status` when the gateway does not answer (or not with its health).
+const UNREACHABLE: u8 = 3;
+
+fn status(url: &str, lang: Lang) -> ExitCode {
+    let url = format!("{}/api/v1/health", url.trim_end_matches('/'));
+    let answer = ureq::get(&url)
+        .timeout(Duration::from_secs(5))
+        .call()
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.into_string().map_err(|e| e.to_string()))
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).map_err(|e| e.to_string()));
+    match answer {
+        Ok(health) => match health_table(&health, lang) {
+            Some((table, code)) => {
+                print!("{table}");
+                ExitCode::from(code)
+            }
+            None => {
+                eprintln!("parkwatch: error: {url} did not answer with a health report");
+                ExitCode::from(UNREACHABLE)
+            }
+        },
+        Err(e) => {
+            match lang {
+                Lang::Zh => eprintln!("parkwatch: 无法连接网关 {url}: {e}"),
+                Lang::En => eprintln!("parkwatch: cannot reach the gateway at {url}: {e}"),
+            }
+            ExitCode::from(UNREACHABLE)
+        }
+    }
+}
+
+/// The table a person reads, and the exit status (0 ok, 1 degraded, 2 failed); `None` when `health`
+/// is not a health report.
+fn health_table(health: &serde_json::Value, lang: Lang) -> Option<(String, u8)> {
+    let tz: chrono_tz::Tz = health["timezone"].as_str().and_then(|t| t.parse().ok()).unwrap_or(chrono_tz::UTC);
+    let components = health["components"].as_array()?;
+    let header = match lang {
+        Lang::Zh => ["组件", "状态", "原因", "起始时间"],
+        Lang::En => ["component", "status", "reason", "since"],
+    };
+    let mut rows = vec![header.map(str::to_owned)];
+    let mut worst = 0;
+    for c in components {
+        let (code, word) = match (c["status"].as_str()?, lang) {
+            ("ok", Lang::Zh) => (0, "正常"),
+            ("degraded", Lang::Zh) => (1, "降级"),
+            ("failed", Lang::Zh) => (2, "故障"),
+            ("ok", Lang::En) => (0, "ok"),
+            ("degraded", Lang::En) => (1, "degraded"),
+            ("failed", Lang::En) => (2, "failed"),
+            _ => return None,
+        };
+        worst = worst.max(code);
+        let since = chrono::DateTime::from_timestamp_nanos(c["since_ns"].as_i64()?)
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        let reason = c["reason"].as_str().unwrap_or_default();
+        let reason = if reason.is_empty() { "-" } else { reason };
+        rows.push([c["component"].as_str()?.to_owned(), word.to_owned(), reason.to_owned(), since]);
+    }
+    let mut widths = [0; 4];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(display_width(cell));
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in r.iter().zip(widths).enumerate() {
+            line.push_str(cell);
+            // The reason can be long; only the columns before the last are padded.
+            if i < 3 {
+                line.push_str(&" ".repeat(w - display_width(cell) + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let zone = match lang {
+        Lang::Zh => format!("时区: {}\n", tz.name()),
+        Lang::En => format!("time zone: {}\n", tz.name()),
+    };
+    out.push_str(&zone);
+    Some((out, worst))
+}
+
+/// Terminal columns of `s`: CJK and full-width characters take two.
+fn display_width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c as u32 {
+            0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF => 2,
+            0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 => 2,
+            0xFFE0..=0xFFE6 => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> serde_json::Value {
+        serde_json::json!({
+            "status": "failed",
+            "timezone": "Asia/Shanghai",
+            "components": [
+                { "component": "broker:local", "status": "failed", "reason": "connection lost: reset",
+                  "since_ns": 1_700_000_000_000_000_000_i64 },
+                { "component": "modbus:bus1", "status": "degraded", "reason": "offline: 电表1",
+                  "since_ns": 1_700_000_000_000_000_000_i64 },
+                { "component": "outbox", "status": "ok", "reason": "",
+                  "since_ns": 1_700_000_000_000_000_000_i64 },
+            ]
+        })
+    }
+
+    #[test]
+    fn status_table_in_chinese_with_local_time_and_worst_exit_code() {
+        let (table, code) = health_table(&report(), Lang::Zh).unwrap();
+        assert_eq!(code, 2);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "组件          状态  原因                    起始时间");
+        assert_eq!(lines[1], "broker:local  故障  connection lost: reset  2023-11-15 06:13:20");
+        assert_eq!(lines[2], "modbus:bus1   降级  offline: 电表1          2023-11-15 06:13:20");
+        assert_eq!(lines[3], "outbox        正常  -                       2023-11-15 06:13:20");
+        assert_eq!(lines[4], "时区: Asia/Shanghai");
+    }
+
+    #[test]
+    fn status_table_in_english() {
+        let mut r = report();
+        r["components"].as_array_mut().unwrap().remove(0);
+        let (table, code) = health_table(&r, Lang::En).unwrap();
+        assert_eq!(code, 1);
+        assert!(table.starts_with("component    status    reason"), "{table}");
+        assert!(table.contains("modbus:bus1  degraded  offline: 电表1"), "{table}");
+        assert!(health_table(&serde_json::json!({ "error": "x" }), Lang::En).is_none());
+    }
 }

@@ -49,6 +49,8 @@ pub struct BrokerMetrics {
     pub unacked: AtomicU64,
     /// New sessions opened to have unacknowledged messages delivered again.
     pub redelivery_sessions: AtomicU64,
+    /// Why the last connection attempt failed or the connection was lost.
+    pub last_error: Mutex<String>,
 }
 
 impl BrokerMetrics {
@@ -60,7 +62,13 @@ impl BrokerMetrics {
             connection_errors: AtomicU64::new(0),
             unacked: AtomicU64::new(0),
             redelivery_sessions: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
         }
+    }
+
+    /// Records why the connection failed (failure path only: it takes a lock).
+    pub fn set_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 }
 

@@ -83,14 +83,13 @@ pub fn wait_for_port(port: u16, what: &str) {
 /// A Mosquitto broker on a free port, stopped on drop.
 pub struct Mosquitto {
     pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
     /// Starts Mosquitto with `extra` lines of configuration.
     pub fn start(extra: &str) -> Self {
-        let bin = find("mosquitto", &["/usr/sbin"]).expect("mosquitto is not installed (apt-get install -y mosquitto)");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
@@ -102,23 +101,39 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let log = File::create(dir.path().join("mosquitto.log")).unwrap();
+        let mut m = Self { port, child: None, dir };
+        m.run();
+        m
+    }
+
+    /// Starts the broker (again) on the same port and configuration.
+    pub fn run(&mut self) {
+        let bin = find("mosquitto", &["/usr/sbin"]).expect("mosquitto is not installed (apt-get install -y mosquitto)");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("mosquitto.log")).unwrap();
         let child = Command::new(bin)
             .arg("-c")
-            .arg(&conf)
+            .arg(self.dir.path().join("mosquitto.conf"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start mosquitto");
-        wait_for_port(port, "mosquitto to listen");
-        Self { port, child, _dir: dir }
+        self.child = Some(child);
+        wait_for_port(self.port, "mosquitto to listen");
+    }
+
+    /// Stops the broker (SIGKILL: like a crash or a cut cable).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -18,7 +18,17 @@ fn label(v: &str) -> String {
 pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     let m = &st.metrics;
     let mut out = String::with_capacity(4096);
-    let _ = writeln!(out, "# HELP parkwatch_up 1 while the gateway runs.\n# TYPE parkwatch_up gauge\nparkwatch_up 1");
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_up 1 while the process is up (whether it does its job: parkwatch_component_status).\n# TYPE parkwatch_up gauge\nparkwatch_up 1"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_component_status Health of each component: 0 ok, 1 degraded, 2 failed.\n# TYPE parkwatch_component_status gauge"
+    );
+    for c in st.health.snapshot() {
+        let _ = writeln!(out, "parkwatch_component_status{{component=\"{}\"}} {}", label(&c.name), c.status.gauge());
+    }
     let _ = writeln!(out, "# HELP parkwatch_uptime_seconds Seconds since start.\n# TYPE parkwatch_uptime_seconds gauge\nparkwatch_uptime_seconds {}", m.started.elapsed().as_secs());
 
     let _ = writeln!(
@@ -118,6 +128,9 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     if let Some(f) = &st.forward {
         forward(&mut out, f);
     }
+    if let Some(store) = &st.incidents {
+        incident_store(&mut out, &store.metrics);
+    }
     modbus(&mut out, &st.modbus);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
@@ -127,6 +140,12 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
     for (name, kind, help, v) in [
         ("parkwatch_outbox_batches", "gauge", "Batches held in the outbox.", o.batches.load(Relaxed)),
         ("parkwatch_outbox_bytes", "gauge", "Bytes of line protocol held in the outbox.", o.bytes.load(Relaxed)),
+        (
+            "parkwatch_outbox_committed_batches_total",
+            "counter",
+            "Batches committed to the outbox.",
+            o.committed_batches.load(Relaxed),
+        ),
         (
             "parkwatch_outbox_committed_lines_total",
             "counter",
@@ -181,12 +200,18 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
             "1 while the outbox cannot commit (disk full, I/O error).",
             u64::from(o.failing.load(Relaxed)),
         ),
+        (
+            "parkwatch_outbox_dropped_incidents_total",
+            "counter",
+            "Incident batches among the dropped batches.",
+            o.dropped_incidents.load(Relaxed),
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     let now = crate::model::time::now_ns();
     type Get = fn(&crate::forward::writer::TargetMetrics, i64) -> f64;
-    let series: [(&str, &str, &str, Get); 11] = [
+    let series: [(&str, &str, &str, Get); 13] = [
         ("parkwatch_forward_backlog_batches", "gauge", "Batches this target has not confirmed.", |t, _| {
             t.backlog_batches.load(Relaxed) as f64
         }),
@@ -212,6 +237,15 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
         ("parkwatch_forward_lines_total", "counter", "Lines the target confirmed.", |t, _| {
             t.lines.load(Relaxed) as f64
         }),
+        ("parkwatch_forward_bytes_total", "counter", "Bytes of line protocol the target confirmed.", |t, _| {
+            t.bytes.load(Relaxed) as f64
+        }),
+        (
+            "parkwatch_forward_write_latency_seconds_sum",
+            "counter",
+            "Sum of the latencies of confirmed writes (divide by parkwatch_forward_writes_total for the mean).",
+            |t, _| t.latency_us_sum.load(Relaxed) as f64 / 1e6,
+        ),
         ("parkwatch_forward_retries_total", "counter", "Failed writes that will be retried.", |t, _| {
             t.retries.load(Relaxed) as f64
         }),
@@ -248,12 +282,55 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
     }
 }
 
+fn incident_store(out: &mut String, m: &crate::incident::StoreMetrics) {
+    for (name, kind, help, v) in [
+        (
+            "parkwatch_incident_store_committed_total",
+            "counter",
+            "Incident changes committed to the database.",
+            m.committed.load(Relaxed),
+        ),
+        (
+            "parkwatch_incident_store_write_errors_total",
+            "counter",
+            "Commits of incident changes that failed (each is retried with backoff).",
+            m.write_errors.load(Relaxed),
+        ),
+        (
+            "parkwatch_incident_store_dropped_total",
+            "counter",
+            "Incident changes dropped after the database failed too long.",
+            m.dropped.load(Relaxed),
+        ),
+        (
+            "parkwatch_incident_store_commits_total",
+            "counter",
+            "Transactions committed (group commits of incident changes).",
+            m.commits.load(Relaxed),
+        ),
+        (
+            "parkwatch_incident_store_pending",
+            "gauge",
+            "Incident changes waiting in memory for the database.",
+            m.pending.load(Relaxed),
+        ),
+        (
+            "parkwatch_incident_store_failing",
+            "gauge",
+            "1 while the last commit of incident changes failed.",
+            u64::from(m.failing.load(Relaxed)),
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+}
+
 fn modbus(out: &mut String, m: &crate::source::modbus::ModbusStatus) {
     if m.devices.is_empty() {
         return;
     }
     type Get = fn(&crate::source::modbus::DeviceStatus) -> f64;
-    let series: [(&str, &str, &str, Get); 8] = [
+    let series: [(&str, &str, &str, Get); 9] = [
         ("parkwatch_modbus_online", "gauge", "1 while the device answers.", |d| {
             f64::from(u8::from(d.online.load(Relaxed)))
         }),
@@ -278,6 +355,12 @@ fn modbus(out: &mut String, m: &crate::source::modbus::ModbusStatus) {
         ("parkwatch_modbus_latency_seconds", "gauge", "Latency of the last request.", |d| {
             d.last_latency_us.load(Relaxed) as f64 / 1e6
         }),
+        (
+            "parkwatch_modbus_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last valid read (0: never).",
+            |d| d.last_success_ns.load(Relaxed) as f64 / 1e9,
+        ),
     ];
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

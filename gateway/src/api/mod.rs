@@ -1,8 +1,9 @@
-//! The HTTP API (axum): health, latest point values, recent events and rejects, Prometheus metrics.
+//! The HTTP API (axum): liveness, readiness and component health, latest point values, recent events and rejects, Prometheus metrics.
 //!
 //! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
 //! never touch point state directly.
 
+pub mod health;
 mod incidents;
 mod metrics;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub forward: Option<Arc<crate::forward::ForwardMetrics>>,
     /// Health of Modbus-polled devices.
     pub modbus: Arc<crate::source::modbus::ModbusStatus>,
+    /// Component health, for `/readyz`, `/api/v1/health` and `/metrics`.
+    pub health: crate::model::health::Health,
 }
 
 /// An error as clients see it: a status and a one-line message, never internals.
@@ -77,6 +80,8 @@ impl From<crate::core::CoreStopped> for ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/v1/health", get(health::health))
         .route("/metrics", get(metrics::render))
         .route("/api/v1/points", get(points))
         .route("/api/v1/devices", get(devices))
@@ -94,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Liveness: answers while the process serves; whether it does its job is `/readyz`.
 async fn healthz(State(st): State<AppState>) -> Json<Value> {
     let brokers: Vec<Value> = st
         .metrics
@@ -316,7 +322,7 @@ async fn forward(State(st): State<AppState>) -> Json<Value> {
             "incident_lines": o.incident_lines.load(Relaxed),
             "incident_lag": o.incident_lag.load(Relaxed),
             "failing": o.failing.load(Relaxed),
-            "last_error": o.last_error.lock().ok().and_then(|e| e.clone()),
+            "last_error": o.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
         },
         "targets": targets,
     }))

@@ -34,9 +34,18 @@ points = [{ name = "noise", unit = "dB(A)" }]
 "#;
 
 async fn app() -> (Router, mpsc::Sender<Batch>) {
+    let (state, tx) = state(Metrics::new(vec![], vec![], 10));
+    let ts = 1_700_000_000_000_000_000;
+    let sample = |p: u32, value: f64| Sample { point: PointId(p), quality: Quality::Good, ts, value };
+    tx.send(Batch::new(vec![sample(0, 229.5), sample(1, 1.0), sample(2, 61.2)], vec![])).await.unwrap();
+    (router(state), tx)
+}
+
+/// The API's state over a real core and these counters; forwarding, incidents and Modbus are off.
+fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
     let config = crate::config::from_str(CONFIG, "t.toml".as_ref(), ".".as_ref()).unwrap();
     let registry = Arc::new(Registry::from_config(&config));
-    let metrics = Arc::new(Metrics::new(vec![], vec![], 10));
+    let metrics = Arc::new(metrics);
     let (tx, rx) = mpsc::channel(4);
     let (core, _task) = crate::core::spawn(
         Core::new(registry.clone(), metrics.clone(), Arc::new(SamplePool::default()), 10),
@@ -53,11 +62,9 @@ async fn app() -> (Router, mpsc::Sender<Batch>) {
         reloader: None,
         forward: None,
         modbus: Default::default(),
+        health: Default::default(),
     };
-    let ts = 1_700_000_000_000_000_000;
-    let sample = |p: u32, value: f64| Sample { point: PointId(p), quality: Quality::Good, ts, value };
-    tx.send(Batch::new(vec![sample(0, 229.5), sample(1, 1.0), sample(2, 61.2)], vec![])).await.unwrap();
-    (router(state), tx)
+    (state, tx)
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
@@ -104,4 +111,288 @@ async fn healthz_and_metrics() {
     let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("parkwatch_core_channel_capacity 4"), "{text}");
+}
+
+mod health {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::api::health::{Evaluator, TARGET_FAILED_AFTER};
+    use crate::forward::writer::TargetMetrics;
+    use crate::forward::{ForwardMetrics, OutboxMetrics};
+    use crate::model::health::Status;
+    use crate::source::modbus::{DeviceStatus, ModbusStatus};
+
+    const T0: i64 = 1_700_000_000_000_000_000;
+
+    /// State with one broker, one forward target and one Modbus device, nothing connected yet.
+    fn with_components() -> AppState {
+        let (mut st, _tx) = state(Metrics::new(vec!["local".into()], vec![("local".into(), "t/#".into())], 10));
+        st.forward = Some(Arc::new(ForwardMetrics {
+            outbox: OutboxMetrics::default(),
+            outbox_path: "outbox.db".into(),
+            targets: vec![Arc::new(TargetMetrics { id: "central".into(), ..TargetMetrics::default() })],
+        }));
+        st.modbus = Arc::new(ModbusStatus {
+            devices: vec![Arc::new(DeviceStatus {
+                device: "m1".into(),
+                connection: "bus1".into(),
+                ..DeviceStatus::default()
+            })],
+        });
+        st
+    }
+
+    fn status(st: &AppState, component: &str) -> (Status, String) {
+        let c = st.health.get(component).unwrap_or_else(|| panic!("{component} is not registered"));
+        (c.status, c.reason)
+    }
+
+    #[tokio::test]
+    async fn components_are_registered_before_they_report() {
+        let st = with_components();
+        let _e = Evaluator::new(&st);
+        assert_eq!(status(&st, "broker:local"), (Status::Failed, "not connected yet".into()));
+        assert_eq!(status(&st, "modbus:bus1"), (Status::Degraded, "not polled yet".into()));
+        assert_eq!(status(&st, "target:central"), (Status::Ok, "nothing written yet".into()));
+        assert_eq!(status(&st, "outbox").0, Status::Ok);
+    }
+
+    #[tokio::test]
+    async fn broker_status_follows_the_connection() {
+        let st = with_components();
+        let mut e = Evaluator::new(&st);
+        let b = &st.metrics.brokers[0];
+        b.set_error("Connection refused (os error 111)".into());
+        e.tick(T0);
+        assert_eq!(
+            status(&st, "broker:local"),
+            (Status::Failed, "not connected: Connection refused (os error 111)".into())
+        );
+        b.connected.store(true, Relaxed);
+        b.connections.store(1, Relaxed);
+        e.tick(T0 + 1);
+        assert_eq!(status(&st, "broker:local"), (Status::Ok, String::new()));
+        b.connected.store(false, Relaxed);
+        b.set_error("connection reset".into());
+        e.tick(T0 + 2);
+        assert_eq!(status(&st, "broker:local"), (Status::Failed, "connection lost: connection reset".into()));
+    }
+
+    #[tokio::test]
+    async fn a_target_retrying_is_degraded_then_failed_after_a_minute() {
+        let st = with_components();
+        let mut e = Evaluator::new(&st);
+        let t = &st.forward.as_ref().unwrap().targets[0];
+        t.retries.store(1, Relaxed);
+        *t.last_error.lock().unwrap() = "connection refused".into();
+        e.tick(T0);
+        assert_eq!(status(&st, "target:central"), (Status::Degraded, "retrying: connection refused".into()));
+        let limit = TARGET_FAILED_AFTER.as_nanos() as i64;
+        e.tick(T0 + limit);
+        assert_eq!(status(&st, "target:central").0, Status::Degraded);
+        e.tick(T0 + limit + 1);
+        assert_eq!(
+            status(&st, "target:central"),
+            (Status::Failed, "no successful write for over 60 s: connection refused".into())
+        );
+        t.up.store(true, Relaxed);
+        t.writes.store(1, Relaxed);
+        e.tick(T0 + limit + 2);
+        assert_eq!(status(&st, "target:central"), (Status::Ok, String::new()));
+        // A new failure starts a new minute.
+        t.up.store(false, Relaxed);
+        e.tick(T0 + 10 * limit);
+        assert_eq!(status(&st, "target:central").0, Status::Degraded);
+    }
+
+    #[tokio::test]
+    async fn outbox_fails_while_appends_fail() {
+        let st = with_components();
+        let mut e = Evaluator::new(&st);
+        let o = &st.forward.as_ref().unwrap().outbox;
+        *o.last_error.lock().unwrap() = "database or disk is full".into();
+        o.failing.store(true, Relaxed);
+        e.tick(T0);
+        assert_eq!(status(&st, "outbox"), (Status::Failed, "cannot write: database or disk is full".into()));
+        o.failing.store(false, Relaxed);
+        e.tick(T0 + 1);
+        assert_eq!(status(&st, "outbox"), (Status::Ok, String::new()));
+    }
+
+    #[tokio::test]
+    async fn packs_that_did_not_load_degrade_the_rules() {
+        let (mut st, _tx) = state(Metrics::new(vec![], vec![], 10));
+        let e = Evaluator::new(&st);
+        e.rules().await;
+        assert_eq!(status(&st, "rules"), (Status::Ok, String::new()));
+        let (tx, rx) = mpsc::channel(4);
+        let broken = |pack: &str| crate::core::rules::PackError {
+            pack: pack.into(),
+            rule: None,
+            message: "syntax error".into(),
+        };
+        let core = Core::new(st.registry.clone(), st.metrics.clone(), Arc::new(SamplePool::default()), 10)
+            .with_load_errors(vec![broken("noise.rhai"), broken("electrical.rhai"), broken("noise.rhai")]);
+        (st.core, _) = crate::core::spawn(core, rx, None, None);
+        let e = Evaluator::new(&st);
+        e.rules().await;
+        assert_eq!(
+            status(&st, "rules"),
+            (Status::Degraded, "rule packs not loaded: electrical.rhai, noise.rhai".into())
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_503_naming_failed_components() {
+        let st = with_components();
+        let app = router(st.clone());
+        st.health.set("broker:local", Status::Failed, "connection lost: reset");
+        st.health.set("modbus:bus1", Status::Degraded, "offline: m1");
+        let (code, body) = get(&app, "/readyz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["ready"], false);
+        assert_eq!(
+            body["failed"],
+            serde_json::json!([{ "component": "broker:local", "reason": "connection lost: reset" }])
+        );
+        // Liveness does not care.
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+        st.health.set("broker:local", Status::Ok, "");
+        let (code, body) = get(&app, "/readyz").await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(body["ready"], true);
+    }
+
+    #[tokio::test]
+    async fn health_lists_every_component_with_local_since() {
+        let st = with_components();
+        let app = router(st.clone());
+        st.health.set_at("broker:local", Status::Failed, "not connected yet", T0);
+        st.health.set_at("outbox", Status::Ok, "", T0);
+        let (code, body) = get(&app, "/api/v1/health").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body["status"], "failed");
+        assert_eq!(body["timezone"], "Asia/Shanghai");
+        let c = &body["components"];
+        assert_eq!(c.as_array().unwrap().len(), 2, "{body}");
+        assert_eq!(c[0]["component"], "broker:local");
+        assert_eq!(c[0]["status"], "failed");
+        assert_eq!(c[0]["reason"], "not connected yet");
+        assert_eq!(c[0]["since"], "2023-11-15T06:13:20.000+08:00");
+        assert_eq!(c[1]["status"], "ok");
+    }
+
+    #[tokio::test]
+    async fn component_status_is_a_metric() {
+        let st = with_components();
+        let app = router(st.clone());
+        st.health.set("broker:local", Status::Failed, "down");
+        st.health.set("modbus:bus1", Status::Degraded, "offline: m1");
+        st.health.set("outbox", Status::Ok, "");
+        let text = metrics_text(&app).await;
+        assert!(text.contains("parkwatch_component_status{component=\"broker:local\"} 2\n"), "{text}");
+        assert!(text.contains("parkwatch_component_status{component=\"modbus:bus1\"} 1\n"), "{text}");
+        assert!(text.contains("parkwatch_component_status{component=\"outbox\"} 0\n"), "{text}");
+        assert!(text.contains("\nparkwatch_up 1\n"), "{text}");
+    }
+
+    /// Which metric family each counter struct is exported under, and counters whose metric name does
+    /// not contain the field name (a unit conversion).
+    const PREFIXES: &[(&str, &str)] = &[
+        ("BrokerMetrics", "parkwatch_mqtt_"),
+        ("SubscriptionMetrics", "parkwatch_mqtt_"),
+        ("CoreMetrics", "parkwatch_core_"),
+        ("OutboxMetrics", "parkwatch_outbox_"),
+        ("TargetMetrics", "parkwatch_forward_"),
+        ("StoreMetrics", "parkwatch_incident_store_"),
+        ("DeviceStatus", "parkwatch_modbus_"),
+    ];
+    const RENAMED: &[(&str, &str, &str)] = &[
+        ("TargetMetrics", "last_latency_us", "parkwatch_forward_write_latency_seconds"),
+        ("TargetMetrics", "latency_us_sum", "parkwatch_forward_write_latency_seconds_sum"),
+        ("TargetMetrics", "oldest_ns", "parkwatch_forward_oldest_age_seconds"),
+        ("TargetMetrics", "state", "parkwatch_forward_paused"),
+        ("DeviceStatus", "last_latency_us", "parkwatch_modbus_latency_seconds"),
+        ("DeviceStatus", "last_success_ns", "parkwatch_modbus_last_success_timestamp_seconds"),
+    ];
+    /// Debug structs that hold no counters of ours: the clock, locks, and the reject log's settings.
+    const NOT_COUNTERS: &[&str] = &["Instant", "Mutex", "RejectLog"];
+
+    /// Every numeric or boolean field (an atomic prints as its value) in a `{:#?}` rendering, with the
+    /// struct it belongs to. The fields come from the structs themselves, so a new counter is found
+    /// without anyone listing it.
+    fn counter_fields(debug: &str) -> Vec<(String, String)> {
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        let mut out = Vec::new();
+        for line in debug.lines() {
+            let indent = line.len() - line.trim_start().len();
+            let t = line.trim();
+            while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                stack.pop();
+            }
+            if let Some(head) = t.strip_suffix('{') {
+                // `name: Struct {`, `Struct {` (in a list) or `Some(Struct {`.
+                let ty = head.trim().rsplit([' ', '(']).next().unwrap_or_default();
+                stack.push((indent, ty.to_owned()));
+                continue;
+            }
+            let Some((name, value)) = t.trim_end_matches(',').split_once(": ") else { continue };
+            let is_counter = value == "true" || value == "false" || value.parse::<i64>().is_ok();
+            let Some((_, ty)) = stack.last() else { continue };
+            if is_counter && !NOT_COUNTERS.contains(&ty.as_str()) {
+                out.push((ty.clone(), name.to_owned()));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn every_counter_is_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _, _) = crate::incident::open(&dir.path().join("incidents.db")).unwrap();
+        let (store, _thread) = crate::incident::spawn(conn).unwrap();
+        let mut st = with_components();
+        st.incidents = Some(store.clone());
+        let text = metrics_text(&router(st.clone())).await;
+        let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        let debug = format!("{:#?}\n{:#?}\n{:#?}\n{:#?}", st.metrics, st.forward, store.metrics, st.modbus);
+        let fields = counter_fields(&debug);
+        for ty in [
+            "BrokerMetrics",
+            "SubscriptionMetrics",
+            "CoreMetrics",
+            "OutboxMetrics",
+            "TargetMetrics",
+            "StoreMetrics",
+            "DeviceStatus",
+        ] {
+            assert!(fields.iter().any(|(t, _)| t == ty), "no counters of {ty} found in:\n{debug}");
+        }
+        let mut missing = Vec::new();
+        for (ty, field) in &fields {
+            let Some((_, prefix)) = PREFIXES.iter().find(|(t, _)| t == ty) else {
+                missing.push(format!("{ty}.{field} (no metric family for {ty})"));
+                continue;
+            };
+            let renamed = RENAMED.iter().find(|(t, f, _)| t == ty && f == field).map(|(_, _, m)| *m);
+            let exported = match renamed {
+                Some(m) => families.contains(&m),
+                None => families.iter().any(|f| f.starts_with(prefix) && f.contains(field.as_str())),
+            };
+            if !exported {
+                missing.push(format!("{ty}.{field}"));
+            }
+        }
+        assert!(missing.is_empty(), "counters not exported in /metrics: {missing:?}\n{text}");
+        for (ty, field, _) in RENAMED {
+            assert!(fields.iter().any(|(t, f)| t == ty && f == field), "{ty}.{field} is renamed but no longer exists");
+        }
+    }
+}
+
+async fn metrics_text(app: &Router) -> String {
+    let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }

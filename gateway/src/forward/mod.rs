@@ -57,9 +57,10 @@ pub struct OutboxMetrics {
     pub incident_lag: AtomicU64,
     pub bytes: AtomicU64,
     pub batches: AtomicU64,
-    /// The outbox cannot commit now; `last_error` says why.
+    /// True while the last append failed.
     pub failing: AtomicBool,
-    pub last_error: std::sync::Mutex<Option<String>>,
+    /// Why the last append failed.
+    pub last_error: std::sync::Mutex<String>,
 }
 
 /// What the API and `/metrics` read.
@@ -417,7 +418,7 @@ impl Appender {
         let m = &self.metrics.outbox;
         m.append_errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut last) = m.last_error.lock() {
-            *last = Some(e.to_string());
+            *last = e.to_string();
         }
         if !m.failing.swap(true, Ordering::Relaxed) {
             error!(error = %e, lines = self.lines, "Cannot store data in the outbox; holding it and not acknowledging QoS 1 messages until it can.");

@@ -178,9 +178,10 @@ pub struct StoreMetrics {
     pub dropped: AtomicU64,
     /// Changes waiting in memory for the database.
     pub pending: AtomicU64,
-    /// The database is failing now; `last_error` says why.
+    /// True while the last commit failed.
     pub failing: AtomicBool,
-    pub last_error: std::sync::Mutex<Option<String>>,
+    /// Why the last commit failed.
+    pub last_error: std::sync::Mutex<String>,
 }
 
 /// A cheap handle to the incident store thread.
@@ -491,7 +492,7 @@ impl Writer {
                     error!(error = %e, pending = self.pending.len(), "Cannot write incidents; keeping them in memory and retrying.");
                 }
                 if let Ok(mut last) = m.last_error.lock() {
-                    *last = Some(e.to_string());
+                    *last = e.to_string();
                 }
                 self.retry_at = Some(tokio::time::Instant::now() + self.retry);
                 self.retry = (self.retry * 2).min(RETRY_MAX);

@@ -3,6 +3,8 @@
 //! Everything on the hot path refers to points by [`PointId`], an index into [`Registry::points`]; names
 //! are resolved once (at load, or once per topic in a source's cache), never per sample.
 
+pub mod health;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 

@@ -4,6 +4,7 @@ mod config_check;
 mod demo;
 mod durability;
 mod forward;
+mod health;
 mod modbus;
 mod mqtt;
 mod rules;

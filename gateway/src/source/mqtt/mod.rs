@@ -187,6 +187,7 @@ impl MqttSource {
                         let m = &self.metrics.brokers[self.broker_index];
                         let was_connected = m.connected.swap(false, Ordering::Relaxed);
                         add(&m.connection_errors, 1);
+                        m.set_error(e.to_string());
                         if self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err() {
                             break false;
                         }
