@@ -18,10 +18,10 @@ use crate::core::{self, Core};
 use crate::incident::changes::ChangeLog;
 use crate::incident::{self, Manual, StoreError};
 use crate::metrics::Metrics;
+use crate::model::pool::SamplePool;
 use crate::model::Registry;
 use crate::sim;
 use crate::source::mqtt::{MqttError, MqttSource, SourceContext};
-use crate::source::pool::SamplePool;
 
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,8 @@
 //!
 //! Counters are relaxed atomics: each is written by one task and read by the API, and no reader needs
 //! them consistent with each other.
+//!
+//! Owns: the ingestion counters and the reject log. May import: `model`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::source::mqtt::decode::RejectReason;
+use crate::model::reject::RejectReason;
 
 /// All counters of one running gateway.
 #[derive(Debug)]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use parkwatch::core::{self, Core};
 use parkwatch::forward::{self, line::Encoder, ForwardMetrics};
 use parkwatch::metrics::Metrics;
+use parkwatch::model::pool::SamplePool;
 use parkwatch::model::{Batch, PointId, Quality, Registry, Sample};
-use parkwatch::source::pool::SamplePool;
 use parkwatch_e2e::Victoria;
 
 const DEVICES: usize = 100;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use parkwatch::core::{self, packs, Core};
 use parkwatch::incident::{self, Filter};
 use parkwatch::metrics::Metrics;
+use parkwatch::model::pool::SamplePool;
 use parkwatch::model::{Batch, PointId, Quality, Registry, Sample};
-use parkwatch::source::pool::SamplePool;
 
 const DEVICES: usize = 1_000;
 const POINTS: usize = 10;

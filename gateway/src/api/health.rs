@@ -152,6 +152,11 @@ impl Evaluator {
                 }
                 let first = *since.get_or_insert(now_ns);
                 let error = t.last_error.lock().map(|e| e.clone()).unwrap_or_default();
+                // Refused credentials or a missing bucket do not mend themselves: failed at once.
+                if t.state() == crate::forward::writer::WriterState::Paused {
+                    h.set(name, Status::Failed, &format!("paused: {error}"));
+                    continue;
+                }
                 if now_ns - first > TARGET_FAILED_AFTER.as_nanos() as i64 {
                     let reason = format!("no successful write for over {} s: {error}", TARGET_FAILED_AFTER.as_secs());
                     h.set(name, Status::Failed, &reason);

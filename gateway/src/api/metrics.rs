@@ -8,7 +8,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
-use crate::source::mqtt::decode::RejectReason;
+use crate::model::reject::RejectReason;
 
 /// Escapes a label value per the exposition format.
 fn label(v: &str) -> String {

@@ -2,6 +2,8 @@
 //!
 //! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
 //! never touch point state directly.
+//!
+//! Owns: HTTP routes, `/metrics` rendering, the health evaluator. May import every room but `app`.
 
 pub mod health;
 mod incidents;

@@ -11,8 +11,8 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::core::Core;
+use crate::model::pool::SamplePool;
 use crate::model::{Batch, PointId, Quality, Sample};
-use crate::source::pool::SamplePool;
 
 const CONFIG: &str = r#"
 [site]

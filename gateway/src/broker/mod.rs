@@ -1,6 +1,8 @@
 //! The embedded MQTT broker (rumqttd), so a small park with no broker of its own works.
 //!
 //! rumqttd runs its own threads and runtime; it has no stop call, so it lives until the process exits.
+//!
+//! Owns: the embedded broker. May import: `config`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -2,6 +2,9 @@
 //!
 //! Loading never stops at the first semantic problem: [`load`] collects every problem with the file,
 //! the key path and what was expected, so `parkwatch check` can list them all at once.
+//!
+//! Owns: the TOML model and its validation. May import: `model`; validation still reaches into
+//! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
 pub mod validate;
 

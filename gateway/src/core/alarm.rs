@@ -10,76 +10,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-/// How urgent an alarm is, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Warning,
-    Minor,
-    Major,
-    Critical,
-}
-
-impl Severity {
-    /// Parses `warning`, `minor`, `major` or `critical`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "warning" => Some(Self::Warning),
-            "minor" => Some(Self::Minor),
-            "major" => Some(Self::Major),
-            "critical" => Some(Self::Critical),
-            _ => None,
-        }
-    }
-
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Warning => "warning",
-            Self::Minor => "minor",
-            Self::Major => "major",
-            Self::Critical => "critical",
-        }
-    }
-}
-
-/// The annunciation state of an alarm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Normal,
-    ActiveUnacked,
-    ActiveAcked,
-    ReturnedUnacked,
-}
-
-impl State {
-    /// The snake_case name used in the API and the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Normal => "normal",
-            Self::ActiveUnacked => "active_unacked",
-            Self::ActiveAcked => "active_acked",
-            Self::ReturnedUnacked => "returned_unacked",
-        }
-    }
-
-    /// Parses [`State::as_str`] output.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "normal" => Some(Self::Normal),
-            "active_unacked" => Some(Self::ActiveUnacked),
-            "active_acked" => Some(Self::ActiveAcked),
-            "returned_unacked" => Some(Self::ReturnedUnacked),
-            _ => None,
-        }
-    }
-
-    /// Whether the alarm condition is (still) in force.
-    pub fn is_active(self) -> bool {
-        matches!(self, Self::ActiveUnacked | Self::ActiveAcked)
-    }
-}
+pub use crate::model::incident::{Severity, State};
 
 /// Timing and behaviour of one rule's alarms.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -82,63 +82,7 @@ pub struct Settings {
     pub maintenance: Vec<Maintenance>,
 }
 
-/// A change to an incident, to be persisted before anybody is told.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum Change {
-    /// A new incident.
-    Open(NewIncident),
-    /// Something happened to an existing incident.
-    Update(IncidentUpdate),
-}
-
-/// A new incident, as raised.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NewIncident {
-    pub id: i64,
-    pub at: i64,
-    pub rule: String,
-    pub title: String,
-    pub category: String,
-    pub severity: Severity,
-    pub state: State,
-    pub device: String,
-    pub grid: String,
-    pub point: String,
-    pub value: f64,
-    pub message: String,
-    pub plan: String,
-}
-
-/// One transition or note on an incident.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct IncidentUpdate {
-    pub id: i64,
-    pub at: i64,
-    /// raised, reactivated, escalated, returned, acked, closed, chattering, shelved, unshelved, comment.
-    pub kind: &'static str,
-    /// The state after this change; `None` when the change does not move it (a comment).
-    pub state: Option<State>,
-    pub severity: Option<Severity>,
-    pub value: Option<f64>,
-    pub peak: Option<f64>,
-    pub who: Option<String>,
-    pub note: Option<String>,
-    /// For `shelved`: until when (UTC ns).
-    pub shelved_until: Option<i64>,
-}
-
-/// An incident restored from the store at start.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OpenIncident {
-    pub id: i64,
-    pub rule: String,
-    pub device: String,
-    pub state: State,
-    pub severity: Severity,
-    pub shelved_until: Option<i64>,
-    pub peak: f64,
-}
+pub use crate::model::incident::{Change, IncidentUpdate, NewIncident, OpenIncident};
 
 /// Per-rule counters for `GET /api/v1/rules`.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -2,6 +2,9 @@
 //! recent events and of the rule engine with its alarms. Sources feed it batches through a bounded
 //! channel; the API asks it questions through a second channel. Nothing else touches the state, so the
 //! hot path takes no lock. Incident changes leave through the incident store's bounded channel.
+//!
+//! Owns: point state, windows, the rule engine and alarm state machines.
+//! May import: `model`, `config`, `metrics`, and `incident`'s store handle (to hand changes over).
 
 pub mod alarm;
 pub mod engine;
@@ -21,9 +24,9 @@ use self::engine::{Action, ActionError, Engine, RuleStats};
 use self::rules::PackError;
 use crate::incident::IncidentStore;
 use crate::metrics::{add, Metrics};
+use crate::model::pool::SamplePool;
 use crate::model::time::now_ns;
 use crate::model::{Batch, DeviceId, Event, GridId, PointId, Quality, Registry};
-use crate::source::pool::SamplePool;
 
 /// How often alarm timers (on/off delays, shelving, periodic rules) are checked.
 const TICK: Duration = Duration::from_millis(50);

@@ -32,9 +32,9 @@ use self::writer::{TargetMetrics, TargetSpec};
 use crate::config::Config;
 use crate::core::CoreHandle;
 use crate::incident::changes::ChangeLog;
+use crate::model::pool::SamplePool;
 use crate::model::time::now_ns;
 use crate::model::{Ack, Batch, Registry};
-use crate::source::pool::SamplePool;
 
 /// Counters of the outbox as a whole.
 #[derive(Debug, Default)]

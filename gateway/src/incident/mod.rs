@@ -9,7 +9,7 @@
 //! panics on a failing disk.
 //!
 //! Owns: the incident model as the API shows it, the incident database, its change log and cursors.
-//! May import: `model`, `core::engine`'s change types (what the rules produce).
+//! May import: `model`.
 
 pub mod changes;
 
@@ -25,8 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use self::changes::ChangeClock;
-use crate::core::alarm::{Severity, State};
-use crate::core::engine::{Change, IncidentUpdate, NewIncident, OpenIncident};
+use crate::model::incident::{Change, IncidentUpdate, NewIncident, OpenIncident, Severity, State};
 use crate::model::time::fmt_ns;
 use crate::model::Ack;
 
@@ -943,7 +942,7 @@ pub fn warn_stopped(e: &StoreError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::engine::NewIncident;
+    use crate::model::incident::NewIncident;
 
     fn new(id: i64) -> Change {
         Change::Open(NewIncident {

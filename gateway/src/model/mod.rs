@@ -2,8 +2,12 @@
 //!
 //! Everything on the hot path refers to points by [`PointId`], an index into [`Registry::points`]; names
 //! are resolved once (at load, or once per topic in a source's cache), never per sample.
+//!
+//! Owns: the shared types (ids, samples, events, batches and their acks, the incident model, time,
+//! health, reject reasons, the sample pool). May import: `config` (the registry is built from it).
 
 pub mod health;
+pub mod incident;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -12,6 +16,8 @@ use serde::Serialize;
 
 use crate::config::{Config, PointKind};
 
+pub mod pool;
+pub mod reject;
 pub mod time;
 
 /// Index of a point in [`Registry::points`].

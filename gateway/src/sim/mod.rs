@@ -11,6 +11,8 @@
 //!
 //! Hazards: a residual-current rise past 300 mA on one meter for about a minute, a noisy night episode on
 //! one environment sensor, a forced door; each appears every few minutes.
+//!
+//! Owns: the simulated park. May import: `model`, `config`, `source` (Modbus profiles and encoding).
 
 pub mod modbus;
 

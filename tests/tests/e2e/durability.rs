@@ -182,7 +182,8 @@ fn an_incident_storm_reaches_the_store_and_central_mqtt_change_by_change() {
     let started = std::time::Instant::now();
     flip_all(&p, parkwatch_e2e::now_ms() - 1_800_000);
     wait_until(Duration::from_secs(120), "every reading's change committed", || {
-        (changes_in_db(&gw).len() >= DEVICES * ROUNDS).then_some(())
+        let flips = changes_in_db(&gw).values().filter(|(_, kind, _)| kind != "chattering").count();
+        (flips >= DEVICES * ROUNDS).then_some(())
     });
     let secs = started.elapsed().as_secs_f64();
     let db = changes_in_db(&gw);
@@ -296,6 +297,15 @@ fn reading(ts: i64, ia: f64) -> String {
 
 const METER: &str = "park/g1/meter/m1/telemetry";
 
+/// `Some(())` when `/readyz` says 503 naming `failed`, or 200 when `failed` is `None`.
+fn ready(gw: &Gateway, failed: Option<&str>) -> Option<()> {
+    let (status, body) = parkwatch_e2e::http_get(gw.api, "/readyz").ok()?;
+    match failed {
+        Some(component) => (status == 503 && body.contains(&format!("\"{component}\""))).then_some(()),
+        None => (status == 200).then_some(()),
+    }
+}
+
 #[test]
 fn a_full_outbox_disk_stops_acknowledgements_and_loses_nothing() {
     let broker = Mosquitto::start("max_inflight_messages 1000");
@@ -324,6 +334,9 @@ fn a_full_outbox_disk_stops_acknowledgements_and_loses_nothing() {
     wait_until(Duration::from_secs(30), "the outbox to fail", || {
         (gw.metric("parkwatch_outbox_failing") == Some(1.0)).then_some(())
     });
+    let t0 = std::time::Instant::now();
+    wait_until(Duration::from_secs(5), "/readyz 503 naming the outbox", || ready(&gw, Some("outbox")));
+    eprintln!("/readyz named the outbox {:?} after the failure was counted", t0.elapsed());
     // While the disk is full, what arrives still reaches point state (alarms keep working) but is not
     // acknowledged: the appender holds what fits in its bound and withdraws the acknowledgement of the
     // rest, so the broker keeps those (and, its in-flight window full, holds back the others).
@@ -347,6 +360,7 @@ fn a_full_outbox_disk_stops_acknowledgements_and_loses_nothing() {
     let lines = log.lines().filter(|l| l.contains("outbox") && (l.contains("ERROR") || l.contains("WARN"))).count();
     assert!(lines <= 5, "bounded log lines about the outbox, got {lines}:\n{log}");
     assert_eq!(gw.metric("parkwatch_outbox_failing"), Some(0.0));
+    wait_until(Duration::from_secs(5), "/readyz 200 again", || ready(&gw, None));
 }
 
 #[test]
@@ -380,6 +394,7 @@ fn a_full_incident_disk_keeps_the_incident_visible_and_delivers_it_when_space_re
         list.as_array()?.iter().find(|i| i["rule"] == "t.high").cloned()
     });
     assert_eq!(shown["persisted"], false, "{shown}");
+    wait_until(Duration::from_secs(5), "/readyz 503 naming the incident store", || ready(&gw, Some("incidents")));
     assert!(seqs_on_mqtt(&watcher).is_empty(), "nothing is told before it is committed");
     std::thread::sleep(Duration::from_secs(2));
     disk.free();
@@ -388,6 +403,7 @@ fn a_full_incident_disk_keeps_the_incident_visible_and_delivers_it_when_space_re
         let list = gw.json("/api/v1/incidents?state=open");
         list.as_array()?.iter().find(|i| i["rule"] == "t.high" && i["persisted"] == true).cloned()
     });
+    wait_until(Duration::from_secs(5), "/readyz 200 again", || ready(&gw, None));
     wait_until(Duration::from_secs(30), "the incident on central MQTT", || {
         (!seqs_on_mqtt(&watcher).is_empty()).then_some(())
     });
@@ -437,11 +453,16 @@ fn poison_messages_cost_one_message_each() {
             let f = Publisher::connect(port, "flood-pub");
             let until = std::time::Instant::now() + Duration::from_secs(30);
             let mut n = 0u64;
+            // 10,000 malformed messages a second, about what a misconfigured fleet of devices sends.
+            let start = std::time::Instant::now();
             while std::time::Instant::now() < until {
                 f.publish(METER, 1, b"{\"ts\": oops".to_vec());
                 n += 1;
-                if n.is_multiple_of(64) {
-                    std::thread::sleep(Duration::from_millis(1));
+                if n.is_multiple_of(100) {
+                    let due = start + Duration::from_micros(n * 100);
+                    if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                 }
             }
             n
@@ -467,5 +488,5 @@ fn poison_messages_cost_one_message_each() {
     let flooded = flood.join().unwrap();
     eprintln!("{flooded} malformed messages in 30 s; worst staleness of a valid reading {worst:?}");
     assert!(worst <= Duration::from_secs(1), "a valid reading took {worst:?} to apply");
-    assert!(flooded > 10_000, "the flood was a flood ({flooded})");
+    assert!(flooded > 200_000, "the flood was a flood ({flooded})");
 }

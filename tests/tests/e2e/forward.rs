@@ -228,6 +228,10 @@ fn a_refused_token_pauses_the_target_and_loses_nothing() {
     let status = fwd["targets"][0]["last_error"].as_str().unwrap().to_owned();
     assert_eq!(status, "paused: credentials: 401: unauthorized access", "{fwd}");
     assert_eq!(fwd["targets"][0]["up"], false);
+    wait_until(Duration::from_secs(5), "/readyz 503 naming the paused target", || {
+        let (status, body) = parkwatch_e2e::http_get(gw.api, "/readyz").ok()?;
+        (status == 503 && body.contains("target:central")).then_some(())
+    });
     // Data keeps coming while the target is paused.
     for i in 1..50 {
         p.publish(TOPIC, 1, message(i));
@@ -244,6 +248,9 @@ fn a_refused_token_pauses_the_target_and_loses_nothing() {
         (store.count(r#"{__name__=~"electrical_.*"}"#).0 == 500).then_some(())
     });
     wait_until(Duration::from_secs(10), "the target to resume", || (gw.metric(paused)? == 0.0).then_some(()));
+    wait_until(Duration::from_secs(5), "/readyz 200 again", || {
+        (parkwatch_e2e::http_get(gw.api, "/readyz").ok()?.0 == 200).then_some(())
+    });
     let seen = proxy.seen.lock().unwrap().clone();
     let refused: Vec<_> = seen.iter().filter(|s| s.status == 401).collect();
     assert!(refused.len() >= 2, "the store refused more than once: {}", refused.len());

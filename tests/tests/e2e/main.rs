@@ -7,5 +7,6 @@ mod forward;
 mod health;
 mod modbus;
 mod mqtt;
+mod rooms;
 mod rules;
 mod systemd;

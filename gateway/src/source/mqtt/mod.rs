@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::decode::{Decoder, Reject};
-use super::pool::SamplePool;
 use crate::config;
 use crate::metrics::{add, Metrics, RejectRecord};
+use crate::model::pool::SamplePool;
 use crate::model::time::{fmt_ns, now_ns};
 use crate::model::{Ack, Batch, Registry};
 
@@ -62,10 +62,15 @@ struct SubState {
     qos: QoS,
     last_log: Option<Instant>,
     suppressed: u64,
+    /// Rejects kept in the reject log during the current second (the rest are only counted).
+    recorded: (Option<Instant>, u32),
 }
 
 /// How often a subscription may log a reject; the rest are counted and summarised.
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Rejects a subscription keeps in the reject log per second; the rest are counted only.
+const REJECTS_KEPT_PER_SEC: u32 = 20;
 
 /// Shared pieces every source task gets.
 #[derive(Clone)]
@@ -100,6 +105,7 @@ impl MqttSource {
                 qos: if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
                 last_log: None,
                 suppressed: 0,
+                recorded: (None, 0),
             });
         }
         Ok(Self {
@@ -350,6 +356,16 @@ impl MqttSource {
                 sub.suppressed = 0;
             } else {
                 sub.suppressed += 1;
+            }
+            // A flood of bad messages must cost little: every one is counted, a few a second are kept.
+            match &mut sub.recorded {
+                (Some(start), n) if now_instant.duration_since(*start) < Duration::from_secs(1) => {
+                    if *n >= REJECTS_KEPT_PER_SEC {
+                        continue;
+                    }
+                    *n += 1;
+                }
+                r => *r = (Some(now_instant), 1),
             }
             let excerpt = &publish.payload[..publish.payload.len().min(160)];
             self.metrics.rejects.push(RejectRecord {
