@@ -122,6 +122,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     };
     // The central publisher stops after the core has drained, so the last changes go out too.
     let central_stop = CancellationToken::new();
+    let central_metrics =
+        config.forward.mqtt.as_ref().map(|_| Arc::new(crate::forward::central::CentralMetrics::default()));
     let central = match &config.forward.mqtt {
         Some(m) => {
             let b = config.mqtt.brokers.iter().find(|b| b.id == m.broker).ok_or_else(|| MqttError::Subscription {
@@ -135,6 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
                 config.site.id.clone(),
                 log,
                 store.committed(),
+                central_metrics.clone().unwrap_or_default(),
                 central_stop.clone(),
             )))
         }
@@ -154,6 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         forward: forwarder.as_ref().map(|f| f.metrics.clone()),
         modbus: modbus_status,
         health: crate::model::health::Health::new(),
+        central: central_metrics,
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {

@@ -131,6 +131,30 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     if let Some(store) = &st.incidents {
         incident_store(&mut out, &store.metrics);
     }
+    if let Some(c) = &st.central {
+        for (name, kind, help, v) in [
+            (
+                "parkwatch_central_mqtt_delivered_total",
+                "counter",
+                "Incident changes the central MQTT broker acknowledged.",
+                c.delivered.load(Relaxed),
+            ),
+            (
+                "parkwatch_central_mqtt_lag",
+                "gauge",
+                "Incident changes committed but not yet acknowledged by the central MQTT broker.",
+                c.lag.load(Relaxed),
+            ),
+            (
+                "parkwatch_central_mqtt_connected",
+                "gauge",
+                "1 while connected to the central MQTT broker.",
+                u64::from(c.connected.load(Relaxed)),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    }
     modbus(&mut out, &st.modbus);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

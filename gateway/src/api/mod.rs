@@ -44,6 +44,8 @@ pub struct AppState {
     pub modbus: Arc<crate::source::modbus::ModbusStatus>,
     /// Component health, for `/readyz`, `/api/v1/health` and `/metrics`.
     pub health: crate::model::health::Health,
+    /// The central MQTT publisher's counters, when incidents go to a central broker.
+    pub central: Option<Arc<crate::forward::central::CentralMetrics>>,
 }
 
 /// An error as clients see it: a status and a one-line message, never internals.

@@ -63,6 +63,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         forward: None,
         modbus: Default::default(),
         health: Default::default(),
+        central: None,
     };
     (state, tx)
 }
@@ -133,6 +134,7 @@ mod health {
             outbox_path: "outbox.db".into(),
             targets: vec![Arc::new(TargetMetrics { id: "central".into(), ..TargetMetrics::default() })],
         }));
+        st.central = Some(Arc::new(crate::forward::central::CentralMetrics::default()));
         st.modbus = Arc::new(ModbusStatus {
             devices: vec![Arc::new(DeviceStatus {
                 device: "m1".into(),
@@ -308,6 +310,7 @@ mod health {
         ("TargetMetrics", "parkwatch_forward_"),
         ("StoreMetrics", "parkwatch_incident_store_"),
         ("DeviceStatus", "parkwatch_modbus_"),
+        ("CentralMetrics", "parkwatch_central_mqtt_"),
     ];
     const RENAMED: &[(&str, &str, &str)] = &[
         ("TargetMetrics", "last_latency_us", "parkwatch_forward_write_latency_seconds"),
@@ -357,7 +360,8 @@ mod health {
         st.incidents = Some(store.clone());
         let text = metrics_text(&router(st.clone())).await;
         let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
-        let debug = format!("{:#?}\n{:#?}\n{:#?}\n{:#?}", st.metrics, st.forward, store.metrics, st.modbus);
+        let debug =
+            format!("{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}", st.metrics, st.forward, store.metrics, st.modbus, st.central);
         let fields = counter_fields(&debug);
         for ty in [
             "BrokerMetrics",
@@ -367,6 +371,7 @@ mod health {
             "TargetMetrics",
             "StoreMetrics",
             "DeviceStatus",
+            "CentralMetrics",
         ] {
             assert!(fields.iter().any(|(t, _)| t == ty), "no counters of {ty} found in:\n{debug}");
         }

@@ -7,6 +7,8 @@
 //! gone for long makes this publisher lag, never lose a change, and never slows the core.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -40,6 +42,16 @@ impl Topics {
     }
 }
 
+/// Counters of the central publisher.
+#[derive(Debug, Default)]
+pub struct CentralMetrics {
+    /// Incident changes the broker acknowledged.
+    pub delivered: AtomicU64,
+    /// Incident changes committed in the store but not yet acknowledged by the broker.
+    pub lag: AtomicU64,
+    pub connected: AtomicBool,
+}
+
 /// Sink name of the central publisher's cursor in the incident database.
 const SINK: &str = "central_mqtt";
 
@@ -56,6 +68,7 @@ pub async fn run(
     site: String,
     log: ChangeLog,
     mut committed: watch::Receiver<i64>,
+    metrics: Arc<CentralMetrics>,
     shutdown: CancellationToken,
 ) {
     let topics = Topics::new(&site);
@@ -81,11 +94,13 @@ pub async fn run(
         let mut connected = false;
         loop {
             let room = connected && flight.len() < IN_FLIGHT;
+            metrics.lag.store(committed.borrow().saturating_sub(cursor).max(0) as u64, Ordering::Relaxed);
             tokio::select! {
                 () = shutdown.cancelled() => break 'connection,
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
+                        metrics.connected.store(true, Ordering::Relaxed);
                         backoff = Duration::from_millis(500);
                         info!(topic = %topics.status, "Central MQTT connected; publishing incidents.");
                         let _ = client.try_publish(&topics.status, QoS::AtLeastOnce, true, birth.clone());
@@ -95,6 +110,7 @@ pub async fn run(
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         if let Some(done) = flight.acked(ack.pkid) {
                             if done > cursor {
+                                metrics.delivered.fetch_add(flight.take_delivered(), Ordering::Relaxed);
                                 cursor = done;
                                 if let Err(e) = log.save_cursor(SINK, cursor) {
                                     debug!(error = %e, "Cannot save the central publisher's cursor; changes may be sent again after a restart.");
@@ -104,6 +120,7 @@ pub async fn run(
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        metrics.connected.store(false, Ordering::Relaxed);
                         debug!(error = %e, "Central MQTT connection failed; retrying.");
                         tokio::select! {
                             () = shutdown.cancelled() => break 'connection,
@@ -150,6 +167,7 @@ pub async fn run(
             }
         }
     }
+    metrics.connected.store(false, Ordering::Relaxed);
     info!("Central MQTT publisher stopping.");
     goodbye(&options, &topics, offline).await;
 }
@@ -192,6 +210,8 @@ struct InFlight {
     delivered: i64,
     /// The highest seq queued.
     queued_up_to: i64,
+    /// Changes fully acknowledged since the last `take_delivered`.
+    acked_changes: u64,
 }
 
 impl InFlight {
@@ -202,6 +222,7 @@ impl InFlight {
             open: BTreeMap::new(),
             delivered: cursor,
             queued_up_to: cursor,
+            acked_changes: 0,
         }
     }
 
@@ -219,6 +240,11 @@ impl InFlight {
         if self.open.is_empty() {
             self.delivered = self.delivered.max(self.queued_up_to);
         }
+    }
+
+    /// Changes fully acknowledged since the last call.
+    fn take_delivered(&mut self) -> u64 {
+        std::mem::take(&mut self.acked_changes)
     }
 
     fn expect_status(&mut self) {
@@ -246,6 +272,7 @@ impl InFlight {
             *n -= 1;
             if *n == 0 {
                 self.open.remove(&seq);
+                self.acked_changes += 1;
             }
         }
         // Delivered up to just before the oldest change still open (or everything queued).

@@ -160,6 +160,10 @@ fn assert_sinks_complete(gw: &Gateway, store: &Victoria, watcher: &Subscriber, i
     if in_order {
         assert!(published.windows(2).all(|w| w[0] < w[1]), "central MQTT changes in order, none twice");
     }
+    wait_until(Duration::from_secs(30), "no lag on either sink", || {
+        (gw.metric("parkwatch_central_mqtt_lag")? == 0.0 && gw.metric("parkwatch_outbox_incident_lag")? == 0.0)
+            .then_some(())
+    });
     let codes = store.export(r#"{__name__="incident_state_code"}"#);
     let values: BTreeSet<i64> = codes
         .iter()
@@ -191,8 +195,6 @@ fn an_incident_storm_reaches_the_store_and_central_mqtt_change_by_change() {
     let flips = db.values().filter(|(_, kind, _)| kind != "chattering").count();
     assert_eq!(flips, DEVICES * ROUNDS, "one change per reading (plus chattering notices)");
     assert_sinks_complete(&gw, &store, &watcher, true);
-    let lag = gw.metric("parkwatch_outbox_incident_lag").expect("incident lag exported");
-    assert!(lag <= 1.0, "outbox caught up with the change log: lag {lag}");
 }
 
 #[test]
