@@ -8,10 +8,24 @@ use std::time::Duration;
 use parkwatch_e2e::{wait_until, Gateway, Mosquitto, Publisher, Subscriber, Victoria};
 use serde_json::json;
 
-/// A park of `devices` meters in four grids, one alarm rule on `ia` without delays, forwarding to
-/// `store` and incidents to the central broker (the same Mosquitto).
-fn park(mqtt: u16, store: &str, devices: usize, rules_dir: &std::path::Path) -> String {
-    let mut text = format!(
+/// Where the gateway under test keeps its state and what it subscribes with.
+struct Setup<'a> {
+    mqtt: u16,
+    store: &'a str,
+    rules_dir: &'a std::path::Path,
+    grids: usize,
+    devices: String,
+    outbox: &'a str,
+    incidents: &'a str,
+    /// Extra keys of the subscription.
+    subscription: &'a str,
+}
+
+/// A site config: one alarm rule pack directory, QoS 1 telemetry on `park/{grid}/meter/{device}/telemetry`,
+/// forwarding to `store` and incidents to the central broker (the same Mosquitto).
+fn site(s: &Setup<'_>) -> String {
+    let grids: String = (1..=s.grids).map(|g| format!("[[grids]]\nid = \"g{g}\"\n")).collect();
+    format!(
         r#"
 [site]
 id = "xh"
@@ -19,14 +33,8 @@ id = "xh"
 [api]
 listen = "{{api}}"
 
-[[grids]]
-id = "g1"
-[[grids]]
-id = "g2"
-[[grids]]
-id = "g3"
-[[grids]]
-id = "g4"
+{grids}
+{devices}
 
 [[mqtt.brokers]]
 id = "local"
@@ -42,13 +50,17 @@ broker = "local"
 topic = "park/{{grid}}/meter/{{device}}/telemetry"
 qos = 1
 timestamp = {{ pointer = "/ts", unit = "ms" }}
+{subscription}
 
 [rules]
 builtin = false
 dirs = [{rules:?}]
 
+[incidents]
+path = {incidents:?}
+
 [forward]
-outbox = "outbox.db"
+outbox = {outbox:?}
 batch_ms = 100
 mqtt = {{ broker = "local" }}
 
@@ -61,15 +73,36 @@ token = "t"
 retry_min_ms = 100
 retry_max_ms = 1000
 "#,
-        rules = rules_dir.display().to_string()
-    );
-    for d in 0..devices {
-        text.push_str(&format!(
-            "\n[[devices]]\nid = \"d{d:04}\"\ngrid = \"g{}\"\ncategory = \"electrical\"\npoints = [{{ name = \"ia\", unit = \"A\" }}]\n",
-            d % 4 + 1
-        ));
-    }
-    text
+        devices = s.devices,
+        mqtt = s.mqtt,
+        subscription = s.subscription,
+        rules = s.rules_dir.display().to_string(),
+        incidents = s.incidents,
+        outbox = s.outbox,
+        store = s.store,
+    )
+}
+
+/// A park of `devices` meters with one point `ia` in four grids.
+fn park(mqtt: u16, store: &str, devices: usize, rules_dir: &std::path::Path) -> String {
+    let devices = (0..devices)
+        .map(|d| {
+            format!(
+                "[[devices]]\nid = \"d{d:04}\"\ngrid = \"g{}\"\ncategory = \"electrical\"\npoints = [{{ name = \"ia\", unit = \"A\" }}]\n",
+                d % 4 + 1
+            )
+        })
+        .collect();
+    site(&Setup {
+        mqtt,
+        store,
+        rules_dir,
+        grids: 4,
+        devices,
+        outbox: "outbox.db",
+        incidents: "incidents.db",
+        subscription: "",
+    })
 }
 
 fn high_rule(dir: &std::path::Path) {
@@ -228,65 +261,22 @@ fn a_crash_in_an_incident_storm_loses_no_acknowledged_change() {
     assert_sinks_complete(&gw, &store, &watcher, false);
 }
 
-/// One meter with ten points forwarding to `store`; the outbox and the incident database at the paths
-/// given (relative ones live in the test's directory).
+/// One meter with ten points; the outbox and the incident database at the paths given (relative ones
+/// live in the test's directory).
 fn meter(mqtt: u16, store: &str, outbox: &str, incidents: &str, rules_dir: &std::path::Path, extra: &str) -> String {
-    format!(
-        r#"
-[site]
-id = "xh"
-
-[api]
-listen = "{{api}}"
-
-[[grids]]
-id = "g1"
-
-[[devices]]
-id = "m1"
-grid = "g1"
-category = "electrical"
-points = [{{ name = "ia", unit = "A" }}, {{ name = "p0" }}, {{ name = "p1" }}, {{ name = "p2" }}, {{ name = "p3" }}, {{ name = "p4" }}, {{ name = "p5" }}, {{ name = "p6" }}, {{ name = "p7" }}, {{ name = "p8" }}]
-
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {mqtt}
-client_id = "parkwatch-disk"
-persistent_session = true
-reconnect_min_ms = 100
-reconnect_max_ms = 500
-
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "park/{{grid}}/meter/{{device}}/telemetry"
-qos = 1
-timestamp = {{ pointer = "/ts", unit = "ms" }}
-{extra}
-
-[rules]
-builtin = false
-dirs = [{rules:?}]
-
-[incidents]
-path = {incidents:?}
-
-[forward]
-outbox = {outbox:?}
-batch_ms = 100
-mqtt = {{ broker = "local" }}
-
-[[forward.targets]]
-id = "central"
-url = "{store}"
-org = "park"
-bucket = "telemetry"
-token = "t"
-retry_min_ms = 100
-retry_max_ms = 1000
-"#,
-        rules = rules_dir.display().to_string()
-    )
+    let points: String = (0..9).map(|p| format!(", {{ name = \"p{p}\" }}")).collect();
+    site(&Setup {
+        mqtt,
+        store,
+        rules_dir,
+        grids: 1,
+        devices: format!(
+            "[[devices]]\nid = \"m1\"\ngrid = \"g1\"\ncategory = \"electrical\"\npoints = [{{ name = \"ia\", unit = \"A\" }}{points}]\n"
+        ),
+        outbox,
+        incidents,
+        subscription: extra,
+    })
 }
 
 fn reading(ts: i64, ia: f64) -> String {
