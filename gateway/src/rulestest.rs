@@ -24,6 +24,7 @@ use crate::core::engine::{Action, Change, Engine};
 use crate::core::packs;
 use crate::core::rules::{self, parse_duration, Limits};
 use crate::core::PointState;
+use crate::model::time::Now;
 use crate::model::{Event, Quality, Registry, Sample};
 
 #[derive(Debug, Deserialize)]
@@ -246,27 +247,29 @@ fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
             }
         }
     };
+    // The virtual clock drives both readings: the monotonic one is the offset from `start`.
+    let clock = |at: i64| Now { wall: start + at, mono: at };
     let advance = |engine: &mut Engine, states: &[PointState], to: i64| {
         // Fire every timer due up to `to`, each at its own time.
         for _ in 0..100_000 {
             match engine.next_deadline() {
-                Some(d) if d <= to => engine.tick(states, d.max(start)),
+                Some(d) if d <= to => engine.tick(states, clock(d.max(0))),
                 _ => break,
             }
-            if engine.next_deadline().is_some_and(|d2| d2 <= start) {
+            if engine.next_deadline().is_some_and(|d2| d2 <= 0) {
                 break;
             }
         }
     };
     for (at, input) in steps {
-        let now = start + at;
-        advance(&mut engine, &states, now);
+        let now = clock(at);
+        advance(&mut engine, &states, at);
         collect(&mut engine, &mut actual, &mut rule_of);
         if let (Some(p), Some(v)) = (&input.point, input.value) {
             let point = registry.point_of(device, p).ok_or_else(|| format!("no point {p:?}"))?;
             let ts = match &input.ts {
                 Some(t) => start + offset(t, "input.ts")?,
-                None => now,
+                None => now.wall,
             };
             let st = &mut states[point.0 as usize];
             let old = st.has_value.then_some(st.value);
@@ -274,7 +277,7 @@ fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
             engine.on_sample(&Sample { point, quality: Quality::Good, ts, value: v }, old);
             engine.evaluate_dirty(&states, now);
         } else if let Some(kind) = &input.event {
-            let ev = Event { device, kind: kind.clone(), ts: now, attributes: input.attributes.clone() };
+            let ev = Event { device, kind: kind.clone(), ts: now.wall, attributes: input.attributes.clone() };
             engine.on_event(&ev, &states, now);
         } else if let Some(rule) = &input.ack {
             collect(&mut engine, &mut actual, &mut rule_of);
@@ -286,7 +289,7 @@ fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
         }
         collect(&mut engine, &mut actual, &mut rule_of);
     }
-    advance(&mut engine, &states, start + until);
+    advance(&mut engine, &states, until);
     collect(&mut engine, &mut actual, &mut rule_of);
 
     let wanted = |rule: &str| case.rules.is_empty() || case.rules.iter().any(|r| r == rule);

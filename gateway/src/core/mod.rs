@@ -25,10 +25,11 @@ use self::rules::PackError;
 use crate::incident::IncidentStore;
 use crate::metrics::{add, Metrics};
 use crate::model::pool::SamplePool;
-use crate::model::time::now_ns;
+use crate::model::time::{Clock, Now, SystemClock};
 use crate::model::{Batch, DeviceId, Event, GridId, PointId, Quality, Registry};
 
-/// How often alarm timers (on/off delays, shelving, periodic rules) are checked.
+/// How often alarm timers (on/off delays, shelving, periodic rules) are checked, also under a flood of
+/// batches.
 const TICK: Duration = Duration::from_millis(50);
 
 /// The latest state of one point.
@@ -191,6 +192,7 @@ pub struct Core {
     pack_names: Vec<String>,
     load_errors: Vec<PackError>,
     loaded_at: i64,
+    clock: Arc<dyn Clock>,
 }
 
 impl Core {
@@ -207,14 +209,26 @@ impl Core {
             pack_names: Vec::new(),
             load_errors: Vec::new(),
             loaded_at: 0,
+            clock: Arc::new(SystemClock::new()),
         }
+    }
+
+    /// Reads time from `clock` instead of the system's clocks.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Both readings of the core's clock now.
+    pub fn now(&self) -> Now {
+        self.clock.now()
     }
 
     /// Runs `engine`'s rules on every batch from now on.
     pub fn with_engine(mut self, engine: Engine, pack_names: Vec<String>) -> Self {
         self.engine = Some(engine);
         self.pack_names = pack_names;
-        self.loaded_at = now_ns();
+        self.loaded_at = self.clock.wall_ns();
         self
     }
 
@@ -230,7 +244,7 @@ impl Core {
     }
 
     /// Advances alarm timers to `now`.
-    pub fn tick(&mut self, now: i64) {
+    pub fn tick(&mut self, now: Now) {
         if let Some(e) = &mut self.engine {
             e.tick(&self.states, now);
         }
@@ -240,7 +254,7 @@ impl Core {
     /// Returns the batch's samples (and its acknowledgement) for forwarding.
     pub fn apply(&mut self, mut batch: Batch) -> Batch {
         let mut out_of_order = 0u64;
-        let now = now_ns();
+        let now = self.clock.now();
         // Rules run once per device reading (the samples of one device at one time, which arrive
         // together), so a value that comes and goes within one batch is still seen.
         let mut reading: Option<(DeviceId, i64)> = None;
@@ -324,7 +338,7 @@ impl Core {
             }
             Query::Act { incident, action, who, reply } => {
                 let r = match &mut self.engine {
-                    Some(e) => e.act(incident, action, &who, now_ns()),
+                    Some(e) => e.act(incident, action, &who, self.clock.now()),
                     None => Ok(false),
                 };
                 let _ = reply.send(r);
@@ -335,17 +349,17 @@ impl Core {
             Query::Reload { engine, reply } => {
                 let mut engine = *engine;
                 if let Some(old) = self.engine.take() {
-                    engine.adopt(old);
+                    engine.adopt(old, self.clock.now());
                 }
                 info!(rules = engine.rules().len(), "Rules reloaded.");
                 self.engine = Some(engine);
                 self.load_errors.clear();
-                self.loaded_at = now_ns();
+                self.loaded_at = self.clock.wall_ns();
                 let _ = reply.send(());
             }
             Query::System { rule, message } => {
                 if let Some(engine) = &mut self.engine {
-                    engine.system_incident(now_ns(), &rule, DeviceId(u32::MAX), message);
+                    engine.system_incident(self.clock.wall_ns(), &rule, DeviceId(u32::MAX), message);
                 }
             }
             Query::ReloadFailed { errors, reply } => {
@@ -355,7 +369,7 @@ impl Core {
                 if let Some(engine) = &mut self.engine {
                     let msg = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                     engine.system_incident(
-                        now_ns(),
+                        self.clock.wall_ns(),
                         "reload",
                         DeviceId(u32::MAX),
                         format!("rule reload failed, running rules kept: {msg}"),
@@ -448,7 +462,7 @@ pub fn spawn(
                     }
                     None => break,
                 },
-                _ = tick.tick(), if core.engine.is_some() => core.tick(now_ns()),
+                _ = tick.tick(), if core.engine.is_some() => { let now = core.now(); core.tick(now) }
                 Some(q) = queries.recv() => core.answer(q),
             }
             let changes = core.take_changes();
