@@ -828,9 +828,9 @@ pub(crate) mod tests {
     /// 2026-06-01T10:00:00+08:00.
     const WALL: i64 = 1_780_279_200 * S;
 
-    /// An engine running `pack` for one device `d1` (category `electrical`) with `points`, and the
-    /// point states it reads.
-    pub(crate) fn engine_with(pack: &str, points: &[&str]) -> (Engine, Vec<PointState>) {
+    /// An engine running `pack` for one device `d1` (category `electrical`) with `points`, the point
+    /// states it reads and its registry.
+    pub(crate) fn engine_with(pack: &str, points: &[&str]) -> (Engine, Vec<PointState>, Arc<Registry>) {
         let pts: Vec<String> = points.iter().map(|p| format!("{{ name = {p:?} }}")).collect();
         let text = format!(
             "[site]\nid = \"t\"\ntimezone = \"Asia/Shanghai\"\n[[grids]]\nid = \"g1\"\n[[devices]]\nid = \"d1\"\n\
@@ -842,7 +842,7 @@ pub(crate) mod tests {
         let set = load(&[("t.rhai".into(), pack.into())], Limits::default()).unwrap();
         let settings = crate::core::packs::settings(&config, &registry);
         let states = vec![PointState::default(); registry.points.len()];
-        (Engine::new(set, registry, settings, 1), states)
+        (Engine::new(set, registry.clone(), settings, 1), states, registry)
     }
 
     const ON_DELAY_3S: &str = r#"rule(#{ id: "t.x", category: "electrical", severity: "minor",
@@ -869,7 +869,7 @@ pub(crate) mod tests {
 
     #[test]
     fn wall_clock_stepped_back_does_not_delay_the_on_delay() {
-        let (mut e, mut states) = engine_with(ON_DELAY_3S, &["x"]);
+        let (mut e, mut states, _) = engine_with(ON_DELAY_3S, &["x"]);
         sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
         assert_eq!(e.next_deadline(), Some(3 * S));
         // NTP steps the wall clock back one hour one second later.
@@ -884,7 +884,7 @@ pub(crate) mod tests {
 
     #[test]
     fn wall_clock_stepped_forward_does_not_raise_early() {
-        let (mut e, mut states) = engine_with(ON_DELAY_3S, &["x"]);
+        let (mut e, mut states, _) = engine_with(ON_DELAY_3S, &["x"]);
         sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
         e.tick(&states, Now { wall: WALL + S + HOUR, mono: S });
         assert!(raised_at(&mut e).is_empty());
@@ -897,7 +897,7 @@ pub(crate) mod tests {
 
     #[test]
     fn shelving_runs_on_the_monotonic_clock() {
-        let (mut e, mut states) = engine_with(ON_DELAY_3S, &["x"]);
+        let (mut e, mut states, _) = engine_with(ON_DELAY_3S, &["x"]);
         sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
         e.tick(&states, Now { wall: WALL + 3 * S, mono: 3 * S });
         let id = match e.take_changes().first() {
