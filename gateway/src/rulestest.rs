@@ -406,7 +406,7 @@ fn transitions(
             let st = &mut states[point.0 as usize];
             let old = st.has_value.then_some(st.value);
             *st = PointState { value: v, ts, quality: Quality::Good, has_value: true };
-            engine.on_sample(&Sample { point, quality: Quality::Good, ts, value: v }, old);
+            engine.on_sample(&Sample { point, quality: Quality::Good, ts, value: v }, old, now);
             engine.evaluate_dirty(&states, now);
         } else if let Some(kind) = &input.event {
             let ev = Event { device, kind: kind.clone(), ts: now.wall, attributes: input.attributes.clone() };

@@ -149,6 +149,9 @@ pub struct Engine {
     prev: Vec<f64>,
     /// When each point's value last changed (sample time, UTC ns): stuck-value checks in O(1).
     changed_at: Vec<i64>,
+    /// When the gateway last received a sample of each point (monotonic ns; `i64::MIN`: never), so
+    /// silence is measured on the clock that does not step.
+    received_at: Vec<i64>,
     device_events: HashMap<DeviceId, VecDeque<(String, i64)>>,
     dirty: Vec<u32>,
     dirty_mark: Vec<bool>,
@@ -182,6 +185,7 @@ impl Engine {
             windows: Vec::new(),
             prev: vec![f64::NAN; n_points],
             changed_at: vec![0; n_points],
+            received_at: vec![i64::MIN; n_points],
             device_events: HashMap::new(),
             dirty: Vec::new(),
             dirty_mark: Vec::new(),
@@ -293,9 +297,12 @@ impl Engine {
         !self.changes.is_empty()
     }
 
-    /// Records a sample that the core accepted; `old` is the point's value before it.
-    pub fn on_sample(&mut self, s: &Sample, old: Option<f64>) {
+    /// Records a sample that the core accepted at `now`; `old` is the point's value before it.
+    pub fn on_sample(&mut self, s: &Sample, old: Option<f64>, now: Now) {
         let i = s.point.0 as usize;
+        if let Some(r) = self.received_at.get_mut(i) {
+            *r = now.mono;
+        }
         if let Some(p) = self.prev.get_mut(i) {
             *p = old.unwrap_or(f64::NAN);
         }
@@ -435,12 +442,14 @@ impl Engine {
             states,
             prev: &self.prev,
             changed_at: &self.changed_at,
+            received_at: &self.received_at,
             windows: &self.windows,
             device_events,
             params: &self.slots[si].params,
             calendar: self.settings.calendar,
             window: rule.window,
             now: now.wall,
+            mono: now.mono,
         };
         let started = Instant::now();
         let active = self.slots[si].alarm.state.is_active();
@@ -674,6 +683,7 @@ impl Engine {
             }
             self.prev = old.prev;
             self.changed_at = old.changed_at;
+            self.received_at = old.received_at;
         }
         self.device_events = old.device_events;
         for old_slot in old.slots {
@@ -853,7 +863,7 @@ pub(crate) mod tests {
         let point = PointId(0);
         let old = states[0].has_value.then_some(states[0].value);
         states[0] = PointState { value: v, ts: now.wall, quality: Quality::Good, has_value: true };
-        e.on_sample(&Sample { point, quality: Quality::Good, ts: now.wall, value: v }, old);
+        e.on_sample(&Sample { point, quality: Quality::Good, ts: now.wall, value: v }, old, now);
         e.evaluate_dirty(states, now);
     }
 
@@ -893,6 +903,22 @@ pub(crate) mod tests {
         assert!(raised_at(&mut e).is_empty());
         e.tick(&states, Now { wall: WALL + 3 * S + HOUR, mono: 3 * S });
         assert_eq!(raised_at(&mut e), vec![WALL + 3 * S + HOUR]);
+    }
+
+    #[test]
+    fn silence_is_measured_on_the_monotonic_clock() {
+        let pack = r#"rule(#{ id: "t.stale", category: "equipment", severity: "major", watch: #{ points: ["x"] },
+            every: "5s", condition: |c| above(c.silent_for("x"), 60.0) });"#;
+        let (mut e, mut states, _) = engine_with(pack, &["x"]);
+        sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
+        // The wall clock jumps an hour ahead 10 s later: the detector is not an hour silent.
+        e.tick(&states, Now { wall: WALL + HOUR + 10 * S, mono: 10 * S });
+        assert!(raised_at(&mut e).is_empty());
+        e.tick(&states, Now { wall: WALL + HOUR + 60 * S, mono: 60 * S });
+        assert!(raised_at(&mut e).is_empty());
+        // And stepped back, it still is silent after 60 s.
+        e.tick(&states, Now { wall: WALL - HOUR + 65 * S, mono: 65 * S });
+        assert_eq!(raised_at(&mut e), vec![WALL - HOUR + 65 * S]);
     }
 
     #[test]

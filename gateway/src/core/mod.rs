@@ -277,7 +277,7 @@ impl Core {
             let old = state.has_value.then_some(state.value);
             *state = PointState { value: s.value, ts: s.ts, quality: s.quality, has_value: true };
             if let Some(e) = &mut self.engine {
-                e.on_sample(s, old);
+                e.on_sample(s, old, now);
             }
         }
         if let Some(e) = &mut self.engine {

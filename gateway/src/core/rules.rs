@@ -348,6 +348,8 @@ pub struct EvalEnv<'a> {
     pub states: &'a [PointState],
     pub prev: &'a [f64],
     pub changed_at: &'a [i64],
+    /// When each point's latest sample arrived (monotonic ns; `i64::MIN`: never).
+    pub received_at: &'a [i64],
     pub windows: &'a [Window],
     pub device_events: &'a [(String, i64)],
     pub params: &'a BTreeMap<String, Dynamic>,
@@ -356,6 +358,8 @@ pub struct EvalEnv<'a> {
     pub window: i64,
     /// Wall-clock now (UTC ns).
     pub now: i64,
+    /// Monotonic now (ns), for how long the gateway has heard nothing.
+    pub mono: i64,
 }
 
 thread_local! {
@@ -490,6 +494,15 @@ fn register_ctx(e: &mut Engine) {
             let p = point_by_name(env, c.device, name)?;
             let s = env.states[p.0 as usize];
             Ok(if s.has_value { (env.now - s.ts) as f64 / 1e9 } else { f64::INFINITY })
+        })
+    });
+    // Seconds since the gateway last received the point, on the monotonic clock: staleness that a
+    // step of the wall clock neither fakes nor hides (`age` is the sample's own age, by wall time).
+    e.register_fn("silent_for", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| {
+            let p = point_by_name(env, c.device, name)?;
+            let at = env.received_at.get(p.0 as usize).copied().unwrap_or(i64::MIN);
+            Ok(if at == i64::MIN { f64::INFINITY } else { env.mono.saturating_sub(at) as f64 / 1e9 })
         })
     });
     e.register_fn("unchanged_for", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
