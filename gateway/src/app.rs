@@ -83,7 +83,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     if config.rules.strict && !pack_errors.is_empty() {
         return Err(AppError::Rules(pack_errors));
     }
-    let orphans = engine.restore(&open);
+    let clock: Arc<dyn crate::model::time::Clock> = Arc::new(crate::model::time::SystemClock::new());
+    let orphans = engine.restore(&open, clock.now());
     for e in &pack_errors {
         tracing::error!(error = %e, "Rule pack not loaded; the other packs run.");
         engine.system_incident(
@@ -107,6 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         }
     }
     let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept)
+        .with_clock(clock)
         .with_engine(engine, pack_names)
         .with_load_errors(pack_errors);
     let forwarding = !config.forward.targets.is_empty();

@@ -1,6 +1,8 @@
 //! `parkwatch rules test`: rule unit tests in TOML, run offline on a virtual clock. Input series
 //! (point, time, value), events and acknowledgements go in; the alarm transitions that come out are
-//! compared with the expected ones, like `promtool test rules`.
+//! compared with the expected ones, like `promtool test rules`. The virtual clock drives both the wall
+//! and the monotonic reading the engine takes. [`boundary_gaps`] finds limits that no test case sits
+//! on exactly.
 //!
 //! ```toml
 //! [[test]]
@@ -20,10 +22,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::core::engine::{Action, Change, Engine};
+use crate::core::engine::{Action, Change, Engine, Override, Scope};
 use crate::core::packs;
 use crate::core::rules::{self, parse_duration, Limits};
 use crate::core::PointState;
+use crate::model::time::Now;
 use crate::model::{Event, Quality, Registry, Sample};
 
 #[derive(Debug, Deserialize)]
@@ -162,7 +165,123 @@ fn fmt_offset(ns: i64) -> String {
     }
 }
 
+/// A limit parameter of one rule moved by a hair (relative 1e-9, at least 1e-9), to find out whether a
+/// test case sits on that limit: a case on the boundary changes its outcome when the limit moves one
+/// way or the other; a case merely near it does not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nudge {
+    pub rule: String,
+    pub param: String,
+    /// The element, for a table of limits (one per class).
+    pub index: Option<usize>,
+    pub up: bool,
+}
+
+/// The numeric limits of `rule`: every number (or table of numbers) among its parameters, except class
+/// selectors (`*_class`).
+pub fn limit_params(rule: &rules::Rule) -> Vec<(String, Option<usize>)> {
+    let mut out = Vec::new();
+    for (name, v) in &rule.params {
+        if name.ends_with("_class") {
+            continue;
+        }
+        if v.is_float() || v.is_int() {
+            out.push((name.clone(), None));
+        } else if let Some(a) = v.clone().try_cast::<rhai::Array>() {
+            for (i, x) in a.iter().enumerate() {
+                if x.is_float() || x.is_int() {
+                    out.push((name.clone(), Some(i)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn number(v: &rhai::Dynamic) -> Option<f64> {
+    v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64))
+}
+
+/// The parameter `nudge` names, as the case sets it (or the rule's default), moved by a hair.
+fn nudged(nudge: &Nudge, case: &Case, rule: &rules::Rule) -> Result<rhai::Dynamic, String> {
+    let base = match case.params.get(&nudge.param) {
+        Some(toml::Value::Float(f)) => rhai::Dynamic::from(*f),
+        Some(toml::Value::Integer(i)) => rhai::Dynamic::from(*i as f64),
+        Some(other) => return Err(format!("parameter {:?} = {other}; expected a number", nudge.param)),
+        None => rule.params.get(&nudge.param).cloned().ok_or_else(|| format!("no parameter {:?}", nudge.param))?,
+    };
+    let shift = |x: f64| x + if nudge.up { 1.0 } else { -1.0 } * x.abs().max(1.0) * 1e-9;
+    match nudge.index {
+        None => number(&base).map(|x| rhai::Dynamic::from(shift(x))).ok_or_else(|| "not a number".into()),
+        Some(i) => {
+            let mut a = base.try_cast::<rhai::Array>().ok_or("not a table")?;
+            let x = a.get(i).and_then(number).ok_or("no such element")?;
+            a[i] = rhai::Dynamic::from(shift(x));
+            Ok(rhai::Dynamic::from_array(a))
+        }
+    }
+}
+
 fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
+    let (_, actual) = transitions(case, packs, None)?;
+    check(case, &actual)
+}
+
+/// Which shipped limits no test case sits on: for every rule and every limit parameter, some case of
+/// `files` that names the rule must change its transitions when the limit is nudged up or down. Returns
+/// `rule.param` (or `rule.param[i]`) for every limit without such a case.
+///
+/// # Errors
+/// A file or the packs cannot be read, or a case cannot run.
+pub fn boundary_gaps(files: &[std::path::PathBuf], packs: &[(String, String)]) -> Result<Vec<String>, String> {
+    let set = rules::load(packs, Limits::default())
+        .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+    let mut cases = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let parsed: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        cases.extend(parsed.test);
+    }
+    let mut gaps = Vec::new();
+    for rule in &set.rules {
+        let mine: Vec<&Case> = cases.iter().filter(|c| c.rules.contains(&rule.id)).collect();
+        let mut base = Vec::new();
+        for c in &mine {
+            base.push(transitions(c, packs, None)?.1);
+        }
+        for (param, index) in limit_params(rule) {
+            let mut covered = false;
+            'cases: for (c, base) in mine.iter().zip(&base) {
+                for up in [true, false] {
+                    let nudge = Nudge { rule: rule.id.clone(), param: param.clone(), index, up };
+                    let (_, moved) = transitions(c, packs, Some(&nudge))?;
+                    let only = |t: &Vec<Transition>| t.iter().filter(|x| x.1 == rule.id).cloned().collect::<Vec<_>>();
+                    if only(&moved) != only(base) {
+                        covered = true;
+                        break 'cases;
+                    }
+                }
+            }
+            if !covered {
+                gaps.push(match index {
+                    Some(i) => format!("{}.{param}[{i}]", rule.id),
+                    None => format!("{}.{param}", rule.id),
+                });
+            }
+        }
+    }
+    Ok(gaps)
+}
+
+/// One transition: offset from the start, rule, kind, severity.
+type Transition = (i64, String, String, Option<String>);
+
+/// Runs `case` (with one limit nudged) and returns its start and every transition.
+fn transitions(
+    case: &Case,
+    packs: &[(String, String)],
+    nudge: Option<&Nudge>,
+) -> Result<(i64, Vec<Transition>), String> {
     let start = chrono::DateTime::parse_from_rfc3339(&case.start)
         .ok()
         .and_then(|t| t.timestamp_nanos_opt())
@@ -199,7 +318,21 @@ fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
             return Err(format!("rule {r:?} is not in the packs"));
         }
     }
-    let settings = packs::settings(&config, &registry);
+    let mut settings = packs::settings(&config, &registry);
+    if let Some(n) = nudge {
+        let rule = set
+            .rules
+            .iter()
+            .find(|r| r.id == n.rule)
+            .ok_or_else(|| format!("rule {:?} is not in the packs", n.rule))?;
+        let value = nudged(n, case, rule)?;
+        // A rule's own override at device scope wins over the case's `*` overrides.
+        settings.overrides.push(Override {
+            rule: n.rule.clone(),
+            scope: Scope::Device(d.id.clone()),
+            params: [(n.param.clone(), value)].into_iter().collect(),
+        });
+    }
     let mut engine = Engine::new(set, registry.clone(), settings, 1);
     let device = registry.device_id(&d.id).ok_or("test device missing")?;
 
@@ -230,7 +363,7 @@ fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
     };
 
     let mut states = vec![PointState::default(); registry.points.len()];
-    let mut actual: Vec<(i64, String, String, Option<String>)> = Vec::new();
+    let mut actual: Vec<Transition> = Vec::new();
     let mut rule_of: HashMap<i64, String> = HashMap::new();
     let collect = |engine: &mut Engine, actual: &mut Vec<_>, rule_of: &mut HashMap<i64, String>| {
         for c in engine.take_changes() {
@@ -246,35 +379,37 @@ fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
             }
         }
     };
+    // The virtual clock drives both readings: the monotonic one is the offset from `start`.
+    let clock = |at: i64| Now { wall: start + at, mono: at };
     let advance = |engine: &mut Engine, states: &[PointState], to: i64| {
         // Fire every timer due up to `to`, each at its own time.
         for _ in 0..100_000 {
             match engine.next_deadline() {
-                Some(d) if d <= to => engine.tick(states, d.max(start)),
+                Some(d) if d <= to => engine.tick(states, clock(d.max(0))),
                 _ => break,
             }
-            if engine.next_deadline().is_some_and(|d2| d2 <= start) {
+            if engine.next_deadline().is_some_and(|d2| d2 <= 0) {
                 break;
             }
         }
     };
     for (at, input) in steps {
-        let now = start + at;
-        advance(&mut engine, &states, now);
+        let now = clock(at);
+        advance(&mut engine, &states, at);
         collect(&mut engine, &mut actual, &mut rule_of);
         if let (Some(p), Some(v)) = (&input.point, input.value) {
             let point = registry.point_of(device, p).ok_or_else(|| format!("no point {p:?}"))?;
             let ts = match &input.ts {
                 Some(t) => start + offset(t, "input.ts")?,
-                None => now,
+                None => now.wall,
             };
             let st = &mut states[point.0 as usize];
             let old = st.has_value.then_some(st.value);
             *st = PointState { value: v, ts, quality: Quality::Good, has_value: true };
-            engine.on_sample(&Sample { point, quality: Quality::Good, ts, value: v }, old);
+            engine.on_sample(&Sample { point, quality: Quality::Good, ts, value: v }, old, now);
             engine.evaluate_dirty(&states, now);
         } else if let Some(kind) = &input.event {
-            let ev = Event { device, kind: kind.clone(), ts: now, attributes: input.attributes.clone() };
+            let ev = Event { device, kind: kind.clone(), ts: now.wall, attributes: input.attributes.clone() };
             engine.on_event(&ev, &states, now);
         } else if let Some(rule) = &input.ack {
             collect(&mut engine, &mut actual, &mut rule_of);
@@ -286,9 +421,12 @@ fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
         }
         collect(&mut engine, &mut actual, &mut rule_of);
     }
-    advance(&mut engine, &states, start + until);
+    advance(&mut engine, &states, until);
     collect(&mut engine, &mut actual, &mut rule_of);
+    Ok((start, actual))
+}
 
+fn check(case: &Case, actual: &[Transition]) -> Result<(), String> {
     let wanted = |rule: &str| case.rules.is_empty() || case.rules.iter().any(|r| r == rule);
     let got: Vec<String> = actual
         .iter()
@@ -334,9 +472,8 @@ fn list(v: &[String]) -> String {
 mod tests {
     use super::*;
 
-    /// Every shipped rule test passes against the packs in `rules/`.
-    #[test]
-    fn shipped_rule_tests_pass() {
+    /// The packs in `rules/` and the test files in `rules/tests/`.
+    fn shipped() -> (Vec<(String, String)>, Vec<std::path::PathBuf>) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
         let packs: Vec<(String, String)> = packs::pack_files(&root)
             .unwrap()
@@ -350,6 +487,46 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .collect();
         files.sort();
+        (packs, files)
+    }
+
+    /// Every numeric limit of every shipped rule has a test case exactly on its boundary.
+    #[test]
+    fn every_shipped_limit_has_a_boundary_case() {
+        let (packs, files) = shipped();
+        let gaps = boundary_gaps(&files, &packs).unwrap();
+        assert!(gaps.is_empty(), "limits without a rule test on their boundary (add one to rules/tests/): {gaps:?}");
+    }
+
+    /// A case near a limit but not on it does not count; one on it does, scaled limits included.
+    #[test]
+    fn boundary_gaps_finds_a_case_off_the_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = vec![(
+            "t.rhai".to_string(),
+            r#"rule(#{ id: "t.x", category: "electrical", severity: "minor", watch: #{ points: ["x"] },
+                      params: #{ nominal: 220.0, pct: 7.0, zone_class: 3.0, name: "n" },
+                      condition: |c| above(c.value, c.param("nominal") * (100.0 + c.param("pct")) / 100.0) });"#
+                .to_string(),
+        )];
+        let case = |v: f64| {
+            format!(
+                "[[test]]\nname = \"x\"\nrules = [\"t.x\"]\ndevice = {{ category = \"electrical\", points = [\"x\"] }}\n\
+                 input = [{{ at = \"0s\", point = \"x\", value = {v:?} }}]\nexpect = []\n"
+            )
+        };
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, case(235.3)).unwrap();
+        let gaps = boundary_gaps(std::slice::from_ref(&f), &packs).unwrap();
+        assert_eq!(gaps, ["t.x.nominal", "t.x.pct"]);
+        std::fs::write(&f, case(235.4)).unwrap();
+        assert!(boundary_gaps(std::slice::from_ref(&f), &packs).unwrap().is_empty());
+    }
+
+    /// Every shipped rule test passes against the packs in `rules/`.
+    #[test]
+    fn shipped_rule_tests_pass() {
+        let (packs, files) = shipped();
         assert!(files.len() >= 4, "rule tests for every pack");
         let mut failed = String::new();
         let mut passed = 0;

@@ -3,6 +3,8 @@
 //! within one alarm and chattering detection.
 //!
 //! Pure: it takes inputs with their time and returns what happened; it does no I/O and reads no clock.
+//! Every time here is a monotonic reading ([`crate::model::time::Now::mono`]), so a wall-clock step
+//! neither delays nor fires a timer; the engine turns times it reports into wall time.
 //! The engine persists and announces the results. One alarm is one incident: a new incident can only
 //! start from `Normal`, so no sequence of inputs opens two incidents for one (rule, source).
 
@@ -51,7 +53,7 @@ pub enum Outcome {
     Closed,
     /// Chattering detected; told once per chattering episode.
     Chattering,
-    /// Shelved until the given time (UTC ns).
+    /// Shelved until the given time (monotonic ns).
     Shelved { until: i64 },
     /// Shelving ended (expiry or by hand).
     Unshelved,
@@ -69,7 +71,7 @@ pub struct Alarm {
     /// The condition as last evaluated, and the severity it asked for.
     pub condition: bool,
     asked: Severity,
-    /// Shelved until (UTC ns).
+    /// Shelved until (monotonic ns).
     pub shelved_until: Option<i64>,
     /// Suppressed (device out of service, maintenance window): conditions are ignored.
     pub suppressed: bool,
@@ -101,7 +103,7 @@ impl Alarm {
         Self { state, severity, condition: state.is_active(), ..Self::default() }
     }
 
-    /// The next time (UTC ns) at which [`Alarm::tick`] may change something, if any.
+    /// The next time (monotonic ns) at which [`Alarm::tick`] may change something, if any.
     pub fn next_deadline(&self, b: &Behaviour) -> Option<i64> {
         let on = self.pending_on.map(|(t, _)| t.saturating_add(b.on_delay));
         let off = self.pending_off.map(|t| t.saturating_add(b.off_delay));

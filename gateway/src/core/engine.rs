@@ -1,7 +1,9 @@
 //! The rule engine: which rules run for which point, evaluating them once per source device when a
 //! watched point changes, driving each (rule, source) alarm, and turning alarm outcomes into incident
-//! changes. Synchronous and clock-free (every call takes `now`), so the live core and the offline
-//! `parkwatch rules test` runner drive the very same code.
+//! changes. Synchronous and clock-free (every call takes `now`, both its wall and its monotonic
+//! reading), so the live core and the offline `parkwatch rules test` runner drive the very same code.
+//! Timers (alarm delays, shelving, periodic rules) run on the monotonic reading; incident times,
+//! maintenance windows and the site calendar use wall time.
 //!
 //! A rule that fails (runtime error, operation limit) is disabled for that source only and raises a
 //! `system` incident; the other rules and sources keep running.
@@ -17,6 +19,7 @@ use super::alarm::{Alarm, Outcome, Severity, State};
 use super::rules::{self, Calendar, Ctx, EvalEnv, Rule, RuleSet};
 use super::window::Window;
 use super::PointState;
+use crate::model::time::Now;
 use crate::model::{DeviceId, Event, PointId, Registry, Sample};
 
 /// Most recent events kept per device for `events(kind, span)`.
@@ -140,12 +143,15 @@ pub struct Engine {
     point_slots: Vec<Vec<u32>>,
     /// Slots to evaluate on an event, by device and kind.
     event_slots: HashMap<(DeviceId, String), Vec<u32>>,
-    /// Slots of periodic rules and when each rule is due next.
+    /// Slots of periodic rules and when each rule is due next (monotonic ns).
     periodic: Vec<(u32, i64, Vec<u32>)>,
     windows: Vec<Window>,
     prev: Vec<f64>,
     /// When each point's value last changed (sample time, UTC ns): stuck-value checks in O(1).
     changed_at: Vec<i64>,
+    /// When the gateway last received a sample of each point (monotonic ns; `i64::MIN`: never), so
+    /// silence is measured on the clock that does not step.
+    received_at: Vec<i64>,
     device_events: HashMap<DeviceId, VecDeque<(String, i64)>>,
     dirty: Vec<u32>,
     dirty_mark: Vec<bool>,
@@ -154,7 +160,8 @@ pub struct Engine {
     stats: Vec<RuleStats>,
     changes: Vec<Change>,
     outcomes: Vec<Outcome>,
-    suppressed_checked: i64,
+    /// When maintenance windows were last checked (monotonic ns).
+    suppressed_checked: Option<i64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -178,6 +185,7 @@ impl Engine {
             windows: Vec::new(),
             prev: vec![f64::NAN; n_points],
             changed_at: vec![0; n_points],
+            received_at: vec![i64::MIN; n_points],
             device_events: HashMap::new(),
             dirty: Vec::new(),
             dirty_mark: Vec::new(),
@@ -186,7 +194,7 @@ impl Engine {
             stats: Vec::new(),
             changes: Vec::new(),
             outcomes: Vec::new(),
-            suppressed_checked: i64::MIN,
+            suppressed_checked: None,
         };
         e.index();
         e
@@ -289,9 +297,12 @@ impl Engine {
         !self.changes.is_empty()
     }
 
-    /// Records a sample that the core accepted; `old` is the point's value before it.
-    pub fn on_sample(&mut self, s: &Sample, old: Option<f64>) {
+    /// Records a sample that the core accepted at `now`; `old` is the point's value before it.
+    pub fn on_sample(&mut self, s: &Sample, old: Option<f64>, now: Now) {
         let i = s.point.0 as usize;
+        if let Some(r) = self.received_at.get_mut(i) {
+            *r = now.mono;
+        }
         if let Some(p) = self.prev.get_mut(i) {
             *p = old.unwrap_or(f64::NAN);
         }
@@ -317,7 +328,7 @@ impl Engine {
     }
 
     /// Evaluates every slot a sample touched since the last call, once each.
-    pub fn evaluate_dirty(&mut self, states: &[PointState], now: i64) {
+    pub fn evaluate_dirty(&mut self, states: &[PointState], now: Now) {
         self.check_maintenance(now);
         let dirty = std::mem::take(&mut self.dirty);
         for &slot in &dirty {
@@ -326,7 +337,7 @@ impl Engine {
             let ctx = Ctx {
                 device: sl.device,
                 point: sl.point,
-                ts: sl.point.map_or(now, |p| states[p.0 as usize].ts),
+                ts: sl.point.map_or(now.wall, |p| states[p.0 as usize].ts),
                 event: None,
             };
             self.evaluate(slot, ctx, states, now, false);
@@ -336,7 +347,7 @@ impl Engine {
     }
 
     /// Evaluates the rules watching this event kind on its device.
-    pub fn on_event(&mut self, event: &Event, states: &[PointState], now: i64) {
+    pub fn on_event(&mut self, event: &Event, states: &[PointState], now: Now) {
         self.check_maintenance(now);
         let q = self.device_events.entry(event.device).or_default();
         if q.len() >= DEVICE_EVENTS_KEPT {
@@ -354,33 +365,33 @@ impl Engine {
     }
 
     /// Advances timers (on/off delays, shelving, periodic rules) to `now`.
-    pub fn tick(&mut self, states: &[PointState], now: i64) {
+    pub fn tick(&mut self, states: &[PointState], now: Now) {
         self.check_maintenance(now);
         for i in 0..self.periodic.len() {
             let (rule, due, _) = self.periodic[i];
-            if now < due {
+            if now.mono < due {
                 continue;
             }
             let every = self.set.rules[rule as usize].every;
-            self.periodic[i].1 = now + every;
+            self.periodic[i].1 = now.mono.saturating_add(every);
             let slots = self.periodic[i].2.clone();
             for slot in slots {
-                let ctx = Ctx { device: self.slots[slot as usize].device, point: None, ts: now, event: None };
+                let ctx = Ctx { device: self.slots[slot as usize].device, point: None, ts: now.wall, event: None };
                 self.evaluate(slot, ctx, states, now, false);
             }
         }
         for slot in 0..self.slots.len() {
             let b = self.set.rules[self.slots[slot].rule as usize].behaviour;
-            if self.slots[slot].alarm.next_deadline(&b).is_some_and(|d| d <= now) {
+            if self.slots[slot].alarm.next_deadline(&b).is_some_and(|d| d <= now.mono) {
                 let mut out = std::mem::take(&mut self.outcomes);
-                self.slots[slot].alarm.tick(&b, now, &mut out);
+                self.slots[slot].alarm.tick(&b, now.mono, &mut out);
                 self.apply_outcomes(slot as u32, &mut out, now, None, None);
                 self.outcomes = out;
             }
         }
     }
 
-    /// The earliest time at which [`Engine::tick`] has something to do.
+    /// The earliest monotonic time at which [`Engine::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<i64> {
         let alarms =
             self.slots.iter().filter_map(|s| s.alarm.next_deadline(&self.set.rules[s.rule as usize].behaviour)).min();
@@ -388,27 +399,27 @@ impl Engine {
         [alarms, periodic].into_iter().flatten().min()
     }
 
-    fn check_maintenance(&mut self, now: i64) {
-        if self.settings.maintenance.is_empty() || now - self.suppressed_checked < 1_000_000_000 {
+    fn check_maintenance(&mut self, now: Now) {
+        if self.settings.maintenance.is_empty()
+            || self.suppressed_checked.is_some_and(|t| now.mono.saturating_sub(t) < 1_000_000_000)
+        {
             return;
         }
-        self.suppressed_checked = now;
+        self.suppressed_checked = Some(now.mono);
         for slot in 0..self.slots.len() {
             let device = self.slots[slot].device;
-            let suppressed = self
-                .settings
-                .maintenance
-                .iter()
-                .any(|m| m.from <= now && m.to.is_none_or(|t| now < t) && m.scope.covers(&self.registry, device));
+            let suppressed = self.settings.maintenance.iter().any(|m| {
+                m.from <= now.wall && m.to.is_none_or(|t| now.wall < t) && m.scope.covers(&self.registry, device)
+            });
             let b = self.set.rules[self.slots[slot].rule as usize].behaviour;
             let mut out = std::mem::take(&mut self.outcomes);
-            self.slots[slot].alarm.set_suppressed(&b, now, suppressed, &mut out);
+            self.slots[slot].alarm.set_suppressed(&b, now.mono, suppressed, &mut out);
             self.apply_outcomes(slot as u32, &mut out, now, None, None);
             self.outcomes = out;
         }
     }
 
-    fn evaluate(&mut self, slot: u32, ctx: Ctx, states: &[PointState], now: i64, is_event: bool) {
+    fn evaluate(&mut self, slot: u32, ctx: Ctx, states: &[PointState], now: Now, is_event: bool) {
         let si = slot as usize;
         if self.slots[si].disabled {
             return;
@@ -431,12 +442,14 @@ impl Engine {
             states,
             prev: &self.prev,
             changed_at: &self.changed_at,
+            received_at: &self.received_at,
             windows: &self.windows,
             device_events,
             params: &self.slots[si].params,
             calendar: self.settings.calendar,
             window: rule.window,
-            now,
+            now: now.wall,
+            mono: now.mono,
         };
         let started = Instant::now();
         let active = self.slots[si].alarm.state.is_active();
@@ -484,10 +497,10 @@ impl Engine {
                 let b = rule.behaviour;
                 let restored = std::mem::take(&mut sl.restored);
                 let mut out = std::mem::take(&mut self.outcomes);
-                sl.alarm.evaluate(&b, now, condition, &mut out);
+                sl.alarm.evaluate(&b, now.mono, condition, &mut out);
                 // Events are instants: unless the rule holds its result, the condition ends with them.
                 if is_event && !rule.hold {
-                    sl.alarm.evaluate(&b, now, None, &mut out);
+                    sl.alarm.evaluate(&b, now.mono, None, &mut out);
                 }
                 let note = (restored && condition.is_none() && out.contains(&Outcome::Returned))
                     .then(|| "condition cleared while the gateway was down".to_string());
@@ -501,7 +514,7 @@ impl Engine {
                 let device = self.registry.device(self.slots[si].device);
                 tracing::error!(rule = %rule.id, device = %device.id, error = %message, "Rule failed; disabled for this device.");
                 self.system_incident(
-                    now,
+                    now.wall,
                     &format!("rule.{}", rule.id),
                     self.slots[si].device,
                     format!(
@@ -513,7 +526,7 @@ impl Engine {
         }
     }
 
-    /// Opens a `system` incident (a rule error, a failed reload, dropped data).
+    /// Opens a `system` incident (a rule error, a failed reload, dropped data) at wall time `now`.
     pub fn system_incident(&mut self, now: i64, rule: &str, device: DeviceId, message: String) {
         let id = self.next_incident;
         self.next_incident += 1;
@@ -535,7 +548,7 @@ impl Engine {
         }));
     }
 
-    fn apply_outcomes(&mut self, slot: u32, out: &mut Vec<Outcome>, now: i64, who: Option<&str>, note: Option<String>) {
+    fn apply_outcomes(&mut self, slot: u32, out: &mut Vec<Outcome>, now: Now, who: Option<&str>, note: Option<String>) {
         let mut note = note;
         for o in out.drain(..) {
             let si = slot as usize;
@@ -552,7 +565,7 @@ impl Engine {
                     let message = render(&rule.message, &sl.params, &dev.id, &grid, &point, sl.value, severity);
                     self.changes.push(Change::Open(NewIncident {
                         id,
-                        at: now,
+                        at: now.wall,
                         rule: rule.id.clone(),
                         title: rule.title.clone(),
                         category: rule.category.clone(),
@@ -584,13 +597,14 @@ impl Engine {
             let peak = sl.peak;
             let value = sl.value;
             let shelved_until = match o {
-                Outcome::Shelved { until } => Some(until),
+                // The alarm keeps its shelving on the monotonic clock; people read wall time.
+                Outcome::Shelved { until } => Some(now.wall_of(until)),
                 _ => None,
             };
             let note_here = if kind == "returned" { note.take() } else { None };
             self.changes.push(Change::Update(IncidentUpdate {
                 id,
-                at: now,
+                at: now.wall,
                 kind,
                 state: Some(state),
                 severity,
@@ -615,7 +629,7 @@ impl Engine {
     ///
     /// # Errors
     /// The action does not apply in the alarm's state.
-    pub fn act(&mut self, incident: i64, action: Action, who: &str, now: i64) -> Result<bool, ActionError> {
+    pub fn act(&mut self, incident: i64, action: Action, who: &str, now: Now) -> Result<bool, ActionError> {
         let Some(&slot) = self.by_incident.get(&incident) else { return Ok(false) };
         let si = slot as usize;
         let b = self.set.rules[self.slots[si].rule as usize].behaviour;
@@ -623,21 +637,21 @@ impl Engine {
         let alarm = &mut self.slots[si].alarm;
         let result = match action {
             Action::Ack => {
-                alarm.ack(&b, now, &mut out);
+                alarm.ack(&b, now.mono, &mut out);
                 Ok(true)
             }
             Action::Shelve(until) => {
-                alarm.shelve(now, until, &mut out);
+                alarm.shelve(now.mono, now.mono_of(until), &mut out);
                 Ok(true)
             }
             Action::Unshelve => {
-                alarm.unshelve(&b, now, &mut out);
+                alarm.unshelve(&b, now.mono, &mut out);
                 Ok(true)
             }
             Action::Close => match alarm.state {
                 State::ActiveUnacked | State::ActiveAcked => Err(ActionError::StillActive(incident)),
                 State::ReturnedUnacked => {
-                    alarm.ack(&b, now, &mut out);
+                    alarm.ack(&b, now.mono, &mut out);
                     Ok(true)
                 }
                 State::Normal => Err(ActionError::NotOpen(incident)),
@@ -656,7 +670,7 @@ impl Engine {
     /// Takes over the state of the engine this one replaces (a reload): alarms of rules that remain
     /// continue with their incidents, history windows and previous values carry over. Open incidents
     /// whose rule is gone are closed with a note.
-    pub fn adopt(&mut self, mut old: Engine) {
+    pub fn adopt(&mut self, mut old: Engine, now: Now) {
         self.next_incident = self.next_incident.max(old.next_incident);
         self.changes.append(&mut old.changes);
         if old.windows.len() == self.windows.len() {
@@ -669,9 +683,9 @@ impl Engine {
             }
             self.prev = old.prev;
             self.changed_at = old.changed_at;
+            self.received_at = old.received_at;
         }
         self.device_events = old.device_events;
-        let now = crate::model::time::now_ns();
         for old_slot in old.slots {
             let rule_id = &old.set.rules[old_slot.rule as usize].id;
             let found = self
@@ -694,7 +708,7 @@ impl Engine {
                     if let Some(id) = old_slot.incident {
                         self.changes.push(Change::Update(IncidentUpdate {
                             id,
-                            at: now,
+                            at: now.wall,
                             kind: "closed",
                             state: Some(State::Normal),
                             severity: None,
@@ -711,8 +725,9 @@ impl Engine {
     }
 
     /// Restores open incidents after a restart: the same alarm continues, no second incident. Returns
-    /// the ids that no longer match a rule and device, for the store to close.
-    pub fn restore(&mut self, open: &[OpenIncident]) -> Vec<i64> {
+    /// the ids that no longer match a rule and device, for the store to close. Shelving (stored as
+    /// wall time) continues on the monotonic clock from `now`.
+    pub fn restore(&mut self, open: &[OpenIncident], now: Now) -> Vec<i64> {
         let mut orphans = Vec::new();
         for inc in open {
             self.next_incident = self.next_incident.max(inc.id + 1);
@@ -729,7 +744,7 @@ impl Engine {
                 continue;
             }
             sl.alarm = Alarm::restored(inc.state, inc.severity);
-            sl.alarm.shelved_until = inc.shelved_until;
+            sl.alarm.shelved_until = inc.shelved_until.map(|u| now.mono_of(u));
             sl.incident = Some(inc.id);
             sl.peak = inc.peak;
             sl.restored = true;
@@ -813,8 +828,116 @@ fn fmt_value(v: f64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::core::rules::{load, Limits};
+    use crate::model::Quality;
+
+    const S: i64 = 1_000_000_000;
+    const HOUR: i64 = 3_600 * S;
+    /// 2026-06-01T10:00:00+08:00.
+    const WALL: i64 = 1_780_279_200 * S;
+
+    /// An engine running `pack` for one device `d1` (category `electrical`) with `points`, the point
+    /// states it reads and its registry.
+    pub(crate) fn engine_with(pack: &str, points: &[&str]) -> (Engine, Vec<PointState>, Arc<Registry>) {
+        let pts: Vec<String> = points.iter().map(|p| format!("{{ name = {p:?} }}")).collect();
+        let text = format!(
+            "[site]\nid = \"t\"\ntimezone = \"Asia/Shanghai\"\n[[grids]]\nid = \"g1\"\n[[devices]]\nid = \"d1\"\n\
+             grid = \"g1\"\ncategory = \"electrical\"\npoints = [{}]\n[rules]\nbuiltin = false\n",
+            pts.join(", ")
+        );
+        let config = crate::config::from_str(&text, std::path::Path::new("(test)"), std::path::Path::new(".")).unwrap();
+        let registry = Arc::new(Registry::from_config(&config));
+        let set = load(&[("t.rhai".into(), pack.into())], Limits::default()).unwrap();
+        let settings = crate::core::packs::settings(&config, &registry);
+        let states = vec![PointState::default(); registry.points.len()];
+        (Engine::new(set, registry.clone(), settings, 1), states, registry)
+    }
+
+    const ON_DELAY_3S: &str = r#"rule(#{ id: "t.x", category: "electrical", severity: "minor",
+        watch: #{ points: ["x"] }, condition: |c| c.value > 1.0, on_delay: "3s" });"#;
+
+    /// Sets point 0 to `v` at wall time `now.wall` and evaluates.
+    fn sample(e: &mut Engine, states: &mut [PointState], v: f64, now: Now) {
+        let point = PointId(0);
+        let old = states[0].has_value.then_some(states[0].value);
+        states[0] = PointState { value: v, ts: now.wall, quality: Quality::Good, has_value: true };
+        e.on_sample(&Sample { point, quality: Quality::Good, ts: now.wall, value: v }, old, now);
+        e.evaluate_dirty(states, now);
+    }
+
+    fn raised_at(e: &mut Engine) -> Vec<i64> {
+        e.take_changes()
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Open(n) => Some(n.at),
+                Change::Update(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wall_clock_stepped_back_does_not_delay_the_on_delay() {
+        let (mut e, mut states, _) = engine_with(ON_DELAY_3S, &["x"]);
+        sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
+        assert_eq!(e.next_deadline(), Some(3 * S));
+        // NTP steps the wall clock back one hour one second later.
+        e.tick(&states, Now { wall: WALL + S - HOUR, mono: S });
+        assert!(raised_at(&mut e).is_empty());
+        e.tick(&states, Now { wall: WALL + 3 * S - S / 1000 - HOUR, mono: 3 * S - S / 1000 });
+        assert!(raised_at(&mut e).is_empty());
+        e.tick(&states, Now { wall: WALL + 3 * S - HOUR, mono: 3 * S });
+        // Raised at 3 s of monotonic time, stamped with the (stepped) wall time.
+        assert_eq!(raised_at(&mut e), vec![WALL + 3 * S - HOUR]);
+    }
+
+    #[test]
+    fn wall_clock_stepped_forward_does_not_raise_early() {
+        let (mut e, mut states, _) = engine_with(ON_DELAY_3S, &["x"]);
+        sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
+        e.tick(&states, Now { wall: WALL + S + HOUR, mono: S });
+        assert!(raised_at(&mut e).is_empty());
+        // A new sample after the step is still within the on-delay.
+        sample(&mut e, &mut states, 6.0, Now { wall: WALL + 2 * S + HOUR, mono: 2 * S });
+        assert!(raised_at(&mut e).is_empty());
+        e.tick(&states, Now { wall: WALL + 3 * S + HOUR, mono: 3 * S });
+        assert_eq!(raised_at(&mut e), vec![WALL + 3 * S + HOUR]);
+    }
+
+    #[test]
+    fn silence_is_measured_on_the_monotonic_clock() {
+        let pack = r#"rule(#{ id: "t.stale", category: "equipment", severity: "major", watch: #{ points: ["x"] },
+            every: "5s", condition: |c| above(c.silent_for("x"), 60.0) });"#;
+        let (mut e, mut states, _) = engine_with(pack, &["x"]);
+        sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
+        // The wall clock jumps an hour ahead 10 s later: the detector is not an hour silent.
+        e.tick(&states, Now { wall: WALL + HOUR + 10 * S, mono: 10 * S });
+        assert!(raised_at(&mut e).is_empty());
+        e.tick(&states, Now { wall: WALL + HOUR + 60 * S, mono: 60 * S });
+        assert!(raised_at(&mut e).is_empty());
+        // And stepped back, it still is silent after 60 s.
+        e.tick(&states, Now { wall: WALL - HOUR + 65 * S, mono: 65 * S });
+        assert_eq!(raised_at(&mut e), vec![WALL - HOUR + 65 * S]);
+    }
+
+    #[test]
+    fn shelving_runs_on_the_monotonic_clock() {
+        let (mut e, mut states, _) = engine_with(ON_DELAY_3S, &["x"]);
+        sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
+        e.tick(&states, Now { wall: WALL + 3 * S, mono: 3 * S });
+        let id = match e.take_changes().first() {
+            Some(Change::Open(n)) => n.id,
+            other => panic!("expected a raise, got {other:?}"),
+        };
+        e.act(id, Action::Shelve(WALL + 3 * S + 600 * S), "op", Now { wall: WALL + 3 * S, mono: 3 * S }).unwrap();
+        let shelved = e.take_changes();
+        assert!(matches!(&shelved[..], [Change::Update(u)] if u.shelved_until == Some(WALL + 603 * S)), "{shelved:?}");
+        // The wall clock jumps an hour ahead: the shelving still lasts its ten minutes.
+        e.tick(&states, Now { wall: WALL + 4 * S + HOUR, mono: 4 * S });
+        assert!(e.take_changes().is_empty());
+        assert_eq!(e.next_deadline(), Some(603 * S));
+    }
 
     #[test]
     fn renders_templates() {

@@ -25,10 +25,11 @@ use self::rules::PackError;
 use crate::incident::IncidentStore;
 use crate::metrics::{add, Metrics};
 use crate::model::pool::SamplePool;
-use crate::model::time::now_ns;
+use crate::model::time::{Clock, Now, SystemClock};
 use crate::model::{Batch, DeviceId, Event, GridId, PointId, Quality, Registry};
 
-/// How often alarm timers (on/off delays, shelving, periodic rules) are checked.
+/// How often alarm timers (on/off delays, shelving, periodic rules) are checked, also under a flood of
+/// batches.
 const TICK: Duration = Duration::from_millis(50);
 
 /// The latest state of one point.
@@ -191,6 +192,7 @@ pub struct Core {
     pack_names: Vec<String>,
     load_errors: Vec<PackError>,
     loaded_at: i64,
+    clock: Arc<dyn Clock>,
 }
 
 impl Core {
@@ -207,14 +209,26 @@ impl Core {
             pack_names: Vec::new(),
             load_errors: Vec::new(),
             loaded_at: 0,
+            clock: Arc::new(SystemClock::new()),
         }
+    }
+
+    /// Reads time from `clock` instead of the system's clocks.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Both readings of the core's clock now.
+    pub fn now(&self) -> Now {
+        self.clock.now()
     }
 
     /// Runs `engine`'s rules on every batch from now on.
     pub fn with_engine(mut self, engine: Engine, pack_names: Vec<String>) -> Self {
         self.engine = Some(engine);
         self.pack_names = pack_names;
-        self.loaded_at = now_ns();
+        self.loaded_at = self.clock.wall_ns();
         self
     }
 
@@ -230,7 +244,7 @@ impl Core {
     }
 
     /// Advances alarm timers to `now`.
-    pub fn tick(&mut self, now: i64) {
+    pub fn tick(&mut self, now: Now) {
         if let Some(e) = &mut self.engine {
             e.tick(&self.states, now);
         }
@@ -240,7 +254,7 @@ impl Core {
     /// Returns the batch's samples (and its acknowledgement) for forwarding.
     pub fn apply(&mut self, mut batch: Batch) -> Batch {
         let mut out_of_order = 0u64;
-        let now = now_ns();
+        let now = self.clock.now();
         // Rules run once per device reading (the samples of one device at one time, which arrive
         // together), so a value that comes and goes within one batch is still seen.
         let mut reading: Option<(DeviceId, i64)> = None;
@@ -263,7 +277,7 @@ impl Core {
             let old = state.has_value.then_some(state.value);
             *state = PointState { value: s.value, ts: s.ts, quality: s.quality, has_value: true };
             if let Some(e) = &mut self.engine {
-                e.on_sample(s, old);
+                e.on_sample(s, old, now);
             }
         }
         if let Some(e) = &mut self.engine {
@@ -324,7 +338,7 @@ impl Core {
             }
             Query::Act { incident, action, who, reply } => {
                 let r = match &mut self.engine {
-                    Some(e) => e.act(incident, action, &who, now_ns()),
+                    Some(e) => e.act(incident, action, &who, self.clock.now()),
                     None => Ok(false),
                 };
                 let _ = reply.send(r);
@@ -335,17 +349,17 @@ impl Core {
             Query::Reload { engine, reply } => {
                 let mut engine = *engine;
                 if let Some(old) = self.engine.take() {
-                    engine.adopt(old);
+                    engine.adopt(old, self.clock.now());
                 }
                 info!(rules = engine.rules().len(), "Rules reloaded.");
                 self.engine = Some(engine);
                 self.load_errors.clear();
-                self.loaded_at = now_ns();
+                self.loaded_at = self.clock.wall_ns();
                 let _ = reply.send(());
             }
             Query::System { rule, message } => {
                 if let Some(engine) = &mut self.engine {
-                    engine.system_incident(now_ns(), &rule, DeviceId(u32::MAX), message);
+                    engine.system_incident(self.clock.wall_ns(), &rule, DeviceId(u32::MAX), message);
                 }
             }
             Query::ReloadFailed { errors, reply } => {
@@ -355,7 +369,7 @@ impl Core {
                 if let Some(engine) = &mut self.engine {
                     let msg = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
                     engine.system_incident(
-                        now_ns(),
+                        self.clock.wall_ns(),
                         "reload",
                         DeviceId(u32::MAX),
                         format!("rule reload failed, running rules kept: {msg}"),
@@ -406,17 +420,43 @@ impl Core {
 /// Starts the core task; it ends when every batch sender is gone and the channel is drained. Incident
 /// changes go to `store` (in order, waiting for room: back-pressure, never a silent drop).
 pub fn spawn(
+    core: Core,
+    batches: mpsc::Receiver<Batch>,
+    store: Option<IncidentStore>,
+    forward: Option<mpsc::Sender<Batch>>,
+) -> (CoreHandle, tokio::task::JoinHandle<()>) {
+    spawn_with_tap(core, batches, store, forward, None)
+}
+
+/// [`spawn`], handing the incident changes to `tap` when there is no store (tests watch them there).
+fn spawn_with_tap(
     mut core: Core,
     mut batches: mpsc::Receiver<Batch>,
     store: Option<IncidentStore>,
     forward: Option<mpsc::Sender<Batch>>,
+    tap: Option<mpsc::UnboundedSender<engine::Change>>,
 ) -> (CoreHandle, tokio::task::JoinHandle<()>) {
     let (tx, mut queries) = mpsc::channel::<Query>(64);
     let task = tokio::spawn(async move {
         let mut applied: u64 = 0;
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Timers run on a deadline checked before every turn, not as a select arm: under a sustained
+        // flood the batch arm is always ready and would starve them (off-delays, staleness and
+        // shelving expiry would wait for the flood to end).
+        // The deadline is on the core's monotonic clock, the one the alarms run on.
+        let tick_ns = i64::try_from(TICK.as_nanos()).unwrap_or(i64::MAX);
+        let mut next_tick = core.clock.mono_ns().saturating_add(tick_ns);
         loop {
+            let mono = core.clock.mono_ns();
+            if core.engine.is_some() && mono >= next_tick {
+                let now = core.now();
+                core.tick(now);
+                next_tick = now.mono.saturating_add(tick_ns);
+                let changes = core.take_changes();
+                if !changes.is_empty() {
+                    persist(changes, None, store.as_ref(), tap.as_ref()).await;
+                }
+            }
+            let idle = Duration::from_nanos(u64::try_from(next_tick.saturating_sub(mono)).unwrap_or(0));
             // Batches first, so an answer reflects everything already handed over; every 64 batches
             // the queries get a turn, so a flood of samples cannot starve the API.
             tokio::select! {
@@ -428,7 +468,8 @@ pub fn spawn(
                         // the source acknowledges them only once these are committed too.
                         let changes = core.take_changes();
                         if !changes.is_empty() {
-                            persist(changes, b.ack.as_ref().map(crate::model::Ack::share), store.as_ref()).await;
+                            let ack = b.ack.as_ref().map(crate::model::Ack::share);
+                            persist(changes, ack, store.as_ref(), tap.as_ref()).await;
                         }
                         match &forward {
                             // Waiting for room here slows the sources: back-pressure from the outbox.
@@ -448,12 +489,12 @@ pub fn spawn(
                     }
                     None => break,
                 },
-                _ = tick.tick(), if core.engine.is_some() => core.tick(now_ns()),
+                () = tokio::time::sleep(idle), if core.engine.is_some() => {}
                 Some(q) = queries.recv() => core.answer(q),
             }
             let changes = core.take_changes();
             if !changes.is_empty() {
-                persist(changes, None, store.as_ref()).await;
+                persist(changes, None, store.as_ref(), tap.as_ref()).await;
             }
         }
         info!(samples = core.metrics.core.samples.load(std::sync::atomic::Ordering::Relaxed), "Core stopped.");
@@ -461,7 +502,12 @@ pub fn spawn(
     (CoreHandle { tx }, task)
 }
 
-async fn persist(changes: Vec<engine::Change>, ack: Option<crate::model::Ack>, store: Option<&IncidentStore>) {
+async fn persist(
+    changes: Vec<engine::Change>,
+    ack: Option<crate::model::Ack>,
+    store: Option<&IncidentStore>,
+    tap: Option<&mpsc::UnboundedSender<engine::Change>>,
+) {
     match store {
         Some(s) => {
             if let Err(e) = s.apply(changes, ack).await {
@@ -471,10 +517,88 @@ async fn persist(changes: Vec<engine::Change>, ack: Option<crate::model::Ack>, s
         None => {
             for c in changes {
                 info!(change = ?c, "Incident change (no store configured).");
+                if let Some(t) = tap {
+                    let _ = t.send(c);
+                }
             }
             if let Some(a) = ack {
                 a.confirm();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::engine::Change;
+    use crate::model::time::ManualClock;
+    use crate::model::Sample;
+
+    const MS: i64 = 1_000_000;
+    /// 2026-06-01T10:00:00+08:00.
+    const WALL: i64 = 1_780_279_200_000_000_000;
+
+    /// Under a flood of batches that never lets the channel run empty, a pending off-delay still
+    /// returns within one tick period of its due time. Deterministic: the channel is full before the
+    /// core starts, and time is a manual clock that moves 1 ms per batch the core hands on, so no
+    /// real time passes in the test.
+    #[tokio::test]
+    async fn timers_run_on_time_under_a_flood() {
+        let pack = r#"rule(#{ id: "t.x", category: "electrical", severity: "minor",
+            watch: #{ points: ["x"] }, condition: |c| c.value > 1.0, off_delay: "1s" });"#;
+        let (engine, _, registry) = engine::tests::engine_with(pack, &["x", "y"]);
+        let (x, y) = (PointId(0), PointId(1));
+        assert_eq!(registry.point(y).name, "y");
+        let clock = Arc::new(ManualClock::new(WALL, 0));
+        let metrics = Arc::new(Metrics::new(vec![], vec![], 10));
+        let core = Core::new(registry, metrics, Arc::new(SamplePool::default()), 10)
+            .with_clock(clock.clone())
+            .with_engine(engine, vec![]);
+        let sample = |point: PointId, value: f64| {
+            Batch::new(vec![Sample { point, quality: Quality::Good, ts: WALL, value }], vec![])
+        };
+        // Raise, then 3 s of readings of a point the rule does not watch (only the timer can return
+        // the alarm), with the condition clearing 200 ms in.
+        const FLOOD: usize = 3_000;
+        let (tx, rx) = mpsc::channel::<Batch>(FLOOD + 2);
+        tx.try_send(sample(x, 5.0)).unwrap();
+        for i in 0..FLOOD {
+            tx.try_send(sample(y, 1.0)).unwrap();
+            if i == 200 {
+                tx.try_send(sample(x, 0.0)).unwrap();
+            }
+        }
+        drop(tx);
+        let (fwd_tx, mut fwd_rx) = mpsc::channel::<Batch>(1);
+        let (tap_tx, mut tap) = mpsc::unbounded_channel();
+        let (_handle, task) = spawn_with_tap(core, rx, None, Some(fwd_tx), Some(tap_tx));
+
+        let mut cleared = None;
+        let mut handed_on = 0;
+        while let Some(mut b) = fwd_rx.recv().await {
+            if b.samples.iter().any(|s| s.point == x && s.value == 0.0) {
+                cleared = Some(clock.wall_ns());
+            }
+            handed_on += 1;
+            b.confirm();
+            clock.advance(MS);
+        }
+        task.await.unwrap();
+        assert_eq!(handed_on, FLOOD + 2);
+        let cleared = cleared.expect("the clearing batch was handed on");
+        let changes: Vec<Change> = std::iter::from_fn(|| tap.try_recv().ok()).collect();
+        let returned = changes.iter().find_map(|c| match c {
+            Change::Update(u) if u.kind == "returned" => Some(u.at),
+            _ => None,
+        });
+        let returned = returned.unwrap_or_else(|| panic!("no return in {changes:?}"));
+        let due = cleared + 1_000 * MS;
+        assert!(
+            (due..=due + TICK.as_nanos() as i64 + 2 * MS).contains(&returned),
+            "returned {} ms after its due time (the flood lasted {} ms)",
+            (returned - due) / MS,
+            FLOOD
+        );
     }
 }

@@ -348,6 +348,8 @@ pub struct EvalEnv<'a> {
     pub states: &'a [PointState],
     pub prev: &'a [f64],
     pub changed_at: &'a [i64],
+    /// When each point's latest sample arrived (monotonic ns; `i64::MIN`: never).
+    pub received_at: &'a [i64],
     pub windows: &'a [Window],
     pub device_events: &'a [(String, i64)],
     pub params: &'a BTreeMap<String, Dynamic>,
@@ -356,6 +358,8 @@ pub struct EvalEnv<'a> {
     pub window: i64,
     /// Wall-clock now (UTC ns).
     pub now: i64,
+    /// Monotonic now (ns), for how long the gateway has heard nothing.
+    pub mono: i64,
 }
 
 thread_local! {
@@ -492,6 +496,15 @@ fn register_ctx(e: &mut Engine) {
             Ok(if s.has_value { (env.now - s.ts) as f64 / 1e9 } else { f64::INFINITY })
         })
     });
+    // Seconds since the gateway last received the point, on the monotonic clock: staleness that a
+    // step of the wall clock neither fakes nor hides (`age` is the sample's own age, by wall time).
+    e.register_fn("silent_for", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| {
+            let p = point_by_name(env, c.device, name)?;
+            let at = env.received_at.get(p.0 as usize).copied().unwrap_or(i64::MIN);
+            Ok(if at == i64::MIN { f64::INFINITY } else { env.mono.saturating_sub(at) as f64 / 1e9 })
+        })
+    });
     e.register_fn("unchanged_for", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
         env(|env| {
             let p = point_by_name(env, c.device, name)?;
@@ -524,6 +537,15 @@ fn register_ctx(e: &mut Engine) {
         e.register_fn(name, move |c: &mut Ctx, s: &str| aggregate(c, None, agg, s));
         e.register_fn(name, move |c: &mut Ctx, p: &str, s: &str| aggregate(c, Some(p), agg, s));
     }
+    // Limit comparisons that do not depend on float rounding (see `on_limit`).
+    e.register_fn("above", |v: f64, limit: f64| above(v, limit));
+    e.register_fn("below", |v: f64, limit: f64| below(v, limit));
+    e.register_fn("at_least", |v: f64, limit: f64| !below(v, limit));
+    e.register_fn("at_most", |v: f64, limit: f64| !above(v, limit));
+    e.register_fn("above", |v: i64, limit: f64| above(v as f64, limit));
+    e.register_fn("below", |v: i64, limit: f64| below(v as f64, limit));
+    e.register_fn("at_least", |v: i64, limit: f64| !below(v as f64, limit));
+    e.register_fn("at_most", |v: i64, limit: f64| !above(v as f64, limit));
     // Energy average of levels given directly, for scripts that combine points.
     e.register_fn("leq_of", |a: rhai::Array| -> f64 {
         let v: Vec<f64> = a.into_iter().filter_map(|x| x.as_float().ok()).collect();
@@ -532,6 +554,26 @@ fn register_ctx(e: &mut Engine) {
         }
         10.0 * (v.iter().map(|l| 10f64.powf(l / 10.0)).sum::<f64>() / v.len() as f64).log10()
     });
+}
+
+/// How far apart (relative, in units of `f64::EPSILON`) a value and a limit may be and still count as
+/// equal: a few ULPs, more than the rounding of the arithmetic that scales a limit or a deviation
+/// ((235.4 − 220) / 220 × 100 is 7.000000000000002 in f64) and far less than any instrument resolves.
+const LIMIT_ULPS: f64 = 8.0;
+
+/// Whether `v` equals `limit` up to the rounding of computing the limit.
+pub fn on_limit(v: f64, limit: f64) -> bool {
+    (v - limit).abs() <= LIMIT_ULPS * f64::EPSILON * v.abs().max(limit.abs())
+}
+
+/// `v` exceeds `limit`: strictly above and not on it. False for NaN.
+pub fn above(v: f64, limit: f64) -> bool {
+    v > limit && !on_limit(v, limit)
+}
+
+/// `v` falls short of `limit`: strictly below and not on it. False for NaN.
+pub fn below(v: f64, limit: f64) -> bool {
+    v < limit && !on_limit(v, limit)
 }
 
 /// Reads the result of a condition: `true` or a severity name holds, `false` or `()` does not.
@@ -627,6 +669,19 @@ mod tests {
         assert_eq!(verdict(Dynamic::UNIT, Severity::Major), Ok(None));
         assert_eq!(verdict(Dynamic::from("warning".to_string()), Severity::Major), Ok(Some(Severity::Warning)));
         assert!(verdict(Dynamic::from(3_i64), Severity::Major).is_err());
+    }
+
+    #[test]
+    fn limits_are_decided_exactly() {
+        let dev = (235.4 - 220.0) / 220.0 * 100.0;
+        assert!(dev > 7.0, "the rounding this guards against");
+        assert!(!above(dev, 7.0) && !below(dev, 7.0));
+        let upper = 220.0 * (100.0 + 7.0) / 100.0;
+        assert!(!above(235.4, upper) && !below(235.4, upper));
+        assert!(above(235.400_000_001, upper) && below(235.399_999_999, upper));
+        assert!(below(197.999_999_9, 220.0 * 0.9) && !below(198.0, 220.0 * 0.9));
+        assert!(!above(f64::NAN, 1.0) && !below(f64::NAN, 1.0));
+        assert!(on_limit(0.0, 0.0) && above(1e-9, 0.0) && below(-1e-9, 0.0));
     }
 
     #[test]
