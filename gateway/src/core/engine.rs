@@ -20,7 +20,7 @@ use super::rules::{self, Calendar, Ctx, EvalEnv, Rule, RuleSet};
 use super::window::Window;
 use super::PointState;
 use crate::model::time::Now;
-use crate::model::{DeviceId, Event, PointId, Registry, Sample};
+use crate::model::{DeviceId, Event, PointId, Quality, Registry, Sample};
 
 /// Most recent events kept per device for `events(kind, span)`.
 const DEVICE_EVENTS_KEPT: usize = 256;
@@ -77,7 +77,7 @@ pub struct Maintenance {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub calendar: Calendar,
-    /// Most samples a point's window keeps.
+    /// Most time buckets a point's window keeps (`rules.window_samples`); longer spans use coarser buckets.
     pub window_cap: usize,
     pub chatter_count: usize,
     pub chatter_window: i64,
@@ -312,7 +312,7 @@ impl Engine {
             }
         }
         if let Some(w) = self.windows.get_mut(i) {
-            w.push(s.ts, s.value);
+            w.push(s.ts, s.value, s.quality == Quality::Good);
         }
         if let Some(slots) = self.point_slots.get(i) {
             for &slot in slots {
