@@ -824,4 +824,63 @@ mod tests {
         assert!(!cal.is_night(t));
         assert!(cal.is_night(t + 1_000_000_000));
     }
+
+    fn shanghai() -> Calendar {
+        Calendar { tz: chrono_tz::Asia::Shanghai, night_start_min: 22 * 60, night_end_min: 6 * 60 }
+    }
+
+    /// 2026-06-01T00:00:00+08:00.
+    fn local_midnight() -> i64 {
+        chrono::Utc.with_ymd_and_hms(2026, 5, 31, 16, 0, 0).unwrap().timestamp_nanos_opt().unwrap()
+    }
+
+    #[test]
+    fn calendar_hours_and_days_are_local() {
+        let (cal, m) = (shanghai(), local_midnight());
+        assert_eq!(cal.day_start(m), m);
+        assert_eq!(cal.day_start(m - 1), m - 24 * HOUR_NS);
+        assert_eq!(cal.day_start(m + 23 * HOUR_NS + 59 * 60 * NS), m);
+        assert_eq!(cal.hour_start(m + 5 * HOUR_NS + 17 * 60 * NS + 3), m + 5 * HOUR_NS);
+        // Kolkata is UTC+05:30: its clock hours start on the half hour of UTC.
+        let kolkata = Calendar { tz: chrono_tz::Asia::Kolkata, ..cal };
+        let utc_hour = chrono::Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap().timestamp_nanos_opt().unwrap();
+        assert_eq!(kolkata.hour_start(utc_hour), utc_hour - 30 * 60 * NS);
+    }
+
+    /// A window of a day's history fed every minute over `minutes` of each hour listed, at `v`.
+    fn fed(hours: impl Iterator<Item = i64>, minutes: i64, v: f64) -> Window {
+        let mut w = Window::new(24 * HOUR_NS, 20_000);
+        let m = local_midnight();
+        for h in hours {
+            for min in 0..minutes {
+                w.push(m + h * HOUR_NS + min * 60 * NS, v, true);
+            }
+            // The reading that ends the last one's hold.
+            w.push(m + h * HOUR_NS + minutes * 60 * NS, f64::NAN, false);
+        }
+        w
+    }
+
+    #[test]
+    fn an_hour_is_valid_with_45_minutes_of_readings() {
+        let m = local_midnight();
+        assert_eq!(hour_mean_at(&fed(0..1, 45, 30.0), m), 30.0);
+        assert!(hour_mean_at(&fed(0..1, 44, 30.0), m).is_nan());
+    }
+
+    #[test]
+    fn a_day_is_valid_with_20_valid_hours() {
+        let (cal, m) = (shanghai(), local_midnight());
+        let next_day = m + 24 * HOUR_NS + NS;
+        assert_eq!(day_mean_at(&fed(0..20, 60, 40.0), &cal, next_day), (40.0, 20));
+        let (mean, hours) = day_mean_at(&fed(0..19, 60, 40.0), &cal, next_day);
+        assert!(mean.is_nan());
+        assert_eq!(hours, 19);
+        // Hours with too few readings do not count, and do not drag the mean.
+        let mut w = fed(0..20, 60, 40.0);
+        for min in 0..30 {
+            w.push(m + 20 * HOUR_NS + min * 60 * NS, 1000.0, true);
+        }
+        assert_eq!(day_mean_at(&w, &cal, next_day), (40.0, 20));
+    }
 }
