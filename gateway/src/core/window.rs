@@ -122,7 +122,9 @@ pub struct Stats {
     pub tw_sum: f64,
     /// ∫ 10^(value/10) dt.
     pub tw_energy: f64,
+    /// Smallest valid sample (infinite when there is none).
     pub min: f64,
+    /// Largest valid sample (negative infinite when there is none).
     pub max: f64,
     /// Earliest sample (time, value), if any.
     pub first: Option<(i64, f64)>,
