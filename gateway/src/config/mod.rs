@@ -523,7 +523,7 @@ pub struct Rules {
     /// End of the night period, local time `HH:MM` (GB 12348: 06:00).
     #[serde(default = "default_night_end")]
     pub night_end: String,
-    /// Most samples a point keeps for window helpers (bounds memory per point).
+    /// Most time buckets per ring of a point's window; a ring needing more uses coarser buckets (bounds memory per point).
     #[serde(default = "default_window_cap")]
     pub window_samples: usize,
     /// This many alarm transitions within `chatter_window_secs` mark an alarm as chattering.

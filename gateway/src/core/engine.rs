@@ -20,7 +20,7 @@ use super::rules::{self, Calendar, Ctx, EvalEnv, Rule, RuleSet};
 use super::window::Window;
 use super::PointState;
 use crate::model::time::Now;
-use crate::model::{DeviceId, Event, PointId, Registry, Sample};
+use crate::model::{DeviceId, Event, PointId, Quality, Registry, Sample};
 
 /// Most recent events kept per device for `events(kind, span)`.
 const DEVICE_EVENTS_KEPT: usize = 256;
@@ -77,7 +77,7 @@ pub struct Maintenance {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub calendar: Calendar,
-    /// Most samples a point's window keeps.
+    /// Most time buckets a point's window keeps (`rules.window_samples`); longer spans use coarser buckets.
     pub window_cap: usize,
     pub chatter_count: usize,
     pub chatter_window: i64,
@@ -312,7 +312,7 @@ impl Engine {
             }
         }
         if let Some(w) = self.windows.get_mut(i) {
-            w.push(s.ts, s.value);
+            w.push(s.ts, s.value, s.quality == Quality::Good);
         }
         if let Some(slots) = self.point_slots.get(i) {
             for &slot in slots {
@@ -955,5 +955,73 @@ pub(crate) mod tests {
             ),
             "m1 in g1: 350.50 mA > 300 mA ({unknown})"
         );
+    }
+
+    /// 2026-06-01T00:00:00+08:00: local midnight at the site.
+    const MIDNIGHT: i64 = WALL - 10 * HOUR;
+
+    /// A rule that tells a day with data that still cannot be judged, next to the shipped GB 3095 rules.
+    const NOT_JUDGEABLE: &str = r#"
+        rule(#{ id: "t.pm25_day_not_judgeable", category: "emission", severity: "minor",
+                watch: #{ points: ["pm25"] }, window: "24h",
+                condition: |ctx| ctx.local_hour() == 0 && ctx.coverage("24h") > 0.5 && !ctx.valid_day() });"#;
+
+    /// A reading per second of a test day (None: no reading).
+    type Signal<'a> = &'a dyn Fn(i64) -> Option<f64>;
+
+    /// Feeds `pm25` at 1 Hz for 26 h from local midnight (`value(second)`, None: no reading) to the
+    /// shipped rules; returns every rule raised and when (seconds from midnight).
+    fn pm25_at_1hz(value: Signal<'_>) -> Vec<(String, i64)> {
+        let pack = format!("{}\n{NOT_JUDGEABLE}", include_str!("../../../rules/emissions.rhai"));
+        let (mut e, mut states, _) = engine_with(&pack, &["pm25"]);
+        let mut raised = Vec::new();
+        for s in 0..26 * 3600 {
+            let Some(v) = value(s) else { continue };
+            sample(&mut e, &mut states, v, Now { wall: MIDNIGHT + s * S, mono: s * S });
+            for c in e.take_changes() {
+                if let Change::Open(n) = c {
+                    raised.push((n.rule.to_string(), (n.at - MIDNIGHT) / S));
+                }
+            }
+        }
+        raised
+    }
+
+    /// GB 3095 by hand: the mean of the hourly means of the first day's hours with at least 45
+    /// minutes of readings, if at least 20 hours have them.
+    fn day_mean_by_hand(value: Signal<'_>) -> Option<f64> {
+        let hours: Vec<f64> = (0..24)
+            .filter_map(|h| {
+                let v: Vec<f64> = (h * 3600..(h + 1) * 3600).filter_map(value).collect();
+                (v.len() >= 45 * 60).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            })
+            .collect();
+        (hours.len() >= 20).then(|| hours.iter().sum::<f64>() / hours.len() as f64)
+    }
+
+    #[test]
+    fn pm25_daily_mean_at_1hz_is_judged_on_the_calendar_day() {
+        let limit = 75.0;
+        // Hours alternate around 63 and 93 µg/m³ (mean about 78), with a ripple inside each hour.
+        let high = |s: i64| Some(if (s / 3600) % 2 == 0 { 60.0 } else { 90.0 } + (s % 7) as f64);
+        // The same with hours 3 to 7 missing: 19 valid hours.
+        let gappy = |s: i64| if (3 * 3600..8 * 3600).contains(&s) { None } else { high(s) };
+        // Hours alternate 70 and 80: a mean of exactly 75, on the limit.
+        let on_limit = |s: i64| Some(if (s / 3600) % 2 == 0 { 70.0 } else { 80.0 });
+        let cases: [(&str, Signal<'_>); 3] =
+            [("high", &high), ("five hours missing", &gappy), ("on the limit", &on_limit)];
+        for (name, value) in cases {
+            let by_hand = day_mean_by_hand(value);
+            let expected: Vec<(String, i64)> = match by_hand {
+                // Judged with the first reading of the next local day.
+                Some(m) if m > limit => vec![("emission.pm25_24h".into(), 24 * 3600)],
+                Some(_) => vec![],
+                None => vec![("t.pm25_day_not_judgeable".into(), 24 * 3600)],
+            };
+            assert_eq!(pm25_at_1hz(value), expected, "{name}: day mean by hand {by_hand:?}");
+        }
+        assert!(day_mean_by_hand(&high).is_some_and(|m| m > limit));
+        assert_eq!(day_mean_by_hand(&gappy), None);
+        assert_eq!(day_mean_by_hand(&on_limit), Some(75.0));
     }
 }

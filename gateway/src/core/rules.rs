@@ -7,6 +7,32 @@
 //!
 //! Helpers read the core's state through [`EvalEnv`], installed for the duration of one evaluation
 //! (see [`with_env`]); nothing in a script can keep a reference to it.
+//!
+//! # Window helpers
+//!
+//! They read the point's [`Window`] (time buckets, see `core/window.rs`) over a span ending at the
+//! triggering sample and starting at most one bucket earlier than asked (1 s buckets for windows up
+//! to 10 min, 1 min beyond). Only good, finite readings count; each holds its value until the next
+//! reading, for at most 15 minutes. Each takes the span, optionally after a point name of the device:
+//! - `avg`: time-weighted mean (a burst of fast samples does not outweigh an hour of slow ones);
+//! - `leq`: time-weighted energy mean of sound levels, 10·log10(mean of 10^(L/10));
+//! - `min`, `max`: of the samples; `count`: the number of valid samples;
+//! - `delta`: last value minus the value in force at the span's start; `rate`: delta per second;
+//! - `coverage`: the fraction of the span covered by valid readings, 0 to 1.
+//!
+//! All but `count` and `coverage` are NaN (every comparison false) until the window has seen the
+//! whole span.
+//!
+//! # Calendar helpers
+//!
+//! Averages as GB 3095-2012 §8 (data validity) defines them, on the site's local clock; each takes an
+//! optional point name:
+//! - `hour_mean()`: time-weighted mean of the last complete clock hour, NaN unless valid readings
+//!   cover at least 45 minutes of it (`valid_hour()`); needs a declared `window` of 1 h or more;
+//! - `day_mean()`: mean of the valid hourly means of the last complete local calendar day, NaN
+//!   unless at least 20 hours are valid (`valid_day()`); needs a declared `window` of 24 h or more.
+//!
+//! NaN means "not judgeable": a rule that must tell it from a value asks `valid_hour` / `valid_day`.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -331,6 +357,24 @@ impl Calendar {
         t.hour() * 60 + t.minute()
     }
 
+    /// The start (UTC ns) of the local clock hour containing `ts`.
+    pub fn hour_start(&self, ts: i64) -> i64 {
+        let t = self.tz.timestamp_nanos(ts);
+        ts - (i64::from(t.minute()) * 60 + i64::from(t.second())) * NS - i64::from(t.nanosecond())
+    }
+
+    /// The start (UTC ns) of the local calendar day containing `ts`.
+    pub fn day_start(&self, ts: i64) -> i64 {
+        let t = self.tz.timestamp_nanos(ts);
+        let midnight = t.date_naive().and_time(chrono::NaiveTime::MIN);
+        self.tz
+            .from_local_datetime(&midnight)
+            .earliest()
+            .and_then(|d| d.timestamp_nanos_opt())
+            // Midnight skipped by a daylight-saving change: the day starts when the clock says 00:xx.
+            .unwrap_or_else(|| ts - i64::from(t.num_seconds_from_midnight()) * NS - i64::from(t.nanosecond()))
+    }
+
     /// Whether `ts` falls in the night period.
     pub fn is_night(&self, ts: i64) -> bool {
         let m = self.local_minutes(ts);
@@ -422,6 +466,84 @@ fn aggregate(ctx: &Ctx, point: Option<&str>, agg: Agg, s: &str) -> Result<f64, B
         };
         let span = span(env, s)?;
         Ok(env.windows.get(p.0 as usize).map_or(f64::NAN, |w| w.aggregate(agg, span, ctx.ts)))
+    })
+}
+
+/// Nanoseconds per second.
+const NS: i64 = 1_000_000_000;
+/// Nanoseconds per hour.
+const HOUR_NS: i64 = 3_600 * NS;
+/// Seconds of valid readings that make a clock hour's mean valid (GB 3095-2012 §8).
+const HOUR_VALID_SECS: f64 = 45.0 * 60.0;
+/// Valid hourly means that make a calendar day's mean valid (GB 3095-2012 §8).
+const DAY_VALID_HOURS: usize = 20;
+
+/// The mean of the clock hour starting at `h`, NaN unless it is valid.
+fn hour_mean_at(w: &Window, h: i64) -> f64 {
+    let st = w.interval(h, h + HOUR_NS);
+    if st.held >= HOUR_VALID_SECS {
+        st.mean()
+    } else {
+        f64::NAN
+    }
+}
+
+/// The mean of the valid hourly means of the local day before the one containing `ts`, NaN unless
+/// enough hours are valid; and how many are.
+fn day_mean_at(w: &Window, cal: &Calendar, ts: i64) -> (f64, usize) {
+    let today = cal.day_start(ts);
+    let (mut sum, mut n) = (0.0, 0usize);
+    let mut h = cal.day_start(today - 1);
+    while h < today {
+        let m = hour_mean_at(w, h);
+        if !m.is_nan() {
+            sum += m;
+            n += 1;
+        }
+        h += HOUR_NS;
+    }
+    (if n >= DAY_VALID_HOURS { sum / n as f64 } else { f64::NAN }, n)
+}
+
+/// Runs a calendar helper on the window of `point` (or the triggering point); `need` is the
+/// declared window it requires.
+fn calendar_helper(
+    ctx: &Ctx,
+    point: Option<&str>,
+    name: &str,
+    need: i64,
+    f: impl FnOnce(&Window, &Calendar, i64) -> f64,
+) -> Result<f64, Box<EvalAltResult>> {
+    env(|env| {
+        let p = match point {
+            Some(n) => point_by_name(env, ctx.device, n)?,
+            None => {
+                ctx.point.ok_or_else(|| format!("this rule runs on events: name the point, e.g. {name}(\"pm25\")"))?
+            }
+        };
+        if env.window < need {
+            return Err(format!("{name} needs the rule to declare a `window` of at least {}h", need / HOUR_NS).into());
+        }
+        Ok(env.windows.get(p.0 as usize).map_or(f64::NAN, |w| f(w, &env.calendar, ctx.ts)))
+    })
+}
+
+fn hour_mean(c: &Ctx, p: Option<&str>) -> Result<f64, Box<EvalAltResult>> {
+    calendar_helper(c, p, "hour_mean", HOUR_NS, |w, cal, ts| hour_mean_at(w, cal.hour_start(ts) - HOUR_NS))
+}
+
+fn day_mean(c: &Ctx, p: Option<&str>) -> Result<f64, Box<EvalAltResult>> {
+    calendar_helper(c, p, "day_mean", 24 * HOUR_NS, |w, cal, ts| day_mean_at(w, cal, ts).0)
+}
+
+fn coverage(ctx: &Ctx, point: Option<&str>, s: &str) -> Result<f64, Box<EvalAltResult>> {
+    env(|env| {
+        let p = match point {
+            Some(name) => point_by_name(env, ctx.device, name)?,
+            None => ctx.point.ok_or("this rule runs on events: name the point, e.g. coverage(\"pm25\", \"24h\")")?,
+        };
+        let span = span(env, s)?;
+        Ok(env.windows.get(p.0 as usize).map_or(0.0, |w| w.coverage(span, ctx.ts)))
     })
 }
 
@@ -537,6 +659,16 @@ fn register_ctx(e: &mut Engine) {
         e.register_fn(name, move |c: &mut Ctx, s: &str| aggregate(c, None, agg, s));
         e.register_fn(name, move |c: &mut Ctx, p: &str, s: &str| aggregate(c, Some(p), agg, s));
     }
+    e.register_fn("coverage", |c: &mut Ctx, s: &str| coverage(c, None, s));
+    e.register_fn("coverage", |c: &mut Ctx, p: &str, s: &str| coverage(c, Some(p), s));
+    e.register_fn("hour_mean", |c: &mut Ctx| hour_mean(c, None));
+    e.register_fn("hour_mean", |c: &mut Ctx, p: &str| hour_mean(c, Some(p)));
+    e.register_fn("valid_hour", |c: &mut Ctx| hour_mean(c, None).map(|m| !m.is_nan()));
+    e.register_fn("valid_hour", |c: &mut Ctx, p: &str| hour_mean(c, Some(p)).map(|m| !m.is_nan()));
+    e.register_fn("day_mean", |c: &mut Ctx| day_mean(c, None));
+    e.register_fn("day_mean", |c: &mut Ctx, p: &str| day_mean(c, Some(p)));
+    e.register_fn("valid_day", |c: &mut Ctx| day_mean(c, None).map(|m| !m.is_nan()));
+    e.register_fn("valid_day", |c: &mut Ctx, p: &str| day_mean(c, Some(p)).map(|m| !m.is_nan()));
     // Limit comparisons that do not depend on float rounding (see `on_limit`).
     e.register_fn("above", |v: f64, limit: f64| above(v, limit));
     e.register_fn("below", |v: f64, limit: f64| below(v, limit));
@@ -691,5 +823,64 @@ mod tests {
         let t = chrono::Utc.with_ymd_and_hms(2026, 6, 1, 13, 59, 59).unwrap().timestamp_nanos_opt().unwrap();
         assert!(!cal.is_night(t));
         assert!(cal.is_night(t + 1_000_000_000));
+    }
+
+    fn shanghai() -> Calendar {
+        Calendar { tz: chrono_tz::Asia::Shanghai, night_start_min: 22 * 60, night_end_min: 6 * 60 }
+    }
+
+    /// 2026-06-01T00:00:00+08:00.
+    fn local_midnight() -> i64 {
+        chrono::Utc.with_ymd_and_hms(2026, 5, 31, 16, 0, 0).unwrap().timestamp_nanos_opt().unwrap()
+    }
+
+    #[test]
+    fn calendar_hours_and_days_are_local() {
+        let (cal, m) = (shanghai(), local_midnight());
+        assert_eq!(cal.day_start(m), m);
+        assert_eq!(cal.day_start(m - 1), m - 24 * HOUR_NS);
+        assert_eq!(cal.day_start(m + 23 * HOUR_NS + 59 * 60 * NS), m);
+        assert_eq!(cal.hour_start(m + 5 * HOUR_NS + 17 * 60 * NS + 3), m + 5 * HOUR_NS);
+        // Kolkata is UTC+05:30: its clock hours start on the half hour of UTC.
+        let kolkata = Calendar { tz: chrono_tz::Asia::Kolkata, ..cal };
+        let utc_hour = chrono::Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap().timestamp_nanos_opt().unwrap();
+        assert_eq!(kolkata.hour_start(utc_hour), utc_hour - 30 * 60 * NS);
+    }
+
+    /// A window of a day's history fed every minute over `minutes` of each hour listed, at `v`.
+    fn fed(hours: impl Iterator<Item = i64>, minutes: i64, v: f64) -> Window {
+        let mut w = Window::new(24 * HOUR_NS, 20_000);
+        let m = local_midnight();
+        for h in hours {
+            for min in 0..minutes {
+                w.push(m + h * HOUR_NS + min * 60 * NS, v, true);
+            }
+            // The reading that ends the last one's hold.
+            w.push(m + h * HOUR_NS + minutes * 60 * NS, f64::NAN, false);
+        }
+        w
+    }
+
+    #[test]
+    fn an_hour_is_valid_with_45_minutes_of_readings() {
+        let m = local_midnight();
+        assert_eq!(hour_mean_at(&fed(0..1, 45, 30.0), m), 30.0);
+        assert!(hour_mean_at(&fed(0..1, 44, 30.0), m).is_nan());
+    }
+
+    #[test]
+    fn a_day_is_valid_with_20_valid_hours() {
+        let (cal, m) = (shanghai(), local_midnight());
+        let next_day = m + 24 * HOUR_NS + NS;
+        assert_eq!(day_mean_at(&fed(0..20, 60, 40.0), &cal, next_day), (40.0, 20));
+        let (mean, hours) = day_mean_at(&fed(0..19, 60, 40.0), &cal, next_day);
+        assert!(mean.is_nan());
+        assert_eq!(hours, 19);
+        // Hours with too few readings do not count, and do not drag the mean.
+        let mut w = fed(0..20, 60, 40.0);
+        for min in 0..30 {
+            w.push(m + 20 * HOUR_NS + min * 60 * NS, 1000.0, true);
+        }
+        assert_eq!(day_mean_at(&w, &cal, next_day), (40.0, 20));
     }
 }
