@@ -469,9 +469,10 @@ mod tests {
     use super::*;
     use crate::config;
 
-    const NOW: i64 = 1_795_000_000_000_000_000;
+    pub(super) const NOW: i64 = 1_795_000_000_000_000_000;
 
-    fn registry() -> Registry {
+    /// Two grids, a meter with three points and an access device; shared with the property tests.
+    pub(super) fn registry() -> Registry {
         let text = r#"
 [site]
 id = "p"

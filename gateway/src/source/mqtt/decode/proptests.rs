@@ -5,31 +5,10 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use super::*;
-use crate::config;
 
-const NOW: i64 = 1_795_000_000_000_000_000;
+use super::tests::{registry, NOW};
+
 const S: i64 = 1_000_000_000;
-
-fn registry() -> Registry {
-    let text = r#"
-[site]
-id = "p"
-[[grids]]
-id = "g1"
-[[grids]]
-id = "g2"
-[[devices]]
-id = "m1"
-grid = "g1"
-category = "electrical"
-points = [{ name = "ua" }, { name = "ia" }, { name = "rc" }]
-[[devices]]
-id = "d1"
-grid = "g1"
-category = "access"
-"#;
-    Registry::from_config(&config::from_str(text, "t".as_ref(), ".".as_ref()).unwrap())
-}
 
 const UNITS: [&str; 5] = ["s", "ms", "us", "ns", "rfc3339"];
 
