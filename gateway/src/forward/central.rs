@@ -55,6 +55,9 @@ pub struct CentralMetrics {
 /// Sink name of the central publisher's cursor in the incident database.
 const SINK: &str = "central_mqtt";
 
+/// How often the publisher's cursor is saved while it moves.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(500);
+
 /// Publishes not acknowledged by the broker at most; more waits in the change log.
 const IN_FLIGHT: usize = 200;
 
@@ -88,6 +91,11 @@ pub async fn run(
         }
     };
     let mut backoff = Duration::from_millis(500);
+    // The cursor is saved now and then, not per acknowledgement: a crash sends at most the last
+    // moment's changes again (at-least-once), and the incident database is not written per publish.
+    let mut saved = cursor;
+    let mut save_every = tokio::time::interval(CURSOR_SAVE_EVERY);
+    save_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'connection: loop {
         let (client, mut eventloop) = AsyncClient::new(options.clone(), IN_FLIGHT * 2);
         let mut flight = InFlight::new(cursor);
@@ -97,6 +105,12 @@ pub async fn run(
             metrics.lag.store(committed.borrow().saturating_sub(cursor).max(0) as u64, Ordering::Relaxed);
             tokio::select! {
                 () = shutdown.cancelled() => break 'connection,
+                _ = save_every.tick(), if cursor > saved => {
+                    match log.save_cursor(SINK, cursor) {
+                        Ok(()) => saved = cursor,
+                        Err(e) => debug!(error = %e, "Cannot save the central publisher's cursor; changes may be sent again after a restart."),
+                    }
+                }
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
@@ -112,9 +126,6 @@ pub async fn run(
                             if done > cursor {
                                 metrics.delivered.fetch_add(flight.take_delivered(), Ordering::Relaxed);
                                 cursor = done;
-                                if let Err(e) = log.save_cursor(SINK, cursor) {
-                                    debug!(error = %e, "Cannot save the central publisher's cursor; changes may be sent again after a restart.");
-                                }
                             }
                         }
                     }
@@ -168,6 +179,11 @@ pub async fn run(
         }
     }
     metrics.connected.store(false, Ordering::Relaxed);
+    if cursor > saved {
+        if let Err(e) = log.save_cursor(SINK, cursor) {
+            warn!(error = %e, "Cannot save the central publisher's cursor; changes may be sent again after a restart.");
+        }
+    }
     info!("Central MQTT publisher stopping.");
     goodbye(&options, &topics, offline).await;
 }
