@@ -434,8 +434,6 @@ pub enum Fault {
     /// Answer 400 with this message to every request whose body contains the marker, and forward the
     /// others; stays in force until [`FaultProxy::clear`].
     RejectMarked(&'static str, &'static str),
-    /// Forward every request after this delay: a slow store; stays in force until [`FaultProxy::clear`].
-    Slow(Duration),
 }
 
 /// One request the proxy saw: when, what it answered, and the body.
@@ -500,10 +498,6 @@ impl FaultProxy {
                                 }
                                 since = None;
                                 plan.pop_front();
-                            }
-                            Some(Fault::Slow(d)) => {
-                                std::thread::sleep(d);
-                                break None;
                             }
                             Some(Fault::RejectMarked(marker, msg)) => {
                                 break text.contains(marker).then(|| (400, String::new(), msg.to_owned()));
