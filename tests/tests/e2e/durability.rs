@@ -180,12 +180,12 @@ fn wait_connected(gw: &Gateway, p: &Publisher) {
 fn assert_sinks_complete(gw: &Gateway, store: &Victoria, watcher: &Subscriber, in_order: bool) {
     let db = changes_in_db(gw);
     let want: Vec<i64> = db.keys().copied().collect();
-    let stored = wait_until(Duration::from_secs(120), "every change as its own point in the store", || {
+    let stored = wait_until(Duration::from_secs(300), "every change as its own point in the store", || {
         let got = seqs_in_store(store);
         (got == want).then_some(got)
     });
     assert_eq!(stored.len(), db.len());
-    let published = wait_until(Duration::from_secs(120), "every change on central MQTT", || {
+    let published = wait_until(Duration::from_secs(300), "every change on central MQTT", || {
         let got = seqs_on_mqtt(watcher);
         let set: BTreeSet<i64> = got.iter().copied().collect();
         want.iter().all(|s| set.contains(s)).then_some(got)
