@@ -105,6 +105,15 @@ fn park(mqtt: u16, store: &str, devices: usize, rules_dir: &std::path::Path) -> 
     })
 }
 
+/// A Mosquitto with `extra` configuration, a VictoriaMetrics and a rules directory holding `t.high`.
+fn peers(extra: &str) -> (Mosquitto, Victoria, tempfile::TempDir) {
+    let broker = Mosquitto::start(extra);
+    let store = Victoria::start();
+    let rules = tempfile::tempdir().unwrap();
+    high_rule(rules.path());
+    (broker, store, rules)
+}
+
 fn high_rule(dir: &std::path::Path) {
     std::fs::write(
         dir.join("high.rhai"),
@@ -208,10 +217,7 @@ fn assert_sinks_complete(gw: &Gateway, store: &Victoria, watcher: &Subscriber, i
 
 #[test]
 fn an_incident_storm_reaches_the_store_and_central_mqtt_change_by_change() {
-    let broker = Mosquitto::start("max_inflight_messages 1000");
-    let store = Victoria::start();
-    let rules = tempfile::tempdir().unwrap();
-    high_rule(rules.path());
+    let (broker, store, rules) = peers("max_inflight_messages 1000");
     let gw = Gateway::start(&park(broker.port, &store.url(), DEVICES, rules.path()));
     let watcher = Subscriber::connect(broker.port, "central-watch", "parkwatch/xh/incidents/#");
     let p = Publisher::connect(broker.port, "storm-pub");
@@ -232,10 +238,7 @@ fn an_incident_storm_reaches_the_store_and_central_mqtt_change_by_change() {
 
 #[test]
 fn a_crash_in_an_incident_storm_loses_no_acknowledged_change() {
-    let broker = Mosquitto::start("max_inflight_messages 1000");
-    let store = Victoria::start();
-    let rules = tempfile::tempdir().unwrap();
-    high_rule(rules.path());
+    let (broker, store, rules) = peers("max_inflight_messages 1000");
     let mut gw = Gateway::start(&park(broker.port, &store.url(), DEVICES, rules.path()));
     let watcher = Subscriber::connect(broker.port, "central-watch-2", "parkwatch/xh/incidents/#");
     let p = Publisher::connect(broker.port, "storm-pub-2");
@@ -300,11 +303,8 @@ fn ready(gw: &Gateway, failed: Option<&str>) -> Option<()> {
 
 #[test]
 fn a_full_outbox_disk_stops_acknowledgements_and_loses_nothing() {
-    let broker = Mosquitto::start("max_inflight_messages 1000");
-    let store = Victoria::start();
+    let (broker, store, rules) = peers("max_inflight_messages 1000");
     let disk = parkwatch_e2e::SmallDisk::mount(16 << 20);
-    let rules = tempfile::tempdir().unwrap();
-    high_rule(rules.path());
     let outbox = disk.path.join("outbox.db");
     // Small batches: what the appender holds while the disk is full soon exceeds its bound, so the
     // rest is left unacknowledged for the broker to deliver again.
@@ -357,11 +357,8 @@ fn a_full_outbox_disk_stops_acknowledgements_and_loses_nothing() {
 
 #[test]
 fn a_full_incident_disk_keeps_the_incident_visible_and_delivers_it_when_space_returns() {
-    let broker = Mosquitto::start("");
-    let store = Victoria::start();
+    let (broker, store, rules) = peers("");
     let disk = parkwatch_e2e::SmallDisk::mount(16 << 20);
-    let rules = tempfile::tempdir().unwrap();
-    high_rule(rules.path());
     let incidents = disk.path.join("incidents.db");
     let gw = Gateway::start(&meter(
         broker.port,
@@ -407,10 +404,7 @@ fn a_full_incident_disk_keeps_the_incident_visible_and_delivers_it_when_space_re
 
 #[test]
 fn poison_messages_cost_one_message_each() {
-    let broker = Mosquitto::start("");
-    let store = Victoria::start();
-    let rules = tempfile::tempdir().unwrap();
-    high_rule(rules.path());
+    let (broker, store, rules) = peers("");
     let gw = Gateway::start(&meter(
         broker.port,
         &store.url(),
