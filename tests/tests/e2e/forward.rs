@@ -456,14 +456,14 @@ fn incidents_and_status_reach_the_central_broker() {
     wait_until(Duration::from_secs(30), "the cleared retained alarm", || {
         watcher.seen().into_iter().find(|(t, m, _)| *t == alarm_topic && m.is_empty())
     });
+    // The incident also reached the store.
+    wait_until(Duration::from_secs(60), "the incident in the store", || {
+        let s = store.export(r#"{__name__="incident_id"}"#);
+        (s.first()?["metric"]["rule"] == "t.high").then_some(())
+    });
     // A late subscriber sees no retained alarm for it, and the gateway says offline when it stops.
     assert!(gw.signal("TERM").success());
     wait_until(Duration::from_secs(30), "the offline status", || {
         watcher.seen().into_iter().find(|(t, m, _)| t == "parkwatch/xh/status" && m.contains("offline"))
-    });
-    // The incident also reached the store.
-    wait_until(Duration::from_secs(30), "the incident in the store", || {
-        let s = store.export(r#"{__name__="incident_id"}"#);
-        (s.first()?["metric"]["rule"] == "t.high").then_some(())
     });
 }
