@@ -33,6 +33,37 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Waits until `read` returns `target`, for as long as it keeps moving: fails when it has not changed
+/// for `stall`, or after `limit` in all. A loaded machine is slow, not stuck; a stuck pipeline is.
+pub fn wait_for_count(
+    what: &str,
+    target: f64,
+    stall: Duration,
+    limit: Duration,
+    mut read: impl FnMut() -> Option<f64>,
+) {
+    let start = Instant::now();
+    let mut last = None;
+    let mut moved = Instant::now();
+    loop {
+        let now = read();
+        if now == Some(target) {
+            return;
+        }
+        if now != last {
+            last = now;
+            moved = Instant::now();
+        }
+        assert!(
+            moved.elapsed() < stall && start.elapsed() < limit,
+            "waiting for {what}: reached {last:?} of {target} after {:?}, unchanged for {:?}",
+            start.elapsed(),
+            moved.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// The `parkwatch` binary, built once per test run in the profile the tests are built in.
 /// `PARKWATCH_BIN` names another one (a profiler wrapper, an installed build).
 pub fn gateway_bin() -> PathBuf {
