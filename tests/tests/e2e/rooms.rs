@@ -16,6 +16,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("source", &["config", "metrics"][..]),
         ("core", &["config", "metrics"][..]),
         ("incident", &[][..]),
+        ("audit", &[][..]),
         // The change log it reads; the core's handle to raise `system` incidents.
         ("forward", &["config", "incident", "core"][..]),
         ("broker", &["config"][..]),
