@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::api::{self, AppState};
+use crate::audit::{AuditLog, AuditReader};
 use crate::broker::{self, BrokerError};
 use crate::config::Config;
 use crate::core::packs::{self, Reloader};
@@ -40,6 +41,10 @@ pub enum AppError {
     Forward(#[from] crate::forward::ForwardError),
     #[error(transparent)]
     Modbus(#[from] crate::source::modbus::ModbusError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("API TLS: {0}")]
+    Tls(#[from] api::tls::TlsError),
     #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<PackError>),
 }
@@ -56,7 +61,7 @@ pub struct Extras {
 /// Runs the gateway until `shutdown` is cancelled, then stops cleanly.
 ///
 /// # Errors
-/// Start-up failures: a port already taken, unreadable TLS files.
+/// Start-up failures: a port already taken, unreadable TLS files, an audit log that cannot be opened.
 pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) -> Result<(), AppError> {
     let registry = Arc::new(Registry::from_config(&config));
     if config.broker.embedded {
@@ -72,9 +77,21 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     ));
     let pool = Arc::new(SamplePool::default());
     let (tx, rx) = mpsc::channel(config.core.channel_batches);
+    // A certificate that does not load stops the start: serving plain HTTP instead would be worse.
+    let tls = match config.api.tls() {
+        Some((cert, key)) => Some(api::tls::Tls::new(cert, key)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .map_err(|source| AppError::Bind { addr: config.api.listen, source })?;
+    let bind_err = |source| AppError::Bind { addr: config.api.listen, source };
+    let listener = match &tls {
+        Some(t) => api::tls::ApiListener::tls(listener, t).map_err(bind_err)?,
+        None => api::tls::ApiListener::plain(listener).map_err(bind_err)?,
+    };
+    let health = crate::model::health::Health::new();
+    let (audit, audit_thread) = AuditLog::open(&config.audit_path(), health.clone())?;
 
     // Incidents first: the engine continues the alarms that were open when the gateway stopped.
     let (conn, open, next_incident) = incident::open(&config.incidents.path)?;
@@ -117,7 +134,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let forwarder = if forwarding {
         let log = ChangeLog::open(&config.incidents.path)?;
         let incidents = Some((log, store.committed()));
-        Some(crate::forward::start(&config, registry.clone(), pool.clone(), fwd_rx, incidents, handle.clone())?)
+        let trail = Some((AuditReader::open(audit.path())?, audit.committed()));
+        Some(crate::forward::start(&config, registry.clone(), pool.clone(), fwd_rx, incidents, trail, handle.clone())?)
     } else {
         drop(fwd_rx);
         None
@@ -158,8 +176,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         reloader: Some(reloader),
         forward: forwarder.as_ref().map(|f| f.metrics.clone()),
         modbus: modbus_status,
-        health: crate::model::health::Health::new(),
+        health,
         central: central_metrics,
+        audit: Some(audit.clone()),
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {
@@ -185,10 +204,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let api_stop = CancellationToken::new();
     let api = {
         let stop = api_stop.clone();
-        let router = api::router(state);
-        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await })
+        let app = api::router(state).into_make_service_with_connect_info::<api::tls::Peer>();
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
     };
-    info!(api = %config.api.listen, brokers = config.mqtt.brokers.len(), devices = registry.devices.len(), points = registry.points.len(), "parkwatch running.");
+    let tls_task = tls.map(|t| tokio::spawn(t.reload_on_sighup(shutdown.clone())));
+    info!(api = %config.api.listen, https = tls_task.is_some(), brokers = config.mqtt.brokers.len(), devices = registry.devices.len(), points = registry.points.len(), "parkwatch running.");
 
     let modbus_devices: std::collections::HashSet<String> =
         config.devices.iter().filter(|d| d.modbus.is_some()).map(|d| d.id.clone()).collect();
@@ -224,6 +244,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let _ = t.await;
     }
     let _ = reload_task.await;
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
     // Every sender is gone now: the core drains what is queued, persists its incident changes, stops.
     let _ = core_task.await;
     // The last incident changes are committed before the sinks read them one last time.
@@ -243,6 +266,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     drop(store);
     let _ =
         tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || store_thread.join())).await;
+    // Likewise the audit trail, once the API (the last to record) has stopped.
+    drop(audit);
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || audit_thread.join())).await;
     if let Ok(Ok(Err(e))) = served {
         return Err(AppError::Serve(e));
     }

@@ -1,5 +1,5 @@
 //! The `parkwatch` command: run, check a config, run the demo park, test rules, replay dead letters,
-//! or show a running gateway's health.
+//! verify the audit trail, or show a running gateway's health.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +72,25 @@ enum Command {
         #[command(subcommand)]
         command: ForwardCommand,
     },
+    /// Work with the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit trail's hash chain record by record and name the first broken record.
+    ///
+    /// Exit status: 0 intact, 1 a record is broken (edited, removed, unreadable), 2 the trail cannot be read.
+    Verify {
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/parkwatch/parkwatch.toml")]
+        config: PathBuf,
+        /// Language of the report.
+        #[arg(long, value_enum, default_value_t = Lang::Zh)]
+        lang: Lang,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,7 +109,7 @@ enum ForwardCommand {
     },
 }
 
-/// Language of `parkwatch status`.
+/// Language of `parkwatch status` and `parkwatch audit verify`.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Lang {
     /// 中文
@@ -137,6 +156,7 @@ fn main() -> ExitCode {
             report(replay(&config, target.as_deref(), dry_run))
         }
         Command::Status { url, lang } => status(&url, lang),
+        Command::Audit { command: AuditCommand::Verify { config, lang } } => audit_verify(&config, lang),
     }
 }
 
@@ -321,6 +341,65 @@ fn demo(
         result?;
         Ok(())
     })
+}
+
+fn audit_verify(file: &Path, lang: Lang) -> ExitCode {
+    use parkwatch::audit::verify_file;
+    let config = match config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("parkwatch: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = config.audit_path();
+    match verify_file(&path) {
+        Ok(v) => {
+            let (text, code) = verify_report(&path, &v, lang);
+            println!("{text}");
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            match lang {
+                Lang::Zh => eprintln!("parkwatch: 无法读取审计日志 {}: {e}", path.display()),
+                Lang::En => eprintln!("parkwatch: error: cannot read the audit trail {}: {e}", path.display()),
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The operator's report of a verification and its exit status (0 intact, 1 broken).
+fn verify_report(path: &Path, v: &parkwatch::audit::Verified, lang: Lang) -> (String, u8) {
+    use parkwatch::audit::chain::Fault;
+    use parkwatch::audit::Verified;
+    let file = path.display();
+    let broken = match v {
+        Verified::Intact { records } => {
+            return match lang {
+                Lang::Zh => (format!("审计日志 {file}: 完整，{records} 条记录，哈希链校验通过"), 0),
+                Lang::En => (format!("audit trail {file}: intact, {records} records, hash chain verified"), 0),
+            }
+        }
+        Verified::Broken(b) => b,
+    };
+    let seq = if broken.seq < 0 { "?".to_owned() } else { broken.seq.to_string() };
+    let what = match (&broken.fault, lang) {
+        (Fault::HashMismatch, Lang::Zh) => "哈希不符：该记录的内容被修改".to_owned(),
+        (Fault::HashMismatch, Lang::En) => "hash mismatch: the record was edited".to_owned(),
+        (Fault::PrevLink, Lang::Zh) => "与前一条记录的链接断开：prev_hash 不是前一条记录的哈希".to_owned(),
+        (Fault::PrevLink, Lang::En) => "prev link broken: its prev_hash is not the previous record's hash".to_owned(),
+        (Fault::Gap { expected }, Lang::Zh) => format!("序号不连续：应为 {expected}，之前的记录被删除"),
+        (Fault::Gap { expected }, Lang::En) => {
+            format!("gap in seq: expected {expected}, records before it were removed")
+        }
+        (Fault::Unreadable { field }, Lang::Zh) => format!("字段 {field} 无法读取：类型被改动"),
+        (Fault::Unreadable { field }, Lang::En) => format!("field {field} unreadable: not of its type"),
+    };
+    match lang {
+        Lang::Zh => (format!("审计日志 {file}: 第 {seq} 条记录损坏（seq {seq}）：{what}"), 1),
+        Lang::En => (format!("audit trail {file}: record seq {seq} is broken: {what}"), 1),
+    }
 }
 
 fn rules_test(files: &[PathBuf], dir: Option<&Path>) -> ExitCode {
@@ -540,6 +619,28 @@ mod tests {
         assert_eq!(lines[2], "modbus:bus1   降级  offline: 电表1          2023-11-15 06:13:20");
         assert_eq!(lines[3], "outbox        正常  -                       2023-11-15 06:13:20");
         assert_eq!(lines[4], "时区: Asia/Shanghai");
+    }
+
+    #[test]
+    fn audit_reports_name_the_broken_record_in_both_languages() {
+        use parkwatch::audit::chain::{Broken, Fault};
+        use parkwatch::audit::Verified;
+        let path = Path::new("/var/lib/parkwatch/audit.db");
+        let broken = Verified::Broken(Broken { seq: 3, fault: Fault::HashMismatch });
+        let (zh, code) = verify_report(path, &broken, Lang::Zh);
+        assert_eq!(code, 1);
+        assert_eq!(zh, "审计日志 /var/lib/parkwatch/audit.db: 第 3 条记录损坏（seq 3）：哈希不符：该记录的内容被修改");
+        let gap = Verified::Broken(Broken { seq: 5, fault: Fault::Gap { expected: 4 } });
+        let (en, _) = verify_report(path, &gap, Lang::En);
+        assert_eq!(
+            en,
+            "audit trail /var/lib/parkwatch/audit.db: record seq 5 is broken: gap in seq: expected 4, records before it were removed"
+        );
+        let (ok, code) = verify_report(path, &Verified::Intact { records: 12 }, Lang::En);
+        assert_eq!(
+            (ok.as_str(), code),
+            ("audit trail /var/lib/parkwatch/audit.db: intact, 12 records, hash chain verified", 0)
+        );
     }
 
     #[test]

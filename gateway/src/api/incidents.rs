@@ -8,7 +8,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::{outcome, reason, Source};
 use super::{ApiError, AppState};
+use crate::audit::AuditEvent;
 use crate::core::engine::{Action, ActionError};
 use crate::core::rules::parse_duration;
 use crate::incident::{Filter, IncidentStore, Manual, StoreError};
@@ -83,7 +85,7 @@ pub(super) async fn one(State(st): State<AppState>, Path(id): Path<i64>) -> Resu
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ActBody {
     /// Who acts (an officer's id or name).
@@ -132,33 +134,111 @@ async fn act(st: &AppState, id: i64, action: Action, b: ActBody) -> Result<Respo
     }
 }
 
-pub(super) async fn ack(State(st): State<AppState>, Path(id): Path<i64>, b: Body) -> Result<Response, ApiError> {
-    act(&st, id, Action::Ack, body(b)?).await
-}
-
-pub(super) async fn close(State(st): State<AppState>, Path(id): Path<i64>, b: Body) -> Result<Response, ApiError> {
-    act(&st, id, Action::Close, body(b)?).await
-}
-
-pub(super) async fn shelve(State(st): State<AppState>, Path(id): Path<i64>, b: Body) -> Result<Response, ApiError> {
-    let b = body(b)?;
-    let action = match b.duration.as_deref() {
-        Some("0") | Some("0s") => Action::Unshelve,
-        Some(d) => {
-            let ns = parse_duration(d)
-                .filter(|ns| *ns > 0 && *ns <= 7 * 86_400 * 1_000_000_000)
-                .ok_or_else(|| ApiError::BadRequest(format!("duration={d:?}; expected 1s to 7d, like \"30m\"")))?;
-            Action::Shelve(now_ns() + ns)
+/// What an action request asked for, as its audit record's detail (never more than the client sent).
+fn describe(b: &ActBody) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in [("duration", &b.duration), ("note", &b.note), ("text", &b.text)] {
+        if let Some(v) = v.as_deref().filter(|v| !v.trim().is_empty()) {
+            parts.push(format!("{k}: {v}"));
         }
-        None => return Err(ApiError::BadRequest("`duration` is missing, like \"30m\" (\"0s\" unshelves)".into())),
-    };
-    act(&st, id, action, b).await
+    }
+    parts.join("; ")
 }
 
-pub(super) async fn comment(State(st): State<AppState>, Path(id): Path<i64>, b: Body) -> Result<Response, ApiError> {
-    let b = body(b)?;
+/// Records an action on incident `id` with the actor the request named, and passes its answer on.
+fn audited(
+    st: &AppState,
+    Source(source): Source,
+    action: &'static str,
+    id: i64,
+    b: Option<&ActBody>,
+    r: Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut detail = b.map(describe).unwrap_or_default();
+    let why = reason(&r);
+    if !why.is_empty() {
+        detail = if detail.is_empty() { why } else { format!("{detail}; {why}") };
+    }
+    st.audit(AuditEvent {
+        actor: b.map_or_else(|| "unknown".to_owned(), |b| b.by.clone()),
+        source,
+        action,
+        target: format!("incident:{id}"),
+        outcome: outcome(&r),
+        detail,
+    });
+    r
+}
+
+pub(super) async fn ack(
+    State(st): State<AppState>,
+    src: Source,
+    Path(id): Path<i64>,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let b = body(b);
+    let r = match &b {
+        Ok(b) => act(&st, id, Action::Ack, b.clone()).await,
+        Err(e) => Err(e.clone()),
+    };
+    audited(&st, src, "incident.ack", id, b.as_ref().ok(), r)
+}
+
+pub(super) async fn close(
+    State(st): State<AppState>,
+    src: Source,
+    Path(id): Path<i64>,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let b = body(b);
+    let r = match &b {
+        Ok(b) => act(&st, id, Action::Close, b.clone()).await,
+        Err(e) => Err(e.clone()),
+    };
+    audited(&st, src, "incident.close", id, b.as_ref().ok(), r)
+}
+
+pub(super) async fn shelve(
+    State(st): State<AppState>,
+    src: Source,
+    Path(id): Path<i64>,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let b = body(b);
+    let action = b.as_ref().ok().and_then(|b| b.duration.as_deref()).map(|d| match d {
+        "0" | "0s" => Ok(Action::Unshelve),
+        d => parse_duration(d)
+            .filter(|ns| *ns > 0 && *ns <= 7 * 86_400 * 1_000_000_000)
+            .map(|ns| Action::Shelve(now_ns() + ns))
+            .ok_or_else(|| ApiError::BadRequest(format!("duration={d:?}; expected 1s to 7d, like \"30m\""))),
+    });
+    let name = if matches!(action, Some(Ok(Action::Unshelve))) { "incident.unshelve" } else { "incident.shelve" };
+    let r = match (&b, action) {
+        (Err(e), _) => Err(e.clone()),
+        (Ok(_), None) => Err(ApiError::BadRequest("`duration` is missing, like \"30m\" (\"0s\" unshelves)".into())),
+        (Ok(_), Some(Err(e))) => Err(e),
+        (Ok(b), Some(Ok(action))) => act(&st, id, action, b.clone()).await,
+    };
+    audited(&st, src, name, id, b.as_ref().ok(), r)
+}
+
+pub(super) async fn comment(
+    State(st): State<AppState>,
+    src: Source,
+    Path(id): Path<i64>,
+    b: Body,
+) -> Result<Response, ApiError> {
+    let b = body(b);
+    let r = match &b {
+        Ok(b) => add_comment(&st, id, b.clone()).await,
+        Err(e) => Err(e.clone()),
+    };
+    audited(&st, src, "incident.comment", id, b.as_ref().ok(), r)
+}
+
+async fn add_comment(st: &AppState, id: i64, b: ActBody) -> Result<Response, ApiError> {
     let text = b.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| ApiError::BadRequest("`text` is empty".into()))?;
-    let store = store(&st)?;
+    let store = store(st)?;
     store.comment(id, b.by, text, now_ns()).await?;
     match store.get(id).await? {
         Some(i) => Ok(Json(i).into_response()),
@@ -170,14 +250,33 @@ pub(super) async fn rules(State(st): State<AppState>) -> Result<Response, ApiErr
     Ok(Json(st.core.rules().await?).into_response())
 }
 
-pub(super) async fn reload(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let r = st.reloader.as_ref().ok_or_else(|| ApiError::NotFound("rules are not enabled".into()))?;
-    match r.reload().await {
-        Ok(n) => Ok(Json(json!({ "reloaded": true, "rules": n })).into_response()),
-        Err(crate::core::packs::ReloadError::Failed(errors)) => {
-            Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "reloaded": false, "errors": errors })))
-                .into_response())
-        }
-        Err(crate::core::packs::ReloadError::Stopped) => Err(ApiError::Unavailable),
-    }
+pub(super) async fn reload(State(st): State<AppState>, Source(source): Source) -> Result<Response, ApiError> {
+    use crate::core::packs::ReloadError;
+    let (r, outcome, detail) = match st.reloader.as_ref() {
+        None => (Err(ApiError::NotFound("rules are not enabled".into())), "refused", "rules are not enabled".into()),
+        Some(r) => match r.reload().await {
+            Ok(n) => (Ok(Json(json!({ "reloaded": true, "rules": n })).into_response()), "ok", format!("{n} rules")),
+            // Refused: the packs have errors, and the rules that run stay as they were.
+            Err(ReloadError::Failed(errors)) => (
+                Ok((
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(json!({ "reloaded": false, "errors": errors })),
+                )
+                    .into_response()),
+                "refused",
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            ),
+            Err(ReloadError::Stopped) => (Err(ApiError::Unavailable), "failed", "the gateway is shutting down".into()),
+        },
+    };
+    // Until users exist, every request to the API acts as `api`.
+    st.audit(AuditEvent {
+        actor: "api".into(),
+        source,
+        action: "rules.reload",
+        target: "rules".into(),
+        outcome,
+        detail,
+    });
+    r
 }

@@ -219,6 +219,18 @@ fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {
             o.incident_lag.load(Relaxed),
         ),
         (
+            "parkwatch_outbox_audit_lines_total",
+            "counter",
+            "Audit records committed to the outbox.",
+            o.audit_lines.load(Relaxed),
+        ),
+        (
+            "parkwatch_outbox_audit_lag",
+            "gauge",
+            "Audit records committed in the audit log but not yet in the outbox.",
+            o.audit_lag.load(Relaxed),
+        ),
+        (
             "parkwatch_outbox_failing",
             "gauge",
             "1 while the outbox cannot commit (disk full, I/O error).",

@@ -1,13 +1,17 @@
-//! The HTTP API (axum): liveness, readiness and component health, latest point values, recent events and rejects, Prometheus metrics.
+//! The HTTP API (axum): liveness, readiness and component health, latest point values, recent events and rejects,
+//! incidents, the audit trail, Prometheus metrics; served over plain TCP or in-process TLS (`tls.rs`).
 //!
 //! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
 //! never touch point state directly.
 //!
-//! Owns: HTTP routes, `/metrics` rendering, the health evaluator. May import every room but `app`.
+//! Owns: HTTP routes, `/metrics` rendering, the health evaluator, the API's TLS listener. May import
+//! every room but `app`.
 
+mod audit;
 pub mod health;
 mod incidents;
 mod metrics;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -46,10 +50,12 @@ pub struct AppState {
     pub health: crate::model::health::Health,
     /// The central MQTT publisher's counters, when incidents go to a central broker.
     pub central: Option<Arc<crate::forward::central::CentralMetrics>>,
+    /// The audit trail that actions are recorded in, when the gateway keeps one.
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 /// An error as clients see it: a status and a one-line message, never internals.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ApiError {
     BadRequest(String),
     NotFound(String),
@@ -100,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rules", get(incidents::rules))
         .route("/api/v1/forward", get(forward))
         .route("/api/v1/rules/reload", post(incidents::reload))
+        .route("/api/v1/audit", get(audit::list))
         .with_state(state)
 }
 
@@ -325,6 +332,8 @@ async fn forward(State(st): State<AppState>) -> Json<Value> {
             "unacked_samples": o.unacked_samples.load(Relaxed),
             "incident_lines": o.incident_lines.load(Relaxed),
             "incident_lag": o.incident_lag.load(Relaxed),
+            "audit_lines": o.audit_lines.load(Relaxed),
+            "audit_lag": o.audit_lag.load(Relaxed),
             "failing": o.failing.load(Relaxed),
             "last_error": o.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
         },

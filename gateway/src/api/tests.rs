@@ -64,6 +64,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         modbus: Default::default(),
         health: Default::default(),
         central: None,
+        audit: None,
     };
     (state, tx)
 }

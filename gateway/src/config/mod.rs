@@ -46,6 +46,24 @@ pub struct Config {
     /// Modbus TCP / RTU connections polled for the devices that name them.
     #[serde(default)]
     pub modbus: Modbus,
+    /// The hash-chained audit trail.
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+impl Config {
+    /// The audit database: `audit.path`, or `audit.db` next to the incident database.
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit.path.clone().unwrap_or_else(|| self.incidents.path.with_file_name("audit.db"))
+    }
+}
+
+/// The audit trail of who did what through the API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// SQLite file (relative to the config file); default `audit.db` next to `incidents.path`.
+    pub path: Option<PathBuf>,
 }
 
 /// The site (park) this gateway serves.
@@ -444,17 +462,39 @@ fn default_broker_connections() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Api {
-    /// Loopback by default: the API has no authentication yet.
+    /// Loopback by default. Any other address needs `tls_cert` and `tls_key`, or `insecure_lan = true`.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
     /// How many recent rejected messages `GET /api/v1/rejects` keeps.
     #[serde(default = "default_rejects_kept")]
     pub rejects_kept: usize,
+    /// PEM certificate chain (server certificate first) for HTTPS, relative to the config file;
+    /// re-read on SIGHUP. With `tls_key`, the API speaks only HTTPS on `listen`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`; re-read on SIGHUP.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback `listen` anyway: everyone on that network can read and
+    /// act. Off by default.
+    #[serde(default)]
+    pub insecure_lan: bool,
 }
 
 impl Default for Api {
     fn default() -> Self {
-        Self { listen: default_api_listen(), rejects_kept: default_rejects_kept() }
+        Self {
+            listen: default_api_listen(),
+            rejects_kept: default_rejects_kept(),
+            tls_cert: None,
+            tls_key: None,
+            insecure_lan: false,
+        }
+    }
+}
+
+impl Api {
+    /// The certificate and key files when HTTPS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
     }
 }
 

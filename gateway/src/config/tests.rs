@@ -147,3 +147,39 @@ fn dead_letter_bounds_default_and_must_be_positive() {
     let text = format!("{BASE}\n[forward]\ndead_letter_max_count = 0\ndead_letter_max_bytes = 0\n");
     assert_eq!(paths(&text), ["forward.dead_letter_max_count", "forward.dead_letter_max_bytes"]);
 }
+
+#[test]
+fn a_lan_api_needs_tls_or_an_explicit_insecure_choice() {
+    let lan = format!("{BASE}\n[api]\nlisten = \"0.0.0.0:8080\"\n");
+    let problems = parse(&lan).unwrap_err().problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, "api.listen");
+    assert!(problems[0].1.contains("api.tls_cert and api.tls_key"), "{}", problems[0].1);
+    assert!(parse(&format!("{lan}insecure_lan = true\n")).is_ok());
+    // Loopback needs neither.
+    assert!(parse(&format!("{BASE}\n[api]\nlisten = \"[::1]:8080\"\n")).is_ok());
+}
+
+#[test]
+fn tls_files_must_exist_and_come_in_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "x").unwrap();
+    let text = format!("{BASE}\n[api]\nlisten = \"0.0.0.0:8443\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n");
+    let e = from_str(&text, Path::new("t.toml"), dir.path()).unwrap_err();
+    assert_eq!(e.problems().iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["api.tls_key"]);
+    std::fs::write(dir.path().join("key.pem"), "x").unwrap();
+    let c = from_str(&text, Path::new("t.toml"), dir.path()).unwrap();
+    assert_eq!(c.api.tls(), Some((dir.path().join("cert.pem").as_path(), dir.path().join("key.pem").as_path())));
+    let half = format!("{BASE}\n[api]\ntls_cert = \"cert.pem\"\n");
+    let e = from_str(&half, Path::new("t.toml"), dir.path()).unwrap_err();
+    assert_eq!(e.problems().iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["api"]);
+}
+
+#[test]
+fn the_audit_log_sits_next_to_the_incidents_unless_placed() {
+    let c = parse(&format!("{BASE}\n[incidents]\npath = \"/var/lib/x/incidents.db\"\n")).unwrap();
+    assert_eq!(c.audit_path(), Path::new("/var/lib/x/audit.db"));
+    let c = from_str(&format!("{BASE}\n[audit]\npath = \"trail.db\"\n"), Path::new("t.toml"), Path::new("/etc/pw"))
+        .unwrap();
+    assert_eq!(c.audit_path(), Path::new("/etc/pw/trail.db"));
+}

@@ -401,6 +401,12 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     if config.core.batch_samples == 0 {
         p.push("core.batch_samples", "0; expected at least 1");
     }
+    validate_api(config, base, &mut p);
+    if let Some(a) = &mut config.audit.path {
+        if a.is_relative() {
+            *a = base.join(&*a);
+        }
+    }
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",
@@ -408,6 +414,36 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
         );
     }
     p.0
+}
+
+fn validate_api(config: &mut Config, base: &Path, p: &mut Problems) {
+    let api = &mut config.api;
+    for (name, file) in [("api.tls_cert", &mut api.tls_cert), ("api.tls_key", &mut api.tls_key)] {
+        if let Some(f) = file {
+            *f = base.join(&*f);
+            if !f.is_file() {
+                p.push(name, format!("{} is not a readable file; expected a PEM file", f.display()));
+            }
+        }
+    }
+    let tls = match (&api.tls_cert, &api.tls_key) {
+        (Some(_), Some(_)) => true,
+        (None, None) => false,
+        _ => {
+            p.push("api", "tls_cert and tls_key go together; expected both or neither");
+            false
+        }
+    };
+    if !api.listen.ip().is_loopback() && !tls && !api.insecure_lan {
+        p.push(
+            "api.listen",
+            format!(
+                "{} is not a loopback address and the API has no TLS; expected api.tls_cert and api.tls_key, \
+                 or insecure_lan = true to serve plain HTTP on the network, or a 127.0.0.1 address",
+                api.listen
+            ),
+        );
+    }
 }
 
 fn check_pointer(ptr: &str, path: &str, p: &mut Problems) {

@@ -1,12 +1,13 @@
 //! InfluxDB line protocol for samples and incidents (DESIGN.md, store schema): measurement = the
 //! device's category; tags `site`, `grid`, `device` and the device's configured tags; one field per
-//! point; the sample's timestamp in ns. Incidents are measurement `incident`.
+//! point; the sample's timestamp in ns. Incidents are measurement `incident`, audit records `audit`.
 //!
 //! Each device's escaped `measurement,tags ` prefix and each point's escaped field key are built once
 //! at start, so encoding a sample only appends to the output buffer.
 
 use std::fmt::Write as _;
 
+use crate::audit::Record;
 use crate::config::PointKind;
 use crate::incident::changes::{change_code, severity_level, state_code, ChangeRow};
 use crate::model::{Registry, Sample};
@@ -193,6 +194,39 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// Appends one audit record: tags site, action and outcome (few values, so few series); actor,
+    /// source, target, detail and both hashes as string fields, `seq` as an integer; at the record's
+    /// time, which the audit log keeps unique and increasing.
+    pub fn audit(&self, r: &Record, out: &mut String) {
+        out.push_str("audit");
+        for (k, v) in [("action", r.action.as_str()), ("outcome", &r.outcome), ("site", &self.site)] {
+            if v.is_empty() {
+                continue;
+            }
+            out.push(',');
+            out.push_str(k);
+            out.push('=');
+            escape_key(v, out);
+        }
+        let _ = write!(out, " seq={}i", r.seq);
+        for (k, v) in [
+            ("actor", &r.actor),
+            ("source", &r.source),
+            ("target", &r.target),
+            ("detail", &r.detail),
+            ("prev_hash", &r.prev_hash),
+            ("hash", &r.hash),
+        ] {
+            out.push(',');
+            out.push_str(k);
+            out.push('=');
+            quote_string(v, out);
+        }
+        let _ = writeln!(out, " {}", r.time_ns);
+    }
+}
+
 /// Appends the shortest decimal that reads back to the same f64, always with a decimal point, so the
 /// store types the field as a float even when the first value is whole.
 fn push_float(v: f64, out: &mut String) {
@@ -235,6 +269,32 @@ points = [{ name = "kwh" }]
 
     fn s(point: u32, ts: i64, value: f64) -> Sample {
         Sample { point: PointId(point), quality: Quality::Good, ts, value }
+    }
+
+    #[test]
+    fn audit_records_keep_free_text_in_fields_and_few_tags() {
+        let enc = Encoder::new(&registry());
+        let r = crate::audit::Record {
+            seq: 7,
+            time_ns: 1_700_000_000_000_000_123,
+            at: String::new(),
+            actor: "王 工".into(),
+            source: "10.0.0.7:51000".into(),
+            action: "incident.shelve".into(),
+            target: "incident:42".into(),
+            outcome: "ok".into(),
+            detail: "duration: 30m; note: \"检修\"\nline 2".into(),
+            prev_hash: "ab".into(),
+            hash: "cd".into(),
+        };
+        let mut out = String::new();
+        enc.audit(&r, &mut out);
+        assert_eq!(
+            out,
+            "audit,action=incident.shelve,outcome=ok,site=xh seq=7i,actor=\"王 工\",source=\"10.0.0.7:51000\",\
+             target=\"incident:42\",detail=\"duration: 30m; note: \\\"检修\\\"\\nline 2\",prev_hash=\"ab\",hash=\"cd\" \
+             1700000000000000123\n"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Forwarding: samples (after the core applied them) and incident changes (read by cursor from the
-//! incident store's committed change log) become InfluxDB line protocol, are batched by size and time,
+//! Forwarding: samples (after the core applied them), incident changes (read by cursor from the
+//! incident store's committed change log) and audit records (read by cursor from the audit log) become
+//! InfluxDB line protocol, are batched by size and time,
 //! committed to the durable outbox — only then are their MQTT messages acknowledged — and drained in
 //! order by one writer per target.
 //!
@@ -10,8 +11,8 @@
 //! and resumes by itself.
 //!
 //! Owns: line encoding, the outbox, the writers, the central MQTT publisher.
-//! May import: `model`, `config`, `incident::changes` (the change log it reads), `core::CoreHandle`
-//! (to raise `system` incidents).
+//! May import: `model`, `config`, `incident::changes` (the change log it reads), `audit` (the audit
+//! log it reads), `core::CoreHandle` (to raise `system` incidents).
 
 pub mod central;
 pub mod line;
@@ -29,6 +30,7 @@ use tracing::{error, info, warn};
 use self::line::Encoder;
 use self::outbox::{Cursor, Kind, Outbox, OutboxError};
 use self::writer::{TargetMetrics, TargetSpec};
+use crate::audit::AuditReader;
 use crate::config::Config;
 use crate::core::CoreHandle;
 use crate::incident::changes::ChangeLog;
@@ -55,6 +57,10 @@ pub struct OutboxMetrics {
     pub incident_lines: AtomicU64,
     /// Incident changes committed in the store but not yet in the outbox.
     pub incident_lag: AtomicU64,
+    /// Audit records committed to the outbox.
+    pub audit_lines: AtomicU64,
+    /// Audit records committed in the audit log but not yet in the outbox.
+    pub audit_lag: AtomicU64,
     pub bytes: AtomicU64,
     pub batches: AtomicU64,
     /// True while the last append failed.
@@ -94,7 +100,8 @@ pub enum ForwardError {
     Thread(std::io::Error),
 }
 
-/// Starts the appender and the writers. `batches` come from the core; `incidents` from the store.
+/// Starts the appender and the writers. `batches` come from the core; `incidents` from the store;
+/// `audit` from the audit log.
 ///
 /// # Errors
 /// The outbox cannot be opened, or a thread cannot start.
@@ -104,6 +111,7 @@ pub fn start(
     pool: Arc<SamplePool>,
     batches: mpsc::Receiver<Batch>,
     incidents: Option<(ChangeLog, watch::Receiver<i64>)>,
+    audit: Option<(AuditReader, watch::Receiver<i64>)>,
     core: CoreHandle,
 ) -> Result<Forwarder, ForwardError> {
     let f = &config.forward;
@@ -145,6 +153,7 @@ pub fn start(
         );
     }
     let incident_cursor = outbox.incident_cursor()?;
+    let audit_cursor = outbox.audit_cursor()?;
     let appender = Appender {
         encoder: Encoder::new(&registry),
         registry,
@@ -162,11 +171,12 @@ pub fn start(
         retry: RETRY_MIN,
         retry_at: None,
         incident_cursor,
+        audit_cursor,
         prune_failing: false,
     };
     let appender = std::thread::Builder::new()
         .name("outbox".into())
-        .spawn(move || appender.run(batches, incidents))
+        .spawn(move || appender.run(batches, incidents, audit))
         .map_err(ForwardError::Thread)?;
     info!(targets = metrics.targets.len(), outbox = %f.outbox.display(), "Forwarding started.");
     Ok(Forwarder { metrics, stop, appender, writers })
@@ -226,11 +236,18 @@ struct Appender {
     retry_at: Option<tokio::time::Instant>,
     /// The last incident change committed to the outbox.
     incident_cursor: i64,
+    /// The last audit record committed to the outbox.
+    audit_cursor: i64,
     prune_failing: bool,
 }
 
 impl Appender {
-    fn run(mut self, mut batches: mpsc::Receiver<Batch>, incidents: Option<(ChangeLog, watch::Receiver<i64>)>) {
+    fn run(
+        mut self,
+        mut batches: mpsc::Receiver<Batch>,
+        incidents: Option<(ChangeLog, watch::Receiver<i64>)>,
+        audit: Option<(AuditReader, watch::Receiver<i64>)>,
+    ) {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -240,6 +257,10 @@ impl Appender {
         };
         let (log, mut committed) = match incidents {
             Some((log, rx)) => (Some(log), Some(rx)),
+            None => (None, None),
+        };
+        let (trail, mut audited) = match audit {
+            Some((reader, rx)) => (Some(reader), Some(rx)),
             None => (None, None),
         };
         rt.block_on(async {
@@ -274,6 +295,14 @@ impl Appender {
                             self.incidents(log.as_ref());
                         }
                     }
+                    r = changed(&mut audited) => {
+                        if r.is_err() {
+                            audited = None;
+                        }
+                        if self.retry_at.is_none() {
+                            self.audit(trail.as_ref());
+                        }
+                    }
                     () = sleep_until(deadline), if self.retry_at.is_none() => {
                         self.commit();
                         since = None;
@@ -283,19 +312,23 @@ impl Appender {
                         self.outbox.reclaim();
                         self.commit();
                         self.incidents(log.as_ref());
+                        self.audit(trail.as_ref());
                         since = None;
                     }
                     _ = housekeeping.tick() => {
                         if self.retry_at.is_none() {
                             self.incidents(log.as_ref());
+                            self.audit(trail.as_ref());
                         }
-                        self.prune(log.as_ref());
+                        self.prune(log.as_ref(), trail.as_ref());
                     }
                 }
             }
             self.commit();
-            // Incidents committed in the store during shutdown still go out.
+            // Incidents committed in the store during shutdown still go out; audit records recorded
+            // later go out at the next start.
             self.incidents(log.as_ref());
+            self.audit(trail.as_ref());
             if !self.pending.is_empty() {
                 error!(
                     lines = self.lines,
@@ -393,6 +426,42 @@ impl Appender {
         }
     }
 
+    /// Reads the audit log after the outbox's audit cursor and commits it in batches.
+    fn audit(&mut self, trail: Option<&AuditReader>) {
+        let Some(trail) = trail else { return };
+        loop {
+            let records = match trail.after(self.audit_cursor, INCIDENT_BATCH) {
+                Ok(records) => records,
+                Err(e) => {
+                    warn!(error = %e, "Cannot read the audit log; will try again.");
+                    return;
+                }
+            };
+            let Some(last) = records.last().map(|r| r.seq) else { break };
+            let mut body = String::with_capacity(records.len() * 384);
+            for r in &records {
+                self.encoder.audit(r, &mut body);
+            }
+            match self.outbox.append_audit(records.len(), body.as_bytes(), now_ns(), last) {
+                Ok((_, dropped)) => {
+                    let m = &self.metrics.outbox;
+                    m.committed_batches.fetch_add(1, Ordering::Relaxed);
+                    m.committed_lines.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    m.audit_lines.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    self.audit_cursor = last;
+                    self.stored(dropped);
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    return;
+                }
+            }
+            if records.len() < INCIDENT_BATCH {
+                break;
+            }
+        }
+    }
+
     /// After a successful commit: report drops by the bounds, clear a failure, wake the writers.
     fn stored(&mut self, dropped: outbox::Dropped) {
         let metrics = self.metrics.clone();
@@ -434,7 +503,7 @@ impl Appender {
     }
 
     /// Deletes what every target confirmed and refreshes the depth and lag gauges.
-    fn prune(&mut self, log: Option<&ChangeLog>) {
+    fn prune(&mut self, log: Option<&ChangeLog>, trail: Option<&AuditReader>) {
         match self.outbox.prune() {
             Ok(_) => self.prune_failing = false,
             Err(e) => {
@@ -450,6 +519,9 @@ impl Appender {
         }
         if let Some(head) = log.and_then(|l| l.head().ok()) {
             self.metrics.outbox.incident_lag.store(head.saturating_sub(self.incident_cursor) as u64, Ordering::Relaxed);
+        }
+        if let Some(head) = trail.and_then(|t| t.head().ok()) {
+            self.metrics.outbox.audit_lag.store(head.saturating_sub(self.audit_cursor) as u64, Ordering::Relaxed);
         }
     }
 

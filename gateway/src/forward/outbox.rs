@@ -28,6 +28,8 @@
 //!    same transaction, so a line is either parked or queued, never both and never neither.
 //! 8. **Incidents exactly once into the outbox.** Incident changes are read from the incident store's
 //!    change log; the batch holding them and the log position it reaches commit in one transaction.
+//!    Audit records come the same way from the audit log, with a cursor of their own, and are kept
+//!    like incidents (past the age limit, until every target confirmed them).
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Telemetry = 0,
+    /// Incident changes or audit records: kept until confirmed.
     Incident = 1,
 }
 
@@ -81,6 +84,7 @@ fn connect(path: &Path) -> Result<Connection, OutboxError> {
             lines INTEGER NOT NULL, bytes INTEGER NOT NULL, body BLOB NOT NULL, target TEXT);
          CREATE TABLE IF NOT EXISTS cursors(target TEXT PRIMARY KEY, seq INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS incident_cursor(id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS audit_cursor(id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
          CREATE TABLE IF NOT EXISTS dead_letters(
             id INTEGER PRIMARY KEY, target TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL,
             status INTEGER NOT NULL, message TEXT NOT NULL, body BLOB NOT NULL,
@@ -187,6 +191,33 @@ impl Outbox {
         now: i64,
         upto: i64,
     ) -> Result<(i64, Dropped), OutboxError> {
+        self.append_upto("incident_cursor", lines, body, now, upto)
+    }
+
+    /// Commits a batch of audit records together with the audit-log position it reaches; kept like
+    /// incidents.
+    ///
+    /// # Errors
+    /// As [`Outbox::append`]; the position stays where it was.
+    pub fn append_audit(
+        &mut self,
+        lines: usize,
+        body: &[u8],
+        now: i64,
+        upto: i64,
+    ) -> Result<(i64, Dropped), OutboxError> {
+        self.append_upto("audit_cursor", lines, body, now, upto)
+    }
+
+    /// One kept batch and the position (in `cursor`, a table) it reaches, in one transaction.
+    fn append_upto(
+        &mut self,
+        cursor: &str,
+        lines: usize,
+        body: &[u8],
+        now: i64,
+        upto: i64,
+    ) -> Result<(i64, Dropped), OutboxError> {
         let dropped = self.enforce(body.len() as u64, now)?;
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -195,7 +226,7 @@ impl Outbox {
         )?;
         let seq = tx.last_insert_rowid();
         tx.execute(
-            "INSERT INTO incident_cursor(id, seq) VALUES (0, ?1) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq",
+            &format!("INSERT INTO {cursor}(id, seq) VALUES (0, ?1) ON CONFLICT(id) DO UPDATE SET seq = excluded.seq"),
             [upto],
         )?;
         tx.commit()?;
@@ -219,6 +250,14 @@ impl Outbox {
             .query_row("SELECT seq FROM incident_cursor WHERE id = 0", [], |r| r.get(0))
             .optional()?
             .unwrap_or(0))
+    }
+
+    /// The last audit-log position committed to the outbox (0 when none).
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn audit_cursor(&self) -> Result<i64, OutboxError> {
+        Ok(self.conn.query_row("SELECT seq FROM audit_cursor WHERE id = 0", [], |r| r.get(0)).optional()?.unwrap_or(0))
     }
 
     fn insert(&mut self, kind: Kind, lines: usize, body: &[u8], now: i64) -> Result<i64, rusqlite::Error> {

@@ -17,14 +17,14 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("core", &["config", "metrics"][..]),
         ("incident", &[][..]),
         ("audit", &[][..]),
-        // The change log it reads; the core's handle to raise `system` incidents.
-        ("forward", &["config", "incident", "core"][..]),
+        // The change log and the audit log it reads; the core's handle to raise `system` incidents.
+        ("forward", &["config", "incident", "audit", "core"][..]),
         ("broker", &["config"][..]),
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
         // The API shows every room; only `app` wires them together.
-        ("api", &["config", "core", "forward", "incident", "metrics", "source"][..]),
-        ("app", &["api", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..]),
+        ("api", &["audit", "config", "core", "forward", "incident", "metrics", "source"][..]),
+        ("app", &["api", "audit", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..]),
     ])
 }
 
