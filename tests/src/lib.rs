@@ -173,11 +173,22 @@ pub struct Gateway {
     pub api: SocketAddr,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// When the gateway counts as started; `None`: plain `GET /healthz` answers 200.
+    ready: Option<Box<dyn Fn(SocketAddr) -> bool>>,
 }
 
 impl Gateway {
     /// Writes `config` (with `{api}` replaced by a free address) and starts the gateway on it.
     pub fn start(config: &str) -> Self {
+        Self::start_probed(config, None)
+    }
+
+    /// As [`Gateway::start`], started once `ready(api)` holds (an HTTPS API does not answer plain HTTP).
+    pub fn start_with(config: &str, ready: impl Fn(SocketAddr) -> bool + 'static) -> Self {
+        Self::start_probed(config, Some(Box::new(ready)))
+    }
+
+    fn start_probed(config: &str, ready: Option<Box<dyn Fn(SocketAddr) -> bool>>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut text = config.replace("{api}", &api.to_string());
@@ -186,7 +197,7 @@ impl Gateway {
             text.push_str("\n[incidents]\npath = \"incidents.db\"\n");
         }
         std::fs::write(dir.path().join("parkwatch.toml"), text).unwrap();
-        let mut gw = Self { api, dir, child: None };
+        let mut gw = Self { api, dir, child: None, ready };
         gw.restart();
         gw
     }
@@ -210,7 +221,10 @@ impl Gateway {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("the gateway exited early with {status}:\n{}", self.log());
             }
-            http_get(api, "/healthz").ok().filter(|(s, _)| *s == 200)
+            match &self.ready {
+                Some(ready) => ready(api).then_some(()),
+                None => http_get(api, "/healthz").ok().filter(|(s, _)| *s == 200).map(|_| ()),
+            }
         });
     }
 

@@ -64,7 +64,8 @@ pub struct AuditEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Record {
     pub seq: i64,
-    /// UTC ns; strictly increasing with `seq`, so every record has its own time in a central store.
+    /// UTC ns; at least a millisecond after the previous record's, so every record has its own time
+    /// in a central store.
     pub time_ns: i64,
     /// RFC 3339 form of `time_ns`.
     pub at: String,
@@ -285,8 +286,9 @@ impl Writer {
             )?;
             for (at, e) in batch {
                 seq += 1;
-                // Strictly increasing, so no two records share a series and time in a central store.
-                time = (*at).max(time + 1);
+                // At least a millisecond after the previous record, so no two records share a series
+                // and time even in a central store that keeps milliseconds.
+                time = (*at).max(time + 1_000_000);
                 let next = chain::digest(
                     seq,
                     time,

@@ -47,7 +47,7 @@ fn records_are_chained_in_order_and_verify() {
     let all = r.after(0, 100).unwrap();
     assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
     assert_eq!(all[0].prev_hash, chain::GENESIS);
-    assert!(all.windows(2).all(|w| w[1].prev_hash == w[0].hash && w[1].time_ns > w[0].time_ns));
+    assert!(all.windows(2).all(|w| w[1].prev_hash == w[0].hash && w[1].time_ns >= w[0].time_ns + 1_000_000));
     assert_eq!((all[2].actor.as_str(), all[2].detail.as_str()), ("officer-2", "巡检确认"));
     assert_eq!(r.after(3, 1).unwrap()[0].seq, 4);
     assert_eq!(r.head().unwrap(), 5);

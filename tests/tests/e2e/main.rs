@@ -1,5 +1,6 @@
 //! End-to-end tests against real peers on loopback, compiled into one binary.
 
+mod audit;
 mod config_check;
 mod demo;
 mod durability;
@@ -10,3 +11,4 @@ mod mqtt;
 mod rooms;
 mod rules;
 mod systemd;
+mod tls;
