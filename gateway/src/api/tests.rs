@@ -115,6 +115,48 @@ async fn healthz_and_metrics() {
     assert!(text.contains("parkwatch_core_channel_capacity 4"), "{text}");
 }
 
+#[tokio::test]
+async fn refused_actions_are_audited_and_the_trail_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut st, _tx) = state(Metrics::new(vec![], vec![], 10));
+    let (log, _thread) = crate::audit::AuditLog::open(&dir.path().join("audit.db"), st.health.clone()).unwrap();
+    let mut committed = log.committed();
+    st.audit = Some(log);
+    let app = router(st);
+    let post = |uri: &str, body: &str| {
+        Request::post(uri).header("content-type", "application/json").body(Body::from(body.to_owned())).unwrap()
+    };
+    // No rules and no incident store here: both are refused, and both are recorded.
+    let resp = app.clone().oneshot(post("/api/v1/rules/reload", "")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp =
+        app.clone().oneshot(post("/api/v1/incidents/7/ack", r#"{"by":"officer-7","note":"seen"}"#)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    tokio::time::timeout(std::time::Duration::from_secs(10), committed.wait_for(|seq| *seq >= 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, page) = get(&app, "/api/v1/audit?after=0&limit=1").await;
+    assert_eq!(status, StatusCode::OK);
+    let r = &page["records"][0];
+    assert_eq!(
+        (r["seq"].as_i64(), r["actor"].as_str(), r["action"].as_str()),
+        (Some(1), Some("api"), Some("rules.reload"))
+    );
+    assert_eq!((r["outcome"].as_str(), r["source"].as_str()), (Some("refused"), Some("unknown")));
+    assert_eq!(page["next"], 1);
+    let (_, page) = get(&app, "/api/v1/audit?after=1").await;
+    let r = &page["records"][0];
+    assert_eq!(
+        (r["actor"].as_str(), r["action"].as_str(), r["target"].as_str()),
+        (Some("officer-7"), Some("incident.ack"), Some("incident:7"))
+    );
+    assert_eq!(r["detail"], "note: seen; incidents are not enabled");
+    assert_eq!(page["records"].as_array().unwrap().len(), 1);
+    let (status, _) = get(&app, "/api/v1/audit?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 mod health {
     use std::sync::atomic::Ordering::Relaxed;
 

@@ -259,3 +259,19 @@ impl Connected<IncomingStream<'_, ApiListener>> for Peer {
         Self(*stream.remote_addr())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("api.pem"), dir.path().join("api.key"));
+        let e = load(&cert, &key).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("cannot read {}", cert.display())), "{e}");
+        std::fs::write(&cert, "not a certificate\n").unwrap();
+        let e = load(&cert, &key).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: no certificate found; expected PEM \"BEGIN CERTIFICATE\" blocks", cert.display()));
+    }
+}
