@@ -620,6 +620,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn audit_and_incident_cursors_move_apart_and_their_batches_outlive_the_age_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let mut o = Outbox::open(&path, &["a".to_string()], 0, 10).unwrap();
+        assert_eq!((o.incident_cursor().unwrap(), o.audit_cursor().unwrap()), (0, 0));
+        o.append_audit(2, b"audit seq=1i 1\naudit seq=2i 2\n", 1, 2).unwrap();
+        o.append_incidents(1, b"incident id=1i 3\n", 2, 7).unwrap();
+        let (_, dropped) = o.append(Kind::Telemetry, 1, b"m f=1 1\n", 1_000).unwrap();
+        assert_eq!(dropped, Dropped::default(), "audit and incident batches are kept past the age limit");
+        drop(o);
+        let o = Outbox::open(&path, &["a".to_string()], 0, 10).unwrap();
+        assert_eq!((o.incident_cursor().unwrap(), o.audit_cursor().unwrap()), (7, 2));
+        let c = Cursor::open(&path, "a").unwrap();
+        assert_eq!(c.next_after(0).unwrap().unwrap().body, b"audit seq=1i 1\naudit seq=2i 2\n");
+    }
+
+    #[test]
     fn batches_stay_until_every_target_confirmed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.db");
