@@ -152,6 +152,12 @@ pub struct Engine {
     /// When the gateway last received a sample of each point (monotonic ns; `i64::MIN`: never), so
     /// silence is measured on the clock that does not step.
     received_at: Vec<i64>,
+    /// When the gateway last heard from each device (a usable sample or an event other than
+    /// `offline`; monotonic ns, `i64::MIN`: never).
+    device_heard: Vec<i64>,
+    /// When this engine (or the one it replaced) first ran (monotonic ns): a device never heard from
+    /// has been silent since then, so a dead detector is not invisible after a restart.
+    started: i64,
     device_events: HashMap<DeviceId, VecDeque<(String, i64)>>,
     dirty: Vec<u32>,
     dirty_mark: Vec<bool>,
@@ -174,6 +180,7 @@ impl Engine {
     /// Builds the index from points and events to (rule, device) slots.
     pub fn new(set: RuleSet, registry: Arc<Registry>, settings: Settings, next_incident: i64) -> Self {
         let n_points = registry.points.len();
+        let n_devices = registry.devices.len();
         let mut e = Self {
             set,
             registry,
@@ -186,6 +193,8 @@ impl Engine {
             prev: vec![f64::NAN; n_points],
             changed_at: vec![0; n_points],
             received_at: vec![i64::MIN; n_points],
+            device_heard: vec![i64::MIN; n_devices],
+            started: i64::MIN,
             device_events: HashMap::new(),
             dirty: Vec::new(),
             dirty_mark: Vec::new(),
@@ -300,8 +309,16 @@ impl Engine {
     /// Records a sample that the core accepted at `now`; `old` is the point's value before it.
     pub fn on_sample(&mut self, s: &Sample, old: Option<f64>, now: Now) {
         let i = s.point.0 as usize;
-        if let Some(r) = self.received_at.get_mut(i) {
-            *r = now.mono;
+        // A bad reading (a Modbus exception, NaN) is not news from the device: it never counts as fresh.
+        if s.quality != Quality::Bad {
+            if let Some(r) = self.received_at.get_mut(i) {
+                *r = now.mono;
+            }
+            if let Some(d) = self.registry.points.get(i).map(|p| p.device.0 as usize) {
+                if let Some(h) = self.device_heard.get_mut(d) {
+                    *h = now.mono;
+                }
+            }
         }
         if let Some(p) = self.prev.get_mut(i) {
             *p = old.unwrap_or(f64::NAN);
@@ -349,6 +366,11 @@ impl Engine {
     /// Evaluates the rules watching this event kind on its device.
     pub fn on_event(&mut self, event: &Event, states: &[PointState], now: Now) {
         self.check_maintenance(now);
+        if event.kind != "offline" {
+            if let Some(h) = self.device_heard.get_mut(event.device.0 as usize) {
+                *h = now.mono;
+            }
+        }
         let q = self.device_events.entry(event.device).or_default();
         if q.len() >= DEVICE_EVENTS_KEPT {
             q.pop_front();
@@ -400,6 +422,9 @@ impl Engine {
     }
 
     fn check_maintenance(&mut self, now: Now) {
+        if self.started == i64::MIN {
+            self.started = now.mono;
+        }
         if self.settings.maintenance.is_empty()
             || self.suppressed_checked.is_some_and(|t| now.mono.saturating_sub(t) < 1_000_000_000)
         {
@@ -443,6 +468,8 @@ impl Engine {
             prev: &self.prev,
             changed_at: &self.changed_at,
             received_at: &self.received_at,
+            device_heard: &self.device_heard,
+            started: self.started,
             windows: &self.windows,
             device_events,
             params: &self.slots[si].params,
@@ -684,6 +711,12 @@ impl Engine {
             self.prev = old.prev;
             self.changed_at = old.changed_at;
             self.received_at = old.received_at;
+        }
+        if old.device_heard.len() == self.device_heard.len() {
+            self.device_heard = old.device_heard;
+        }
+        if old.started != i64::MIN {
+            self.started = old.started;
         }
         self.device_events = old.device_events;
         for old_slot in old.slots {

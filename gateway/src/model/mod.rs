@@ -182,6 +182,8 @@ pub struct DeviceInfo {
     pub category: String,
     pub tags: BTreeMap<String, String>,
     pub points: Range<u32>,
+    /// Modbus poll interval (ms); 0 for devices that send on their own.
+    pub poll_ms: u64,
 }
 
 /// A configured point of a device.
@@ -238,6 +240,7 @@ impl Registry {
                 category: d.category.clone(),
                 tags: d.tags.clone(),
                 points: start..points.len() as u32,
+                poll_ms: d.modbus.as_ref().map_or(0, |m| m.interval_ms),
             });
         }
         Self {
