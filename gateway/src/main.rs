@@ -110,6 +110,15 @@ enum RulesCommand {
         #[arg(long, value_name = "DIR")]
         rules: Option<PathBuf>,
     },
+    /// For each device and point of a config, the rules that watch it; points no alarm rule watches
+    /// (and that do not say why) are marked. Exit status 1 when there are such points.
+    Coverage {
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/parkwatch/parkwatch.toml")]
+        config: PathBuf,
+        /// Language of the listing.
+        #[arg(long, value_enum, default_value_t = Lang::Zh)]
+        lang: Lang,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +142,7 @@ fn main() -> ExitCode {
             report(demo(listen, mqtt_listen, modbus_listen, duration))
         }
         Command::Rules { command: RulesCommand::Test { files, rules } } => rules_test(&files, rules.as_deref()),
+        Command::Rules { command: RulesCommand::Coverage { config, lang } } => rules_coverage(&config, lang),
         Command::Forward { command: ForwardCommand::Replay { config, target, dry_run } } => {
             report(replay(&config, target.as_deref(), dry_run))
         }
@@ -194,6 +204,12 @@ fn check(file: &Path) -> ExitCode {
                         );
                         return ExitCode::FAILURE;
                     }
+                    for w in parkwatch::core::coverage::warnings(&parkwatch::core::coverage::coverage(
+                        engine.rules(),
+                        &parkwatch::model::Registry::from_config(&c),
+                    )) {
+                        println!("{}: coverage: warning: {w}", file.display());
+                    }
                     let skipped = if errors.is_empty() { String::new() } else { format!(", {} skipped", errors.len()) };
                     format!("{} rules from {} packs{skipped}", engine.rules().len(), packs.len())
                 }
@@ -228,6 +244,94 @@ fn check(file: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `parkwatch rules coverage`: the rules of each device and point, for the people who set up a site.
+fn rules_coverage(file: &Path, lang: Lang) -> ExitCode {
+    let c = match config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            for (path, message) in e.problems() {
+                println!("{}: {path}: {message}", file.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let registry = std::sync::Arc::new(parkwatch::model::Registry::from_config(&c));
+    let engine = match parkwatch::core::packs::build_lenient(&c, registry.clone(), 1) {
+        Ok((engine, _, errors)) => {
+            for e in &errors {
+                eprintln!("{}: rules: {e}", file.display());
+            }
+            engine
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: rules: {e}", file.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let cov = parkwatch::core::coverage::coverage(engine.rules(), &registry);
+    print!("{}", coverage_text(&cov, lang));
+    if cov.iter().any(|d| d.blind_spots().next().is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn coverage_text(cov: &[parkwatch::core::coverage::DeviceCoverage], lang: Lang) -> String {
+    use std::fmt::Write as _;
+    let zh = lang == Lang::Zh;
+    let none = if zh { "无" } else { "none" };
+    let list = |v: &[String]| if v.is_empty() { none.to_owned() } else { v.join(", ") };
+    let mut out = String::new();
+    let mut blind = 0;
+    for d in cov {
+        if zh {
+            let _ = writeln!(out, "设备 {}（类别 {}，网格 {}）", d.device, d.category, d.grid);
+        } else {
+            let _ = writeln!(out, "device {} (category {}, grid {})", d.device, d.category, d.grid);
+        }
+        for p in &d.points {
+            let unit = if p.unit.is_empty() { String::new() } else { format!(" [{}]", p.unit) };
+            let mark = match (&p.unwatched, p.alarms.is_empty()) {
+                (_, false) => "  ",
+                (Some(_), true) => "- ",
+                (None, true) => {
+                    blind += 1;
+                    "! "
+                }
+            };
+            let _ = if zh {
+                write!(out, "  {mark}{}{unit}: 告警规则 {}; 质量规则 {}", p.name, list(&p.alarms), list(&p.quality))
+            } else {
+                write!(
+                    out,
+                    "  {mark}{}{unit}: alarm rules {}; quality rules {}",
+                    p.name,
+                    list(&p.alarms),
+                    list(&p.quality)
+                )
+            };
+            if let Some(why) = &p.unwatched {
+                let _ = write!(out, "{}{why}", if zh { "; 不设告警: " } else { "; unwatched: " });
+            }
+            if !p.not_applied.is_empty() {
+                let _ =
+                    write!(out, "{}{}", if zh { "; 未适用: " } else { "; not applied: " }, p.not_applied.join(", "));
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(out, "  {}{}", if zh { "整机规则: " } else { "device rules: " }, list(&d.device_rules));
+    }
+    let _ = if zh {
+        writeln!(out, "{blind} 个点位没有告警规则且未说明原因（标记 !）")
+    } else {
+        writeln!(out, "{blind} point(s) watched by no alarm rule without a reason (marked !)")
+    };
+    out
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -209,6 +209,13 @@ pub struct Point {
     pub unit: String,
     #[serde(default)]
     pub kind: PointKind,
+    /// Why no alarm rule watches this point (it has no safety meaning, or another point carries it);
+    /// `parkwatch check` warns about points without a rule that do not say why.
+    #[serde(default)]
+    pub unwatched: Option<String>,
+    /// The event a Modbus profile's bit raises when it rises (from the profile, never set by hand).
+    #[serde(skip)]
+    pub event: Option<String>,
 }
 
 /// The value type of a point.

@@ -652,7 +652,13 @@ fn validate_modbus(config: &mut Config, base: &Path, p: &mut Problems) {
             Some(profile) => {
                 for pt in &profile.points {
                     if !d.points.iter().any(|x| x.name == pt.name) {
-                        d.points.push(super::Point { name: pt.name.clone(), unit: pt.unit.clone(), kind: pt.kind });
+                        d.points.push(super::Point {
+                            name: pt.name.clone(),
+                            unit: pt.unit.clone(),
+                            kind: pt.kind,
+                            unwatched: pt.unwatched.clone(),
+                            event: pt.event.clone(),
+                        });
                     }
                 }
             }

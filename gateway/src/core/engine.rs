@@ -218,13 +218,7 @@ impl Engine {
             for (di, dev) in reg.devices.iter().enumerate() {
                 let device = DeviceId(di as u32);
                 let w = &rule.watch;
-                if !w.categories.is_empty() && !w.categories.contains(&dev.category) {
-                    continue;
-                }
-                if !w.grids.is_empty() && !w.grids.contains(&reg.grid(dev.grid).id) {
-                    continue;
-                }
-                if !w.tags.iter().all(|(k, v)| dev.tags.get(k) == Some(v)) {
+                if w.excludes(&reg, device).is_some() {
                     continue;
                 }
                 let points: Vec<PointId> = w.points.iter().filter_map(|p| reg.point_of(device, p)).collect();
@@ -366,7 +360,8 @@ impl Engine {
     /// Evaluates the rules watching this event kind on its device.
     pub fn on_event(&mut self, event: &Event, states: &[PointState], now: Now) {
         self.check_maintenance(now);
-        if event.kind != "offline" {
+        // Offline and exception reports come from the gateway's poller, not from the device.
+        if event.kind != "offline" && event.kind != "modbus_exception" {
             if let Some(h) = self.device_heard.get_mut(event.device.0 as usize) {
                 *h = now.mono;
             }

@@ -7,6 +7,7 @@
 //! May import: `model`, `config`, `metrics`, and `incident`'s store handle (to hand changes over).
 
 pub mod alarm;
+pub mod coverage;
 pub mod engine;
 pub mod packs;
 pub mod rules;
