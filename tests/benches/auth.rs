@@ -82,8 +82,9 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
     store.sync().await.unwrap();
     let auth_path = dir.join("auth.db");
     let conn = parkwatch::auth::store::open(&auth_path).unwrap();
-    let (token, _) = admin::create_token(&conn, "bench", Role::Officer, Some(vec!["g1".into()]), None, &["g1".into()], "bench")
-        .unwrap();
+    let (token, _) =
+        admin::create_token(&conn, "bench", Role::Officer, Some(vec!["g1".into()]), None, &["g1".into()], "bench")
+            .unwrap();
     let auth = Auth::open(&auth_path, Default::default()).unwrap();
     let state = AppState {
         registry,
