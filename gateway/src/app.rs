@@ -40,6 +40,8 @@ pub enum AppError {
     Forward(#[from] crate::forward::ForwardError),
     #[error(transparent)]
     Modbus(#[from] crate::source::modbus::ModbusError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<PackError>),
 }
@@ -51,6 +53,19 @@ pub struct Extras {
     pub simulate: Option<(String, u16, Duration)>,
     /// Serve the config's Modbus devices from a simulated Modbus TCP server on this address.
     pub modbus_sim: Option<SocketAddr>,
+}
+
+/// Session and throttling limits from `[auth]`.
+pub fn auth_settings(config: &Config) -> crate::auth::Settings {
+    let a = &config.auth;
+    crate::auth::Settings {
+        session_idle: Duration::from_secs(a.session_idle_secs),
+        session_max: Duration::from_secs(a.session_max_secs),
+        user_failures: a.user_failures,
+        source_failures: a.source_failures,
+        failure_window: Duration::from_secs(60),
+        lockout: Duration::from_secs(a.lockout_secs),
+    }
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then stops cleanly.
@@ -146,6 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         None => None,
     };
     let (pollers, modbus_status) = crate::source::modbus::pollers(&config, &registry)?;
+    let auth = crate::auth::Auth::open(&crate::auth::db_path(&config.incidents.path), auth_settings(&config))?;
     let config = Arc::new(config);
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
@@ -160,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         modbus: modbus_status,
         health: crate::model::health::Health::new(),
         central: central_metrics,
+        access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.auth.cookie_secure },
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {
@@ -186,7 +203,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let api = {
         let stop = api_stop.clone();
         let router = api::router(state);
-        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await })
+        // The client's address feeds login throttling and the audit trail.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned()).await })
     };
     info!(api = %config.api.listen, brokers = config.mqtt.brokers.len(), devices = registry.devices.len(), points = registry.points.len(), "parkwatch running.");
 

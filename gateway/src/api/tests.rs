@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use super::*;
+use crate::auth::Role;
 use crate::core::Core;
 use crate::model::pool::SamplePool;
 use crate::model::{Batch, PointId, Quality, Sample};
@@ -64,12 +65,35 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         modbus: Default::default(),
         health: Default::default(),
         central: None,
+        access: access(),
     };
     (state, tx)
 }
 
+/// One auth database for the tests of this file, and an admin token in it.
+fn auth_db() -> &'static (tempfile::TempDir, String) {
+    static DB: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    DB.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::auth::store::open(&dir.path().join("auth.db")).unwrap();
+        let (token, _) =
+            crate::auth::admin::create_token(&conn, "tests", Role::Admin, None, None, &[], "test").unwrap();
+        (dir, token)
+    })
+}
+
+fn access() -> Access {
+    let auth = crate::auth::Auth::open(&auth_db().0.path().join("auth.db"), Default::default()).unwrap();
+    Access { auth, metrics_auth: true, cookie_secure: false }
+}
+
+fn admin_token() -> String {
+    format!("Bearer {}", auth_db().1)
+}
+
 async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
-    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let req = Request::get(uri).header("authorization", admin_token()).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -109,7 +133,8 @@ async fn healthz_and_metrics() {
     let (status, body) = get(&app, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
-    let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let req = Request::get("/metrics").header("authorization", admin_token()).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("parkwatch_core_channel_capacity 4"), "{text}");
 }
@@ -398,6 +423,9 @@ mod health {
 }
 
 async fn metrics_text(app: &Router) -> String {
-    let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let req = Request::get("/metrics").header("authorization", admin_token()).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
     String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
+
+mod routes;

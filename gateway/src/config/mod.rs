@@ -46,6 +46,9 @@ pub struct Config {
     /// Modbus TCP / RTU connections polled for the devices that name them.
     #[serde(default)]
     pub modbus: Modbus,
+    /// Sessions and login throttling; users and tokens live in `auth.db` beside the incident database.
+    #[serde(default)]
+    pub auth: Auth,
 }
 
 /// The site (park) this gateway serves.
@@ -451,18 +454,81 @@ fn default_broker_connections() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Api {
-    /// Loopback by default: the API has no authentication yet.
+    /// Loopback by default. Every route but `/healthz` (and `/metrics` when `metrics_auth = false`)
+    /// needs a token or a session.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
     /// How many recent rejected messages `GET /api/v1/rejects` keeps.
     #[serde(default = "default_rejects_kept")]
     pub rejects_kept: usize,
+    /// Whether `/metrics` needs a token (default true); false lets a Prometheus without credentials
+    /// scrape it.
+    #[serde(default = "default_true")]
+    pub metrics_auth: bool,
 }
 
 impl Default for Api {
     fn default() -> Self {
-        Self { listen: default_api_listen(), rejects_kept: default_rejects_kept() }
+        Self { listen: default_api_listen(), rejects_kept: default_rejects_kept(), metrics_auth: true }
     }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Browser sessions and login throttling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// A session unused for this many seconds ends (default 1800).
+    #[serde(default = "default_session_idle")]
+    pub session_idle_secs: u64,
+    /// A session ends this many seconds after login, used or not (default 43200, 12 h).
+    #[serde(default = "default_session_max")]
+    pub session_max_secs: u64,
+    /// Wrong passwords for one user within a minute that lock the user (default 20).
+    #[serde(default = "default_user_failures")]
+    pub user_failures: usize,
+    /// Wrong passwords from one client address within a minute that lock the address (default 100).
+    #[serde(default = "default_source_failures")]
+    pub source_failures: usize,
+    /// How many seconds a lock lasts (default 900); a correct password is refused meanwhile.
+    #[serde(default = "default_lockout")]
+    pub lockout_secs: u64,
+    /// Mark the session cookie `Secure` (browsers then send it over HTTPS only); set it when the API
+    /// is served over TLS.
+    #[serde(default)]
+    pub cookie_secure: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            session_idle_secs: default_session_idle(),
+            session_max_secs: default_session_max(),
+            user_failures: default_user_failures(),
+            source_failures: default_source_failures(),
+            lockout_secs: default_lockout(),
+            cookie_secure: false,
+        }
+    }
+}
+
+fn default_session_idle() -> u64 {
+    1800
+}
+fn default_session_max() -> u64 {
+    43_200
+}
+fn default_user_failures() -> usize {
+    20
+}
+fn default_source_failures() -> usize {
+    100
+}
+fn default_lockout() -> u64 {
+    900
 }
 
 fn default_api_listen() -> SocketAddr {

@@ -147,3 +147,17 @@ fn dead_letter_bounds_default_and_must_be_positive() {
     let text = format!("{BASE}\n[forward]\ndead_letter_max_count = 0\ndead_letter_max_bytes = 0\n");
     assert_eq!(paths(&text), ["forward.dead_letter_max_count", "forward.dead_letter_max_bytes"]);
 }
+
+#[test]
+fn auth_defaults_and_problems_name_their_keys() {
+    let c = parse(BASE).unwrap();
+    assert!(c.api.metrics_auth, "metrics need a token unless the config says otherwise");
+    assert_eq!((c.auth.user_failures, c.auth.lockout_secs, c.auth.cookie_secure), (20, 900, false));
+    let text = format!(
+        "{BASE}\n[auth]\nsession_idle_secs = 600\nsession_max_secs = 60\nuser_failures = 0\nsource_failures = 0\nlockout_secs = 0\n"
+    );
+    assert_eq!(
+        paths(&text),
+        ["auth.session_max_secs", "auth.user_failures", "auth.source_failures", "auth.lockout_secs"]
+    );
+}

@@ -401,6 +401,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     if config.core.batch_samples == 0 {
         p.push("core.batch_samples", "0; expected at least 1");
     }
+    validate_auth(config, &mut p);
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",
@@ -408,6 +409,31 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
         );
     }
     p.0
+}
+
+fn validate_auth(config: &Config, p: &mut Problems) {
+    let a = &config.auth;
+    if a.session_idle_secs == 0 {
+        p.push("auth.session_idle_secs", "0; expected a positive number of seconds");
+    }
+    if a.session_max_secs < a.session_idle_secs {
+        p.push(
+            "auth.session_max_secs",
+            format!(
+                "{} is shorter than auth.session_idle_secs ({}); expected at least that",
+                a.session_max_secs, a.session_idle_secs
+            ),
+        );
+    }
+    if a.user_failures == 0 {
+        p.push("auth.user_failures", "0; expected at least 1");
+    }
+    if a.source_failures == 0 {
+        p.push("auth.source_failures", "0; expected at least 1");
+    }
+    if a.lockout_secs == 0 {
+        p.push("auth.lockout_secs", "0; expected a positive number of seconds");
+    }
 }
 
 fn check_pointer(ptr: &str, path: &str, p: &mut Problems) {

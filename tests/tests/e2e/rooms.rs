@@ -16,14 +16,15 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("source", &["config", "metrics"][..]),
         ("core", &["config", "metrics"][..]),
         ("incident", &[][..]),
+        ("auth", &[][..]),
         // The change log it reads; the core's handle to raise `system` incidents.
         ("forward", &["config", "incident", "core"][..]),
         ("broker", &["config"][..]),
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
         // The API shows every room; only `app` wires them together.
-        ("api", &["config", "core", "forward", "incident", "metrics", "source"][..]),
-        ("app", &["api", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..]),
+        ("api", &["auth", "config", "core", "forward", "incident", "metrics", "source"][..]),
+        ("app", &["api", "auth", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..]),
     ])
 }
 
