@@ -45,6 +45,8 @@ pub enum AppError {
     Audit(#[from] crate::audit::AuditError),
     #[error("API TLS: {0}")]
     Tls(#[from] api::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<PackError>),
 }
@@ -56,6 +58,19 @@ pub struct Extras {
     pub simulate: Option<(String, u16, Duration)>,
     /// Serve the config's Modbus devices from a simulated Modbus TCP server on this address.
     pub modbus_sim: Option<SocketAddr>,
+}
+
+/// Session and throttling limits from `[auth]`.
+pub fn auth_settings(config: &Config) -> crate::auth::Settings {
+    let a = &config.auth;
+    crate::auth::Settings {
+        session_idle: Duration::from_secs(a.session_idle_secs),
+        session_max: Duration::from_secs(a.session_max_secs),
+        user_failures: a.user_failures,
+        source_failures: a.source_failures,
+        failure_window: Duration::from_secs(60),
+        lockout: Duration::from_secs(a.lockout_secs),
+    }
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then stops cleanly.
@@ -164,6 +179,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         None => None,
     };
     let (pollers, modbus_status) = crate::source::modbus::pollers(&config, &registry)?;
+    let auth =
+        crate::auth::Auth::open(&crate::auth::db_path(&config.incidents.path), auth_settings(&config), audit.clone())?;
     let config = Arc::new(config);
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
@@ -178,7 +195,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         modbus: modbus_status,
         health,
         central: central_metrics,
-        audit: Some(audit.clone()),
+        audit: audit.clone(),
+        access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {
@@ -204,6 +222,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let api_stop = CancellationToken::new();
     let api = {
         let stop = api_stop.clone();
+        // The client's address feeds login throttling and the audit trail.
         let app = api::router(state).into_make_service_with_connect_info::<api::tls::Peer>();
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await })
     };

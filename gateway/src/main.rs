@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
     },
-    /// Show the health of a running gateway, one line per component.
+    /// Show the health of a running gateway, one line per component (a token in PARKWATCH_TOKEN).
     ///
     /// Exit status: 0 all ok, 1 something degraded, 2 something failed, 3 the gateway cannot be reached.
     Status {
@@ -77,6 +77,60 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Manage the people who use the API (auth.db beside the incident database). 管理用户。
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API tokens for machines and scripts. 管理 API 令牌。
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// Where the auth database is, and the language of the answers.
+#[derive(clap::Args)]
+struct AdminArgs {
+    #[arg(short, long, value_name = "FILE", default_value = "/etc/parkwatch/parkwatch.toml")]
+    config: PathBuf,
+    /// Language of the messages.
+    #[arg(long, value_enum, default_value_t = Lang::Zh)]
+    lang: Lang,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is asked for (or read from standard input when piped). The first user
+    /// must be an admin.
+    Add {
+        name: String,
+        /// admin, safety_manager, supervisor, officer or viewer.
+        #[arg(long)]
+        role: String,
+        /// A grid the user is limited to (repeat for several); required for supervisor and officer.
+        #[arg(long = "grid", value_name = "GRID")]
+        grids: Vec<String>,
+        #[command(flatten)]
+        args: AdminArgs,
+    },
+    /// Set a user's password (and enable the user again); their sessions end.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        args: AdminArgs,
+    },
+    /// Disable a user: no more logins, their sessions end.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        args: AdminArgs,
+    },
+    /// List the users.
+    List {
+        #[command(flatten)]
+        args: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +144,38 @@ enum AuditCommand {
         /// Language of the report.
         #[arg(long, value_enum, default_value_t = Lang::Zh)]
         lang: Lang,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once as PARKWATCH_TOKEN=<token>; only its hash is kept.
+    Create {
+        /// What the token is for, like "central-scada".
+        #[arg(long)]
+        name: String,
+        /// admin, safety_manager, supervisor, officer or viewer.
+        #[arg(long)]
+        role: String,
+        /// A grid the token is limited to (repeat for several).
+        #[arg(long = "grid", value_name = "GRID")]
+        grids: Vec<String>,
+        /// Days until the token expires; without it the token lasts until revoked.
+        #[arg(long, value_name = "DAYS")]
+        expires_days: Option<u64>,
+        #[command(flatten)]
+        args: AdminArgs,
+    },
+    /// List the tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        args: AdminArgs,
+    },
+    /// Revoke a token by its id (as `token list` shows it).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        args: AdminArgs,
     },
 }
 
@@ -129,6 +215,15 @@ enum RulesCommand {
         #[arg(long, value_name = "DIR")]
         rules: Option<PathBuf>,
     },
+    /// For each device and point of a config, the rules that watch it; points no alarm rule watches
+    /// (and that do not say why) are marked. Exit status 1 when there are such points.
+    Coverage {
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/parkwatch/parkwatch.toml")]
+        config: PathBuf,
+        /// Language of the listing.
+        #[arg(long, value_enum, default_value_t = Lang::Zh)]
+        lang: Lang,
+    },
 }
 
 fn main() -> ExitCode {
@@ -152,11 +247,14 @@ fn main() -> ExitCode {
             report(demo(listen, mqtt_listen, modbus_listen, duration))
         }
         Command::Rules { command: RulesCommand::Test { files, rules } } => rules_test(&files, rules.as_deref()),
+        Command::Rules { command: RulesCommand::Coverage { config, lang } } => rules_coverage(&config, lang),
         Command::Forward { command: ForwardCommand::Replay { config, target, dry_run } } => {
             report(replay(&config, target.as_deref(), dry_run))
         }
         Command::Status { url, lang } => status(&url, lang),
         Command::Audit { command: AuditCommand::Verify { config, lang } } => audit_verify(&config, lang),
+        Command::User { command } => users(command),
+        Command::Token { command } => tokens(command),
     }
 }
 
@@ -214,6 +312,12 @@ fn check(file: &Path) -> ExitCode {
                         );
                         return ExitCode::FAILURE;
                     }
+                    for w in parkwatch::core::coverage::warnings(&parkwatch::core::coverage::coverage(
+                        engine.rules(),
+                        &parkwatch::model::Registry::from_config(&c),
+                    )) {
+                        println!("{}: coverage: warning: {w}", file.display());
+                    }
                     let skipped = if errors.is_empty() { String::new() } else { format!(", {} skipped", errors.len()) };
                     format!("{} rules from {} packs{skipped}", engine.rules().len(), packs.len())
                 }
@@ -248,6 +352,94 @@ fn check(file: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `parkwatch rules coverage`: the rules of each device and point, for the people who set up a site.
+fn rules_coverage(file: &Path, lang: Lang) -> ExitCode {
+    let c = match config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            for (path, message) in e.problems() {
+                println!("{}: {path}: {message}", file.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let registry = std::sync::Arc::new(parkwatch::model::Registry::from_config(&c));
+    let engine = match parkwatch::core::packs::build_lenient(&c, registry.clone(), 1) {
+        Ok((engine, _, errors)) => {
+            for e in &errors {
+                eprintln!("{}: rules: {e}", file.display());
+            }
+            engine
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: rules: {e}", file.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let cov = parkwatch::core::coverage::coverage(engine.rules(), &registry);
+    print!("{}", coverage_text(&cov, lang));
+    if cov.iter().any(|d| d.blind_spots().next().is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn coverage_text(cov: &[parkwatch::core::coverage::DeviceCoverage], lang: Lang) -> String {
+    use std::fmt::Write as _;
+    let zh = lang == Lang::Zh;
+    let none = if zh { "无" } else { "none" };
+    let list = |v: &[String]| if v.is_empty() { none.to_owned() } else { v.join(", ") };
+    let mut out = String::new();
+    let mut blind = 0;
+    for d in cov {
+        if zh {
+            let _ = writeln!(out, "设备 {}（类别 {}，网格 {}）", d.device, d.category, d.grid);
+        } else {
+            let _ = writeln!(out, "device {} (category {}, grid {})", d.device, d.category, d.grid);
+        }
+        for p in &d.points {
+            let unit = if p.unit.is_empty() { String::new() } else { format!(" [{}]", p.unit) };
+            let mark = match (&p.unwatched, p.alarms.is_empty()) {
+                (_, false) => "  ",
+                (Some(_), true) => "- ",
+                (None, true) => {
+                    blind += 1;
+                    "! "
+                }
+            };
+            let _ = if zh {
+                write!(out, "  {mark}{}{unit}: 告警规则 {}; 质量规则 {}", p.name, list(&p.alarms), list(&p.quality))
+            } else {
+                write!(
+                    out,
+                    "  {mark}{}{unit}: alarm rules {}; quality rules {}",
+                    p.name,
+                    list(&p.alarms),
+                    list(&p.quality)
+                )
+            };
+            if let Some(why) = &p.unwatched {
+                let _ = write!(out, "{}{why}", if zh { "; 不设告警: " } else { "; unwatched: " });
+            }
+            if !p.not_applied.is_empty() {
+                let _ =
+                    write!(out, "{}{}", if zh { "; 未适用: " } else { "; not applied: " }, p.not_applied.join(", "));
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(out, "  {}{}", if zh { "整机规则: " } else { "device rules: " }, list(&d.device_rules));
+    }
+    let _ = if zh {
+        writeln!(out, "{blind} 个点位没有告警规则且未说明原因（标记 !）")
+    } else {
+        writeln!(out, "{blind} point(s) watched by no alarm rule without a reason (marked !)")
+    };
+    out
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -303,6 +495,7 @@ fn demo(
         c.host = Some(modbus_listen.ip().to_string());
         c.port = Some(modbus_listen.port());
     }
+    let demo_auth = demo_accounts(&config)?;
     let rt = runtime()?;
     rt.block_on(async {
         let shutdown = CancellationToken::new();
@@ -332,6 +525,12 @@ fn demo(
         println!("  Stop with Ctrl-C{}.", duration.map(|d| format!(" (or wait {d} s)")).unwrap_or_default());
         println!("  Incidents  http://{listen}/api/v1/incidents   (rules: /api/v1/rules)");
         println!("  Modbus     {modbus_listen}   (simulated Modbus TCP meters and detectors, polled by the gateway)");
+        println!("  Users      (demo only; random passwords, gone when the demo ends)");
+        for (name, role, password) in &demo_auth.users {
+            println!("             {name} / {password}   ({role})");
+        }
+        println!("  API token  (admin; use with: curl -H \"Authorization: Bearer $PARKWATCH_TOKEN\" ...)");
+        println!("PARKWATCH_TOKEN={}", demo_auth.token);
         let extras = Extras {
             simulate: Some((mqtt_listen.ip().to_string(), mqtt_listen.port(), Duration::from_secs(1))),
             modbus_sim: Some(modbus_listen),
@@ -400,6 +599,47 @@ fn verify_report(path: &Path, v: &parkwatch::audit::Verified, lang: Lang) -> (St
         Lang::Zh => (format!("审计日志 {file}: 第 {seq} 条记录损坏（seq {seq}）：{what}"), 1),
         Lang::En => (format!("audit trail {file}: record seq {seq} is broken: {what}"), 1),
     }
+}
+
+/// The demo's people and admin token.
+struct DemoAuth {
+    /// Name, role (with grids), password.
+    users: Vec<(String, String, String)>,
+    token: String,
+}
+
+/// A demo admin and a demo officer of the first grid with random passwords, and an admin token, in the
+/// demo's own auth database (removed with its directory when the demo ends), recorded in the demo's
+/// audit trail.
+fn demo_accounts(config: &config::Config) -> anyhow::Result<DemoAuth> {
+    use parkwatch::auth::{admin, random_hex, Role};
+    let conn = parkwatch::auth::store::open(&parkwatch::auth::db_path(&config.incidents.path))?;
+    let known: Vec<String> = config.grids.iter().map(|g| g.id.clone()).collect();
+    let grid = known.first().cloned().context("the demo config has no grid")?;
+    audited(&config.audit_path(), Lang::En, |log| {
+        let mut users = Vec::new();
+        for (name, role, grids) in
+            [("demo-admin", Role::Admin, None), ("demo-officer", Role::Officer, Some(vec![grid.clone()]))]
+        {
+            let password = random_hex(8)?;
+            admin::add_user(&conn, name, role, &grids, &password, &known, admin::By { actor: "demo", audit: log })?;
+            let label = match &grids {
+                Some(g) => format!("{role}, grid {}", g.join(",")),
+                None => role.to_string(),
+            };
+            users.push((name.to_owned(), label, password));
+        }
+        let (token, _) = admin::create_token(
+            &conn,
+            "demo",
+            Role::Admin,
+            None,
+            None,
+            &known,
+            admin::By { actor: "demo", audit: log },
+        )?;
+        Ok(DemoAuth { users, token })
+    })?
 }
 
 fn rules_test(files: &[PathBuf], dir: Option<&Path>) -> ExitCode {
@@ -489,13 +729,247 @@ fn replay(file: &Path, only: Option<&str>, dry_run: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `zh` or `en` by `lang`.
+fn say(lang: Lang, zh: &str, en: &str) -> String {
+    match lang {
+        Lang::Zh => zh.to_owned(),
+        Lang::En => en.to_owned(),
+    }
+}
+
+/// What a user or token command works on: the auth database beside the incident database, the
+/// config's grids, and the audit database the daemon records in.
+struct AdminDb {
+    conn: rusqlite::Connection,
+    known: Vec<String>,
+    audit: PathBuf,
+}
+
+fn auth_db(args: &AdminArgs) -> anyhow::Result<AdminDb> {
+    let config = config::load(&args.config)?;
+    let path = parkwatch::auth::db_path(&config.incidents.path);
+    let conn = parkwatch::auth::store::open(&path)?;
+    Ok(AdminDb { conn, known: config.grids.iter().map(|g| g.id.clone()).collect(), audit: config.audit_path() })
+}
+
+/// Runs `change` with an audit log opened on `path` (the daemon's file; a running daemon and this
+/// command append to one chain, see `parkwatch::audit`) and returns its result once its record is
+/// committed.
+///
+/// # Errors
+/// The audit log cannot be opened, or the record could not be written.
+fn audited<T>(path: &Path, lang: Lang, change: impl FnOnce(&parkwatch::audit::AuditLog) -> T) -> anyhow::Result<T> {
+    let (log, writer) = parkwatch::audit::AuditLog::open(path, parkwatch::model::health::Health::new())?;
+    let r = change(&log);
+    drop(log);
+    let lost = writer.join().map_err(|_| anyhow::anyhow!("the audit writer panicked"))?;
+    anyhow::ensure!(
+        lost == 0,
+        say(
+            lang,
+            &format!("审计记录未能写入 {}", path.display()),
+            &format!("the audit record could not be written to {}", path.display()),
+        )
+    );
+    Ok(r)
+}
+
+/// Who acts on the command line, for the audit trail.
+fn cli_actor() -> String {
+    format!("cli:{}", std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into()))
+}
+
+fn role_arg(role: &str, lang: Lang) -> anyhow::Result<parkwatch::auth::Role> {
+    parkwatch::auth::Role::parse(role).ok_or_else(|| {
+        anyhow::anyhow!(say(
+            lang,
+            &format!("角色 {role:?} 不存在（可选：admin、safety_manager、supervisor、officer、viewer）"),
+            &format!("role {role:?} does not exist; expected admin, safety_manager, supervisor, officer or viewer"),
+        ))
+    })
+}
+
+/// A new password: asked twice at a terminal without echo, or one line of standard input when piped.
+/// Never an argument, so it shows in no process list or shell history.
+fn read_password(name: &str, lang: Lang) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(say(
+            lang,
+            &format!("{name} 的新密码: "),
+            &format!("new password for {name}: "),
+        ))?;
+        let again = rpassword::prompt_password(say(lang, "再输入一次: ", "again: "))?;
+        anyhow::ensure!(first == again, say(lang, "两次输入的密码不一致", "the two passwords differ"));
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from standard input")?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
+}
+
+fn grids_arg(grids: Vec<String>) -> parkwatch::auth::Grids {
+    (!grids.is_empty()).then_some(grids)
+}
+
+fn users(command: UserCommand) -> ExitCode {
+    let lang = match &command {
+        UserCommand::Add { args, .. }
+        | UserCommand::Passwd { args, .. }
+        | UserCommand::Disable { args, .. }
+        | UserCommand::List { args } => args.lang,
+    };
+    report(users_run(command, lang))
+}
+
+fn users_run(command: UserCommand, lang: Lang) -> anyhow::Result<()> {
+    use parkwatch::auth::{admin, store};
+    let actor = cli_actor();
+    match command {
+        UserCommand::Add { name, role, grids, args } => {
+            let db = auth_db(&args)?;
+            let role = role_arg(&role, lang)?;
+            let grids = grids_arg(grids);
+            let password = read_password(&name, lang)?;
+            audited(&db.audit, lang, |log| {
+                admin::add_user(
+                    &db.conn,
+                    &name,
+                    role,
+                    &grids,
+                    &password,
+                    &db.known,
+                    admin::By { actor: &actor, audit: log },
+                )
+            })??;
+            println!("{}", say(lang, &format!("已添加用户 {name}（{role}）"), &format!("user {name} added ({role})")));
+        }
+        UserCommand::Passwd { name, args } => {
+            let db = auth_db(&args)?;
+            anyhow::ensure!(
+                store::user(&db.conn, &name)?.is_some(),
+                say(lang, &format!("用户 {name:?} 不存在"), &format!("user {name:?} does not exist"))
+            );
+            let password = read_password(&name, lang)?;
+            audited(&db.audit, lang, |log| {
+                admin::set_password(&db.conn, &name, &password, admin::By { actor: &actor, audit: log })
+            })??;
+            println!("{}", say(lang, &format!("已更改 {name} 的密码"), &format!("password of {name} changed")));
+        }
+        UserCommand::Disable { name, args } => {
+            let db = auth_db(&args)?;
+            audited(&db.audit, lang, |log| {
+                admin::disable_user(&db.conn, &name, admin::By { actor: &actor, audit: log })
+            })??;
+            println!("{}", say(lang, &format!("已停用用户 {name}"), &format!("user {name} disabled")));
+        }
+        UserCommand::List { args } => {
+            let db = auth_db(&args)?;
+            let header = say(lang, "用户\t角色\t网格\t状态", "user\trole\tgrids\tstatus");
+            println!("{header}");
+            for u in store::users(&db.conn)? {
+                let grids = u.grids.map(|g| g.join(",")).unwrap_or_else(|| say(lang, "全园区", "site"));
+                let status =
+                    if u.disabled { say(lang, "已停用", "disabled") } else { say(lang, "启用", "enabled") };
+                println!("{}\t{}\t{grids}\t{status}", u.name, u.role);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tokens(command: TokenCommand) -> ExitCode {
+    let lang = match &command {
+        TokenCommand::Create { args, .. } | TokenCommand::List { args } | TokenCommand::Revoke { args, .. } => {
+            args.lang
+        }
+    };
+    report(tokens_run(command, lang))
+}
+
+fn tokens_run(command: TokenCommand, lang: Lang) -> anyhow::Result<()> {
+    use parkwatch::auth::{admin, store};
+    let actor = cli_actor();
+    match command {
+        TokenCommand::Create { name, role, grids, expires_days, args } => {
+            let db = auth_db(&args)?;
+            let role = role_arg(&role, lang)?;
+            let expires = expires_days.map(|d| parkwatch::model::time::now_ns() + d as i64 * 86_400 * 1_000_000_000);
+            let (text, token) = audited(&db.audit, lang, |log| {
+                admin::create_token(
+                    &db.conn,
+                    &name,
+                    role,
+                    grids_arg(grids),
+                    expires,
+                    &db.known,
+                    admin::By { actor: &actor, audit: log },
+                )
+            })??;
+            eprintln!(
+                "{}",
+                say(
+                    lang,
+                    &format!("已创建令牌 {}（{name}，{role}）。令牌只显示这一次，请妥善保存：", token.id),
+                    &format!("token {} created ({name}, {role}). It is shown this once only; keep it safe:", token.id),
+                )
+            );
+            println!("PARKWATCH_TOKEN={text}");
+        }
+        TokenCommand::List { args } => {
+            let db = auth_db(&args)?;
+            println!(
+                "{}",
+                say(
+                    lang,
+                    "编号\t名称\t角色\t网格\t到期\t最后使用\t状态",
+                    "id\tname\trole\tgrids\texpires\tlast used\tstatus"
+                )
+            );
+            let now = parkwatch::model::time::now_ns();
+            let when = |t: Option<i64>| t.map(parkwatch::model::time::fmt_ns).unwrap_or_else(|| "-".into());
+            for t in store::tokens(&db.conn)? {
+                let grids = t.grids.map(|g| g.join(",")).unwrap_or_else(|| say(lang, "全园区", "site"));
+                let status = if t.revoked_at.is_some() {
+                    say(lang, "已吊销", "revoked")
+                } else if t.expires_at.is_some_and(|e| e <= now) {
+                    say(lang, "已过期", "expired")
+                } else {
+                    say(lang, "有效", "valid")
+                };
+                println!(
+                    "{}\t{}\t{}\t{grids}\t{}\t{}\t{status}",
+                    t.id,
+                    t.name,
+                    t.role,
+                    when(t.expires_at),
+                    when(t.last_used_at)
+                );
+            }
+        }
+        TokenCommand::Revoke { id, args } => {
+            let db = auth_db(&args)?;
+            audited(&db.audit, lang, |log| {
+                admin::revoke_token(&db.conn, &id, admin::By { actor: &actor, audit: log })
+            })??;
+            println!("{}", say(lang, &format!("已吊销令牌 {id}"), &format!("token {id} revoked")));
+        }
+    }
+    Ok(())
+}
+
 /// Exit status of `parkwatch status` when the gateway does not answer (or not with its health).
 const UNREACHABLE: u8 = 3;
 
 fn status(url: &str, lang: Lang) -> ExitCode {
     let url = format!("{}/api/v1/health", url.trim_end_matches('/'));
-    let answer = ureq::get(&url)
-        .timeout(Duration::from_secs(5))
+    let mut request = ureq::get(&url).timeout(Duration::from_secs(5));
+    // The token comes from the environment only, so it never shows in a process list.
+    if let Ok(token) = std::env::var("PARKWATCH_TOKEN") {
+        request = request.set("Authorization", &format!("Bearer {}", token.trim()));
+    }
+    let answer = request
         .call()
         .map_err(|e| e.to_string())
         .and_then(|r| r.into_string().map_err(|e| e.to_string()))

@@ -78,6 +78,9 @@ struct TestDevice {
     tags: BTreeMap<String, String>,
     #[serde(default)]
     points: Vec<String>,
+    /// Modbus poll interval (ms) of the device; 0: it sends on its own.
+    #[serde(default)]
+    poll_ms: u64,
 }
 
 fn default_id() -> String {
@@ -310,7 +313,12 @@ fn transitions(
     );
     let config = crate::config::from_str(&toml_text, Path::new("(test)"), Path::new("."))
         .map_err(|e| format!("test device: {e}"))?;
-    let registry = Arc::new(Registry::from_config(&config));
+    let mut registry = Registry::from_config(&config);
+    // The poll interval without a Modbus connection and profile for the test device.
+    for dev in &mut registry.devices {
+        dev.poll_ms = d.poll_ms;
+    }
+    let registry = Arc::new(registry);
     let set = rules::load(packs, Limits::default())
         .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
     for r in &case.rules {

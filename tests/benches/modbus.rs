@@ -29,7 +29,7 @@ fn proc_stat(pid: u32) -> (f64, f64) {
 }
 
 fn sum(gw: &Gateway, name: &str) -> f64 {
-    let (_, text) = parkwatch_e2e::http_get(gw.api, "/metrics").unwrap();
+    let (_, text) = gw.get("/metrics").unwrap();
     text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 

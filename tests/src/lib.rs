@@ -172,9 +172,43 @@ impl Drop for Mosquitto {
 pub struct Gateway {
     pub api: SocketAddr,
     pub dir: tempfile::TempDir,
+    /// An admin API token, made with `parkwatch token create` before the gateway started.
+    pub token: String,
     child: Option<Child>,
     /// When the gateway counts as started; `None`: plain `GET /healthz` answers 200.
     ready: Option<Box<dyn Fn(SocketAddr) -> bool>>,
+}
+
+/// Runs `parkwatch` with `args` (and `stdin` piped in) and returns its standard output; fails the test
+/// when it fails.
+pub fn parkwatch_cli(args: &[&str], stdin: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(gateway_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run parkwatch");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "parkwatch {args:?} failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Creates an API token with `parkwatch token create` against `config`; returns the token.
+pub fn create_token(config: &Path, name: &str, role: &str, grids: &[&str]) -> String {
+    let config = config.to_str().unwrap();
+    let mut args = vec!["token", "create", "-c", config, "--name", name, "--role", role];
+    for g in grids {
+        args.extend(["--grid", g]);
+    }
+    let out = parkwatch_cli(&args, "");
+    out.lines()
+        .find_map(|l| l.strip_prefix("PARKWATCH_TOKEN="))
+        .unwrap_or_else(|| panic!("no PARKWATCH_TOKEN line in:\n{out}"))
+        .to_owned()
 }
 
 impl Gateway {
@@ -196,8 +230,10 @@ impl Gateway {
             // Incidents live in the test's own directory (the path is relative to the config).
             text.push_str("\n[incidents]\npath = \"incidents.db\"\n");
         }
-        std::fs::write(dir.path().join("parkwatch.toml"), text).unwrap();
-        let mut gw = Self { api, dir, child: None, ready };
+        let config = dir.path().join("parkwatch.toml");
+        std::fs::write(&config, text).unwrap();
+        let token = create_token(&config, "e2e", "admin", &[]);
+        let mut gw = Self { api, dir, token, child: None, ready };
         gw.restart();
         gw
     }
@@ -252,16 +288,26 @@ impl Gateway {
         }
     }
 
+    /// `GET path` with the admin token: status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        http_get_as(self.api, path, Some(&self.token))
+    }
+
+    /// `POST path` with the admin token: status and body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<(u16, String), String> {
+        http_post_as(self.api, path, body, Some(&self.token))
+    }
+
     /// `GET path` as JSON.
     pub fn json(&self, path: &str) -> serde_json::Value {
-        let (status, body) = http_get(self.api, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let (status, body) = self.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
     /// The value of one metric line, `name{labels}` exactly as exposed.
     pub fn metric(&self, series: &str) -> Option<f64> {
-        let (_, text) = http_get(self.api, "/metrics").ok()?;
+        let (_, text) = self.get("/metrics").ok()?;
         metric_value(&text, series)
     }
 
@@ -286,24 +332,43 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// `GET` on the API: status and body; 4xx and 5xx are answers, not errors.
+/// `GET` on the API without credentials: status and body; 4xx and 5xx are answers, not errors.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    http_get_as(addr, path, None)
+}
+
+/// `GET` on the API with a bearer token.
+pub fn http_get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
     let url = format!("http://{addr}{path}");
-    match ureq::get(&url).timeout(Duration::from_secs(10)).call() {
+    let mut req = ureq::get(&url).timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    match req.call() {
         Ok(r) => Ok((r.status(), r.into_string().map_err(|e| e.to_string())?)),
         Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
         Err(e) => Err(e.to_string()),
     }
 }
 
-/// `POST` JSON on the API: status and body.
+/// `POST` JSON on the API without credentials: status and body.
 pub fn http_post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Result<(u16, String), String> {
+    http_post_as(addr, path, body, None)
+}
+
+/// `POST` JSON on the API with a bearer token.
+pub fn http_post_as(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     let url = format!("http://{addr}{path}");
-    match ureq::post(&url)
-        .timeout(Duration::from_secs(10))
-        .set("Content-Type", "application/json")
-        .send_string(&body.to_string())
-    {
+    let mut req = ureq::post(&url).timeout(Duration::from_secs(10)).set("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    match req.send_string(&body.to_string()) {
         Ok(r) => Ok((r.status(), r.into_string().map_err(|e| e.to_string())?)),
         Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
         Err(e) => Err(e.to_string()),

@@ -1,40 +1,14 @@
-//! The audit trail over HTTP: where a request came from (for its records), recording, and
+//! The audit trail over HTTP: how an answer is told in a record (outcome and reason), and
 //! `GET /api/v1/audit`, which pages through the committed records by sequence number.
 
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::tls::Peer;
 use super::{ApiError, AppState};
-use crate::audit::{AuditEvent, AuditReader};
-
-/// The peer address of a request, for audit records; `unknown` when served without a socket.
-#[derive(Debug, Clone)]
-pub(super) struct Source(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Source {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(match parts.extensions.get::<ConnectInfo<Peer>>() {
-            Some(ConnectInfo(Peer(addr))) => addr.to_string(),
-            None => "unknown".to_owned(),
-        }))
-    }
-}
-
-impl AppState {
-    /// Records `event` in the audit trail, when there is one.
-    pub(super) fn audit(&self, event: AuditEvent) {
-        if let Some(log) = &self.audit {
-            log.record(event);
-        }
-    }
-}
+use crate::audit::AuditReader;
 
 /// The outcome of an answer, as audit records say it: `ok`, `refused` (the request was not
 /// acceptable) or `failed` (the gateway could not do it).
@@ -50,9 +24,26 @@ pub(super) fn outcome<T>(r: &Result<T, ApiError>) -> &'static str {
 pub(super) fn reason<T>(r: &Result<T, ApiError>) -> String {
     match r {
         Ok(_) => String::new(),
-        Err(ApiError::BadRequest(m) | ApiError::NotFound(m) | ApiError::Conflict(m)) => m.clone(),
+        Err(
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::TooMany { message: m, .. },
+        ) => m.clone(),
         Err(ApiError::Internal(_)) => "internal error".to_owned(),
         Err(ApiError::Unavailable) => "the gateway is shutting down".to_owned(),
+    }
+}
+
+/// `detail`, followed by why the request failed when it did.
+pub(super) fn with_reason<T>(detail: String, r: &Result<T, ApiError>) -> String {
+    let why = reason(r);
+    match (detail.is_empty(), why.is_empty()) {
+        (_, true) => detail,
+        (true, false) => why,
+        (false, false) => format!("{detail}; {why}"),
     }
 }
 
@@ -71,7 +62,6 @@ pub(super) async fn list(
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let log = st.audit.as_ref().ok_or_else(|| ApiError::NotFound("the audit trail is not enabled".into()))?;
     let after = q.after.unwrap_or(0);
     if after < 0 {
         return Err(ApiError::BadRequest(format!("after={after}; expected a sequence number, 0 or more")));
@@ -80,7 +70,7 @@ pub(super) async fn list(
         n @ 1..=1000 => n,
         n => return Err(ApiError::BadRequest(format!("limit={n}; expected 1 to 1000"))),
     };
-    let path = log.path().to_owned();
+    let path = st.audit.path().to_owned();
     let records = tokio::task::spawn_blocking(move || AuditReader::open(&path)?.after(after, limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

@@ -1,19 +1,21 @@
 //! Incident and rule routes: list and inspect incidents, acknowledge, shelve, comment, close; the
 //! loaded rules and a reload. Actions on a live alarm go through the core (it owns alarm state); the
-//! answer is given once the change is on disk.
+//! answer is given once the change is on disk. Every action is recorded under the authenticated
+//! caller's name and audited; a caller sees and acts only on incidents of their grids.
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::audit::{outcome, reason, Source};
-use super::{ApiError, AppState};
-use crate::audit::AuditEvent;
+use super::audit::{outcome, with_reason};
+use super::{ApiError, AppState, Principal};
+use crate::auth::Role;
 use crate::core::engine::{Action, ActionError};
 use crate::core::rules::parse_duration;
-use crate::incident::{Filter, IncidentStore, Manual, StoreError};
+use crate::incident::{Filter, Incident, IncidentStore, Manual, StoreError};
 use crate::model::time::now_ns;
 
 impl From<StoreError> for ApiError {
@@ -56,6 +58,7 @@ fn time(name: &str, v: Option<&String>) -> Result<Option<i64>, ApiError> {
 
 pub(super) async fn list(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -70,6 +73,7 @@ pub(super) async fn list(
         until: time("until", q.until.as_ref())?,
         state: q.state,
         grid: q.grid,
+        scope: who.scope(),
         severity: q.severity,
         category: q.category,
         device: q.device,
@@ -78,38 +82,79 @@ pub(super) async fn list(
     Ok(Json(store(&st)?.list(filter).await?).into_response())
 }
 
-pub(super) async fn one(State(st): State<AppState>, Path(id): Path<i64>) -> Result<Response, ApiError> {
-    match store(&st)?.get(id).await? {
-        Some(i) => Ok(Json(i).into_response()),
-        None => Err(ApiError::NotFound(format!("incident {id} not found"))),
-    }
+/// The incident `id` if the caller may see it; another grid's incident is not found.
+async fn visible(st: &AppState, who: &Principal, id: i64) -> Result<Incident, ApiError> {
+    store(st)?.get(id, who.scope()).await?.ok_or_else(|| ApiError::NotFound(format!("incident {id} not found")))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+pub(super) async fn one(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    Ok(Json(visible(&st, &who, id).await?).into_response())
+}
+
+/// The body of an action; the actor is the authenticated caller, never a field.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ActBody {
-    /// Who acts (an officer's id or name).
-    by: String,
+    /// A note kept in the history; required to close by hand.
     note: Option<String>,
-    /// For shelve: how long, like "30m".
+    /// For shelve: how long, like "30m" ("0s" unshelves).
     duration: Option<String>,
+    /// For shelve: why; required to shelve a critical alarm.
+    reason: Option<String>,
     /// For comment.
     text: Option<String>,
 }
 
-type Body = Result<Json<ActBody>, axum::extract::rejection::JsonRejection>;
-
-fn body(b: Body) -> Result<ActBody, ApiError> {
-    let Json(b) = b.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if b.by.trim().is_empty() {
-        return Err(ApiError::BadRequest("`by` is empty; say who acts".into()));
+/// An empty body is an empty object, so `curl -X POST` acknowledges without `-d '{}'`.
+fn body(b: &[u8]) -> Result<ActBody, ApiError> {
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ActBody::default());
     }
-    Ok(b)
+    serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-async fn act(st: &AppState, id: i64, action: Action, b: ActBody) -> Result<Response, ApiError> {
+fn filled(s: Option<String>) -> Option<String> {
+    s.filter(|t| !t.trim().is_empty())
+}
+
+/// What an action request asked for, as its audit record's detail (never more than the client sent).
+fn describe(b: &Result<ActBody, ApiError>) -> String {
+    let Ok(b) = b else { return String::new() };
+    let mut parts = Vec::new();
+    for (k, v) in [("duration", &b.duration), ("reason", &b.reason), ("note", &b.note), ("text", &b.text)] {
+        if let Some(v) = v.as_deref().filter(|v| !v.trim().is_empty()) {
+            parts.push(format!("{k}: {v}"));
+        }
+    }
+    parts.join("; ")
+}
+
+/// Records an action of `who` on incident `id` in the audit trail, and passes its answer on.
+fn audited(
+    st: &AppState,
+    who: &Principal,
+    action: &'static str,
+    id: i64,
+    detail: String,
+    r: Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    st.audit.record(who.event(action, format!("incident:{id}"), outcome(&r), with_reason(detail, &r)));
+    r
+}
+
+async fn act(
+    st: &AppState,
+    who: &Principal,
+    id: i64,
+    action: Action,
+    note: Option<String>,
+) -> Result<Response, ApiError> {
     let store = store(st)?;
-    let handled = st.core.act(id, action.clone(), b.by.clone()).await?.map_err(|e| match e {
+    let handled = st.core.act(id, action.clone(), who.name().to_owned()).await?.map_err(|e| match e {
         ActionError::NotOpen(_) => ApiError::Conflict(e.to_string()),
         ActionError::StillActive(_) => ApiError::Conflict(e.to_string()),
     })?;
@@ -122,135 +167,116 @@ async fn act(st: &AppState, id: i64, action: Action, b: ActBody) -> Result<Respo
                 return Err(ApiError::Conflict(format!("incident {id} has no live alarm to shelve")));
             }
         };
-        store.manual(id, manual, b.by.clone(), b.note.clone(), now).await?;
-    } else if let Some(note) = b.note.filter(|n| !n.trim().is_empty()) {
-        store.comment(id, b.by, note, now).await?;
+        store.manual(id, manual, who.name().to_owned(), note, now).await?;
+    } else if let Some(note) = note {
+        store.comment(id, who.name().to_owned(), note, now).await?;
     }
     // The core queued its changes before answering; this waits until they are on disk.
     store.sync().await?;
-    match store.get(id).await? {
-        Some(i) => Ok(Json(i).into_response()),
-        None => Err(ApiError::NotFound(format!("incident {id} not found"))),
-    }
-}
-
-/// What an action request asked for, as its audit record's detail (never more than the client sent).
-fn describe(b: &ActBody) -> String {
-    let mut parts = Vec::new();
-    for (k, v) in [("duration", &b.duration), ("note", &b.note), ("text", &b.text)] {
-        if let Some(v) = v.as_deref().filter(|v| !v.trim().is_empty()) {
-            parts.push(format!("{k}: {v}"));
-        }
-    }
-    parts.join("; ")
-}
-
-/// Records an action on incident `id` with the actor the request named, and passes its answer on.
-fn audited(
-    st: &AppState,
-    Source(source): Source,
-    action: &'static str,
-    id: i64,
-    b: Option<&ActBody>,
-    r: Result<Response, ApiError>,
-) -> Result<Response, ApiError> {
-    let mut detail = b.map(describe).unwrap_or_default();
-    let why = reason(&r);
-    if !why.is_empty() {
-        detail = if detail.is_empty() { why } else { format!("{detail}; {why}") };
-    }
-    st.audit(AuditEvent {
-        actor: b.map_or_else(|| "unknown".to_owned(), |b| b.by.clone()),
-        source,
-        action,
-        target: format!("incident:{id}"),
-        outcome: outcome(&r),
-        detail,
-    });
-    r
+    Ok(Json(visible(st, who, id).await?).into_response())
 }
 
 pub(super) async fn ack(
     State(st): State<AppState>,
-    src: Source,
+    Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
-    b: Body,
+    b: Bytes,
 ) -> Result<Response, ApiError> {
-    let b = body(b);
-    let r = match &b {
-        Ok(b) => act(&st, id, Action::Ack, b.clone()).await,
-        Err(e) => Err(e.clone()),
-    };
-    audited(&st, src, "incident.ack", id, b.as_ref().ok(), r)
+    let b = body(&b);
+    let detail = describe(&b);
+    let r = async {
+        let b = b?;
+        visible(&st, &who, id).await?;
+        act(&st, &who, id, Action::Ack, filled(b.note)).await
+    }
+    .await;
+    audited(&st, &who, "incident.ack", id, detail, r)
 }
 
 pub(super) async fn close(
     State(st): State<AppState>,
-    src: Source,
+    Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
-    b: Body,
+    b: Bytes,
 ) -> Result<Response, ApiError> {
-    let b = body(b);
-    let r = match &b {
-        Ok(b) => act(&st, id, Action::Close, b.clone()).await,
-        Err(e) => Err(e.clone()),
-    };
-    audited(&st, src, "incident.close", id, b.as_ref().ok(), r)
+    let b = body(&b);
+    let detail = describe(&b);
+    let r = async {
+        let b = b?;
+        visible(&st, &who, id).await?;
+        let note = filled(b.note)
+            .ok_or_else(|| ApiError::BadRequest("`note` is missing; say why the incident is closed by hand".into()))?;
+        act(&st, &who, id, Action::Close, Some(note)).await
+    }
+    .await;
+    audited(&st, &who, "incident.close", id, detail, r)
 }
 
 pub(super) async fn shelve(
     State(st): State<AppState>,
-    src: Source,
+    Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
-    b: Body,
+    b: Bytes,
 ) -> Result<Response, ApiError> {
-    let b = body(b);
-    let action = b.as_ref().ok().and_then(|b| b.duration.as_deref()).map(|d| match d {
-        "0" | "0s" => Ok(Action::Unshelve),
-        d => parse_duration(d)
-            .filter(|ns| *ns > 0 && *ns <= 7 * 86_400 * 1_000_000_000)
-            .map(|ns| Action::Shelve(now_ns() + ns))
-            .ok_or_else(|| ApiError::BadRequest(format!("duration={d:?}; expected 1s to 7d, like \"30m\""))),
-    });
-    let name = if matches!(action, Some(Ok(Action::Unshelve))) { "incident.unshelve" } else { "incident.shelve" };
-    let r = match (&b, action) {
-        (Err(e), _) => Err(e.clone()),
-        (Ok(_), None) => Err(ApiError::BadRequest("`duration` is missing, like \"30m\" (\"0s\" unshelves)".into())),
-        (Ok(_), Some(Err(e))) => Err(e),
-        (Ok(b), Some(Ok(action))) => act(&st, id, action, b.clone()).await,
-    };
-    audited(&st, src, name, id, b.as_ref().ok(), r)
+    let b = body(&b);
+    let detail = describe(&b);
+    let unshelve = b.as_ref().is_ok_and(|b| matches!(b.duration.as_deref(), Some("0" | "0s")));
+    let r = async {
+        let b = b?;
+        let incident = visible(&st, &who, id).await?;
+        let action = match b.duration.as_deref() {
+            Some("0") | Some("0s") => Action::Unshelve,
+            Some(d) => {
+                let ns = parse_duration(d)
+                    .filter(|ns| *ns > 0 && *ns <= 7 * 86_400 * 1_000_000_000)
+                    .ok_or_else(|| ApiError::BadRequest(format!("duration={d:?}; expected 1s to 7d, like \"30m\"")))?;
+                Action::Shelve(now_ns() + ns)
+            }
+            None => return Err(ApiError::BadRequest("`duration` is missing, like \"30m\" (\"0s\" unshelves)".into())),
+        };
+        let reason = filled(b.reason).or(filled(b.note));
+        if matches!(action, Action::Shelve(_)) && incident.severity == "critical" {
+            if who.identity.role < Role::Supervisor {
+                return Err(ApiError::Forbidden("shelving a critical alarm needs role supervisor or above".into()));
+            }
+            if reason.is_none() {
+                return Err(ApiError::BadRequest("`reason` is missing; shelving a critical alarm needs one".into()));
+            }
+        }
+        act(&st, &who, id, action, reason).await
+    }
+    .await;
+    let name = if unshelve { "incident.unshelve" } else { "incident.shelve" };
+    audited(&st, &who, name, id, detail, r)
 }
 
 pub(super) async fn comment(
     State(st): State<AppState>,
-    src: Source,
+    Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
-    b: Body,
+    b: Bytes,
 ) -> Result<Response, ApiError> {
-    let b = body(b);
-    let r = match &b {
-        Ok(b) => add_comment(&st, id, b.clone()).await,
-        Err(e) => Err(e.clone()),
-    };
-    audited(&st, src, "incident.comment", id, b.as_ref().ok(), r)
-}
-
-async fn add_comment(st: &AppState, id: i64, b: ActBody) -> Result<Response, ApiError> {
-    let text = b.text.filter(|t| !t.trim().is_empty()).ok_or_else(|| ApiError::BadRequest("`text` is empty".into()))?;
-    let store = store(st)?;
-    store.comment(id, b.by, text, now_ns()).await?;
-    match store.get(id).await? {
-        Some(i) => Ok(Json(i).into_response()),
-        None => Err(ApiError::NotFound(format!("incident {id} not found"))),
+    let b = body(&b);
+    let detail = describe(&b);
+    let r = async {
+        let b = b?;
+        let text = filled(b.text).ok_or_else(|| ApiError::BadRequest("`text` is empty".into()))?;
+        visible(&st, &who, id).await?;
+        store(&st)?.comment(id, who.name().to_owned(), text, now_ns()).await?;
+        Ok(Json(visible(&st, &who, id).await?).into_response())
     }
+    .await;
+    audited(&st, &who, "incident.comment", id, detail, r)
 }
 
 pub(super) async fn rules(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(st.core.rules().await?).into_response())
 }
 
-pub(super) async fn reload(State(st): State<AppState>, Source(source): Source) -> Result<Response, ApiError> {
+pub(super) async fn reload(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
     use crate::core::packs::ReloadError;
     let (r, outcome, detail) = match st.reloader.as_ref() {
         None => (Err(ApiError::NotFound("rules are not enabled".into())), "refused", "rules are not enabled".into()),
@@ -269,14 +295,6 @@ pub(super) async fn reload(State(st): State<AppState>, Source(source): Source) -
             Err(ReloadError::Stopped) => (Err(ApiError::Unavailable), "failed", "the gateway is shutting down".into()),
         },
     };
-    // Until users exist, every request to the API acts as `api`.
-    st.audit(AuditEvent {
-        actor: "api".into(),
-        source,
-        action: "rules.reload",
-        target: "rules".into(),
-        outcome,
-        detail,
-    });
+    st.audit.record(who.event("rules.reload", "rules".into(), outcome, detail));
     r
 }

@@ -4,9 +4,17 @@
 //! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
 //! never touch point state directly.
 //!
-//! Owns: HTTP routes, `/metrics` rendering, the health evaluator, the API's TLS listener. May import
-//! every room but `app`.
+//! Deny by default: every route is declared once in [`routes`] with what it needs ([`Need`]), and the
+//! router puts the gate of `access.rs` in front of each; only `/healthz` (and `/metrics` when
+//! `api.metrics_auth = false`) is open. A grid-scoped caller's grids go into the query of every
+//! handler that reads grid data, so other grids' ids answer 404. Logins, refusals by the gate,
+//! incident actions and rule reloads are recorded in the audit trail under the authenticated caller
+//! and the client's address.
+//!
+//! Owns: HTTP routes and their roles, `/metrics` rendering, the health evaluator, the API's TLS
+//! listener. May import every room but `app`.
 
+pub mod access;
 mod audit;
 pub mod health;
 mod incidents;
@@ -16,14 +24,17 @@ pub mod tls;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+pub use self::access::{Need, Principal};
+use crate::auth::Role;
 use crate::config::PointKind;
 use crate::core::{CoreHandle, PointFilter};
 use crate::metrics::Metrics;
@@ -50,14 +61,35 @@ pub struct AppState {
     pub health: crate::model::health::Health,
     /// The central MQTT publisher's counters, when incidents go to a central broker.
     pub central: Option<Arc<crate::forward::central::CentralMetrics>>,
-    /// The audit trail that actions are recorded in, when the gateway keeps one.
-    pub audit: Option<crate::audit::AuditLog>,
+    /// The audit trail that logins, refusals, actions and reloads are recorded in.
+    pub audit: crate::audit::AuditLog,
+    /// Who may ask.
+    pub access: Access,
+}
+
+/// Authentication and what the config says about it.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub auth: crate::auth::Auth,
+    /// `api.metrics_auth`: `/metrics` needs credentials.
+    pub metrics_auth: bool,
+    /// The session cookie is marked `Secure` (the API is served over TLS).
+    pub cookie_secure: bool,
 }
 
 /// An error as clients see it: a status and a one-line message, never internals.
 #[derive(Debug, Clone)]
 pub enum ApiError {
     BadRequest(String),
+    /// No or invalid credentials.
+    Unauthorized(String),
+    /// Known caller, not allowed.
+    Forbidden(String),
+    /// Too many failed logins; retry after this many seconds.
+    TooMany {
+        message: String,
+        retry_after: u64,
+    },
     NotFound(String),
     Conflict(String),
     Unavailable,
@@ -68,6 +100,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::Unauthorized(m) => {
+                let mut r = (StatusCode::UNAUTHORIZED, Json(json!({ "error": m }))).into_response();
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            Self::TooMany { message, retry_after } => {
+                let mut r =
+                    (StatusCode::TOO_MANY_REQUESTS, Json(json!({ "error": message, "retry_after_secs": retry_after })))
+                        .into_response();
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                return r;
+            }
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::Conflict(m) => (StatusCode::CONFLICT, m),
             Self::Internal(m) => {
@@ -86,28 +131,73 @@ impl From<crate::core::CoreStopped> for ApiError {
     }
 }
 
-/// The API's routes over `state`.
+/// One route: method, path, what it needs from the caller, and its handler.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub need: Need,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    /// The handler without its gate, for the benchmark that measures what the gate costs; it expects
+    /// a [`Principal`] extension. Serving it would skip every access check, so `router` never does.
+    pub fn handler_without_gate(self) -> MethodRouter<AppState> {
+        self.handler
+    }
+}
+
+fn get_r<H: Handler<T, AppState>, T: 'static>(path: &'static str, need: Need, h: H) -> Route {
+    Route { method: "GET", path, need, handler: get(h) }
+}
+
+fn post_r<H: Handler<T, AppState>, T: 'static>(path: &'static str, need: Need, h: H) -> Route {
+    Route { method: "POST", path, need, handler: post(h) }
+}
+
+/// Every route of the API with the role it needs: the one place a route is added.
+pub fn routes() -> Vec<Route> {
+    use Need::{Login, Metrics, Open};
+    let viewer = Need::Role(Role::Viewer);
+    let officer = Need::Role(Role::Officer);
+    let site = Need::Role(Role::SafetyManager);
+    let admin = Need::Role(Role::Admin);
+    vec![
+        get_r("/healthz", Open, healthz),
+        get_r("/metrics", Metrics, metrics::render),
+        post_r("/api/v1/login", Login, access::login),
+        post_r("/api/v1/logout", viewer, access::logout),
+        get_r("/api/v1/me", viewer, access::me),
+        get_r("/readyz", viewer, health::readyz),
+        get_r("/api/v1/health", viewer, health::health),
+        get_r("/api/v1/points", viewer, points),
+        get_r("/api/v1/devices", viewer, devices),
+        get_r("/api/v1/events", viewer, events),
+        // Raw rejected messages of every grid, and the forwarding internals: site-wide readers only.
+        get_r("/api/v1/rejects", site, rejects),
+        get_r("/api/v1/forward", site, forward),
+        get_r("/api/v1/incidents", viewer, incidents::list),
+        get_r("/api/v1/incidents/{id}", viewer, incidents::one),
+        post_r("/api/v1/incidents/{id}/ack", officer, incidents::ack),
+        // Shelving a critical alarm needs a supervisor; the handler checks the severity.
+        post_r("/api/v1/incidents/{id}/shelve", officer, incidents::shelve),
+        post_r("/api/v1/incidents/{id}/comment", officer, incidents::comment),
+        post_r("/api/v1/incidents/{id}/close", officer, incidents::close),
+        get_r("/api/v1/rules", viewer, incidents::rules),
+        post_r("/api/v1/rules/reload", admin, incidents::reload),
+        // Who did what, site-wide: for those who answer for the site.
+        get_r("/api/v1/audit", site, audit::list),
+    ]
+}
+
+/// The API's routes over `state`, each behind its gate.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/api/v1/health", get(health::health))
-        .route("/metrics", get(metrics::render))
-        .route("/api/v1/points", get(points))
-        .route("/api/v1/devices", get(devices))
-        .route("/api/v1/events", get(events))
-        .route("/api/v1/rejects", get(rejects))
-        .route("/api/v1/incidents", get(incidents::list))
-        .route("/api/v1/incidents/{id}", get(incidents::one))
-        .route("/api/v1/incidents/{id}/ack", post(incidents::ack))
-        .route("/api/v1/incidents/{id}/shelve", post(incidents::shelve))
-        .route("/api/v1/incidents/{id}/comment", post(incidents::comment))
-        .route("/api/v1/incidents/{id}/close", post(incidents::close))
-        .route("/api/v1/rules", get(incidents::rules))
-        .route("/api/v1/forward", get(forward))
-        .route("/api/v1/rules/reload", post(incidents::reload))
-        .route("/api/v1/audit", get(audit::list))
-        .with_state(state)
+    let mut router = Router::new();
+    for r in routes() {
+        let gate = access::Gate { state: state.clone(), need: r.need };
+        router = router.route(r.path, r.handler.layer(axum::middleware::from_fn_with_state(gate, access::gate)));
+    }
+    router.fallback(access::fallback).with_state(state)
 }
 
 /// Liveness: answers while the process serves; whether it does its job is `/readyz`.
@@ -151,21 +241,30 @@ struct PointView<'a> {
 
 async fn points(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     query: Result<Query<PointsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let reg = &st.registry;
+    // A grid or device outside the caller's grids is answered like one that does not exist.
     let filter = PointFilter {
         grid: match &q.grid {
-            Some(g) => Some(reg.grid_id(g).ok_or_else(|| ApiError::BadRequest(format!("grid {g:?} is not defined")))?),
+            Some(g) => Some(
+                reg.grid_id(g)
+                    .filter(|_| who.identity.sees(g))
+                    .ok_or_else(|| ApiError::BadRequest(format!("grid {g:?} is not defined")))?,
+            ),
             None => None,
         },
         device: match &q.device {
-            Some(d) => {
-                Some(reg.device_id(d).ok_or_else(|| ApiError::BadRequest(format!("device {d:?} is not defined")))?)
-            }
+            Some(d) => Some(
+                reg.device_id(d)
+                    .filter(|id| who.identity.sees(&reg.grid(reg.device(*id).grid).id))
+                    .ok_or_else(|| ApiError::BadRequest(format!("device {d:?} is not defined")))?,
+            ),
             None => None,
         },
+        scope: who.grid_ids(reg),
         category: q.category.clone(),
     };
     let states = st.core.points(filter).await?;
@@ -199,11 +298,12 @@ fn typed(kind: PointKind, v: f64) -> Value {
     }
 }
 
-async fn devices(State(st): State<AppState>) -> Json<Value> {
+async fn devices(State(st): State<AppState>, Extension(who): Extension<Principal>) -> Json<Value> {
     let reg = &st.registry;
     let list: Vec<Value> = reg
         .devices
         .iter()
+        .filter(|d| who.identity.sees(&reg.grid(d.grid).id))
         .map(|d| {
             let points: Vec<Value> = d
                 .points
@@ -254,10 +354,11 @@ struct LimitQuery {
 
 async fn events(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let events = st.core.events(q.limit.unwrap_or(100).min(10_000)).await?;
+    let events = st.core.events(q.limit.unwrap_or(100).min(10_000), who.grid_ids(&st.registry)).await?;
     let reg = &st.registry;
     let list: Vec<Value> = events
         .iter()

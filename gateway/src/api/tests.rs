@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use super::*;
+use crate::auth::Role;
 use crate::core::Core;
 use crate::model::pool::SamplePool;
 use crate::model::{Batch, PointId, Quality, Sample};
@@ -64,13 +65,49 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         modbus: Default::default(),
         health: Default::default(),
         central: None,
-        audit: None,
+        audit: auth_db().audit.clone(),
+        access: access(),
     };
     (state, tx)
 }
 
+/// One auth database for the tests of this file, the audit log beside it, and an admin token.
+struct AuthDb {
+    dir: tempfile::TempDir,
+    audit: crate::audit::AuditLog,
+    token: String,
+}
+
+fn auth_db() -> &'static AuthDb {
+    static DB: std::sync::OnceLock<AuthDb> = std::sync::OnceLock::new();
+    DB.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (audit, _writer) = crate::audit::AuditLog::open(&dir.path().join("audit.db"), Default::default()).unwrap();
+        let conn = crate::auth::store::open(&dir.path().join("auth.db")).unwrap();
+        let by = crate::auth::admin::By { actor: "test", audit: &audit };
+        let (token, _) = crate::auth::admin::create_token(&conn, "tests", Role::Admin, None, None, &[], by).unwrap();
+        AuthDb { dir, audit, token }
+    })
+}
+
+/// Changes made by the tests, recorded in the shared audit log.
+fn by_test() -> crate::auth::admin::By<'static> {
+    crate::auth::admin::By { actor: "test", audit: &auth_db().audit }
+}
+
+fn access() -> Access {
+    let db = auth_db();
+    let auth = crate::auth::Auth::open(&db.dir.path().join("auth.db"), Default::default(), db.audit.clone()).unwrap();
+    Access { auth, metrics_auth: true, cookie_secure: false }
+}
+
+fn admin_token() -> String {
+    format!("Bearer {}", auth_db().token)
+}
+
 async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
-    let resp = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let req = Request::get(uri).header("authorization", admin_token()).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -110,29 +147,48 @@ async fn healthz_and_metrics() {
     let (status, body) = get(&app, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
-    let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let req = Request::get("/metrics").header("authorization", admin_token()).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("parkwatch_core_channel_capacity 4"), "{text}");
 }
 
 #[tokio::test]
-async fn refused_actions_are_audited_and_the_trail_pages() {
+async fn refusals_and_actions_are_audited_and_the_trail_pages() {
     let dir = tempfile::tempdir().unwrap();
     let (mut st, _tx) = state(Metrics::new(vec![], vec![], 10));
     let (log, _thread) = crate::audit::AuditLog::open(&dir.path().join("audit.db"), st.health.clone()).unwrap();
     let mut committed = log.committed();
-    st.audit = Some(log);
+    st.audit = log;
     let app = router(st);
-    let post = |uri: &str, body: &str| {
-        Request::post(uri).header("content-type", "application/json").body(Body::from(body.to_owned())).unwrap()
+    let conn = crate::auth::store::open(&auth_db().dir.path().join("auth.db")).unwrap();
+    let (viewer, _) =
+        crate::auth::admin::create_token(&conn, "wall", Role::Viewer, None, None, &[], by_test()).unwrap();
+    let post = |uri: &str, body: &str, token: Option<&str>| {
+        let mut r = Request::post(uri).header("content-type", "application/json");
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.body(Body::from(body.to_owned())).unwrap()
     };
-    // No rules and no incident store here: both are refused, and both are recorded.
-    let resp = app.clone().oneshot(post("/api/v1/rules/reload", "")).await.unwrap();
+    let admin = auth_db().token.as_str();
+    // No rules and no incident store here: both are refused, and both are recorded under the caller.
+    let resp = app.clone().oneshot(post("/api/v1/rules/reload", "", Some(admin))).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let resp =
-        app.clone().oneshot(post("/api/v1/incidents/7/ack", r#"{"by":"officer-7","note":"seen"}"#)).await.unwrap();
+    let resp = app.clone().oneshot(post("/api/v1/incidents/7/ack", r#"{"note":"seen"}"#, Some(admin))).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    tokio::time::timeout(std::time::Duration::from_secs(10), committed.wait_for(|seq| *seq >= 2))
+    // The gate's refusals: a role too low, and no credentials on a change.
+    let resp = app.clone().oneshot(post("/api/v1/rules/reload", "", Some(&viewer))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = app.clone().oneshot(post("/api/v1/incidents/7/close", "", None)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // A read without credentials is refused but not recorded; a viewer reading the trail is both.
+    let resp = app.clone().oneshot(Request::get("/api/v1/points").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let as_viewer = Request::get("/api/v1/audit").header("authorization", format!("Bearer {viewer}"));
+    let resp = app.clone().oneshot(as_viewer.body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    tokio::time::timeout(std::time::Duration::from_secs(10), committed.wait_for(|seq| *seq >= 5))
         .await
         .unwrap()
         .unwrap();
@@ -141,18 +197,31 @@ async fn refused_actions_are_audited_and_the_trail_pages() {
     let r = &page["records"][0];
     assert_eq!(
         (r["seq"].as_i64(), r["actor"].as_str(), r["action"].as_str()),
-        (Some(1), Some("api"), Some("rules.reload"))
+        (Some(1), Some("token:tests"), Some("rules.reload"))
     );
-    assert_eq!((r["outcome"].as_str(), r["source"].as_str()), (Some("refused"), Some("unknown")));
+    assert_eq!((r["outcome"].as_str(), r["source"].as_str()), (Some("refused"), Some("local")));
     assert_eq!(page["next"], 1);
     let (_, page) = get(&app, "/api/v1/audit?after=1").await;
-    let r = &page["records"][0];
+    let seen: Vec<(&str, &str, &str, &str)> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().unwrap();
+            (f("actor"), f("action"), f("target"), f("outcome"))
+        })
+        .collect();
     assert_eq!(
-        (r["actor"].as_str(), r["action"].as_str(), r["target"].as_str()),
-        (Some("officer-7"), Some("incident.ack"), Some("incident:7"))
+        seen,
+        [
+            ("token:tests", "incident.ack", "incident:7", "refused"),
+            ("token:wall", "api.request", "POST /api/v1/rules/reload", "refused"),
+            ("anonymous", "api.request", "POST /api/v1/incidents/7/close", "refused"),
+            ("token:wall", "api.request", "GET /api/v1/audit", "refused"),
+        ]
     );
-    assert_eq!(r["detail"], "note: seen; incidents are not enabled");
-    assert_eq!(page["records"].as_array().unwrap().len(), 1);
+    assert_eq!(page["records"][0]["detail"], "note: seen; incidents are not enabled");
+    assert_eq!(page["records"][1]["detail"], "needs role admin or above; you are viewer");
     let (status, _) = get(&app, "/api/v1/audit?limit=0").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
@@ -441,6 +510,9 @@ mod health {
 }
 
 async fn metrics_text(app: &Router) -> String {
-    let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let req = Request::get("/metrics").header("authorization", admin_token()).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
     String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
+
+mod routes;

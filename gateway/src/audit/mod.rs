@@ -2,17 +2,25 @@
 //! its own SQLite file, so an edit or a deletion is found by `parkwatch audit verify`.
 //!
 //! Callers hand an [`AuditEvent`] to a cloneable [`AuditLog`]; that only queues it (a short lock, no
-//! I/O), so recording never slows an API answer by a disk commit. One thread owns the writing
+//! I/O), so recording never slows an API answer by a disk commit. A writer thread owns the writing
 //! connection (WAL, `synchronous=FULL`): it numbers the records, chains their hashes and commits
 //! whatever has queued up in one transaction. A dedicated thread rather than a mutex-guarded
-//! connection because the chain needs one writer that knows the last hash, and because a failing disk
-//! must be retried in the background, not by whichever request happens to record next. When a commit
-//! fails (disk full) the events stay queued (up to [`MAX_PENDING`]; beyond that the newest are counted
-//! and dropped), the failure is logged once per episode, reported as component `audit` in the health
-//! registry, and the commit retried with backoff until it succeeds.
+//! connection because a failing disk must be retried in the background, not by whichever request
+//! happens to record next. When a commit fails (disk full) the events stay queued (up to
+//! [`MAX_PENDING`]; beyond that the newest are counted and dropped), the failure is logged once per
+//! episode, reported as component `audit` in the health registry, and the commit retried with backoff
+//! until it succeeds.
+//!
+//! One chain, more than one writer: the daemon and the `parkwatch user|token` commands (which run
+//! without it) both append to the same file, each through its own [`AuditLog`]. So no writer keeps
+//! the head of the chain in memory: every commit takes SQLite's write lock first (`BEGIN IMMEDIATE`),
+//! then reads the last record's seq, time and hash, and chains its records onto that. Two writers
+//! are thereby serialised by the lock and can never both extend the same record (a fork); `seq` is
+//! the primary key besides, so a fork could not even be stored.
 //!
 //! Sinks read the committed records by cursor ([`AuditReader::after`]) and are woken through
-//! [`AuditLog::committed`], like the incident change log.
+//! [`AuditLog::committed`], like the incident change log; records another process appended are read
+//! with the next ones this process commits.
 //!
 //! Owns: the audit database, its hash chain and its verification. May import: `model`.
 
@@ -24,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -152,34 +160,41 @@ impl std::fmt::Debug for AuditLog {
 impl AuditLog {
     /// Opens (creating when needed) the audit database and starts its writer thread, which reports
     /// into `health` as `audit` and stops once every handle is dropped and the queue is written.
+    /// Joining the thread gives how many events were lost (0 when every one was committed).
     ///
     /// # Errors
     /// The file cannot be opened or created, or the thread cannot start.
-    pub fn open(path: &Path, health: Health) -> Result<(Self, std::thread::JoinHandle<()>), AuditError> {
+    pub fn open(path: &Path, health: Health) -> Result<(Self, std::thread::JoinHandle<u64>), AuditError> {
         let conn = connect(path)?;
-        // Only this thread writes: a lock held for longer than this is a fault to report and retry,
-        // not to wait out while records queue up unseen.
-        conn.busy_timeout(Duration::from_secs(1))?;
-        let head: Option<(i64, i64, String)> = conn
-            .query_row("SELECT seq, time, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?;
-        let (seq, time, hash) = head.unwrap_or((0, 0, GENESIS.to_owned()));
+        // Other writers (the command line) hold the lock for one short transaction; a lock held for
+        // longer than this is a fault to report and retry, not to wait out while records queue up.
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let (seq, _, _) = head(&conn)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             committed: watch::Sender::new(seq),
         });
         health.set(COMPONENT, Status::Ok, "");
-        let writer = Writer { conn, shared: shared.clone(), health, seq, time, hash, failing: false };
+        let writer = Writer { conn, shared: shared.clone(), health, failing: false, lost: 0 };
         let thread =
             std::thread::Builder::new().name("audit".into()).spawn(move || writer.run()).map_err(AuditError::Thread)?;
         Ok((Self { closer: Arc::new(Closer(shared)), path: Arc::new(path.to_owned()) }, thread))
     }
 
-    /// Queues `event` at the current time; never blocks on the disk.
+    /// Queues `event` at the current time; never blocks on the disk. The event is also logged (target
+    /// `audit`), so the journal shows it even before it is committed.
     pub fn record(&self, event: AuditEvent) {
+        tracing::info!(
+            target: "audit",
+            actor = %event.actor,
+            source = %event.source,
+            action = event.action,
+            object = %event.target,
+            outcome = event.outcome,
+            detail = %event.detail,
+            "Audit."
+        );
         let shared = &self.closer.0;
         let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.events.len() >= MAX_PENDING {
@@ -201,23 +216,32 @@ impl AuditLog {
     }
 }
 
-/// The thread that owns the writing connection and the head of the chain.
+/// The last record of the chain: seq, time and hash (0, 0 and the genesis hash when empty).
+fn head(conn: &Connection) -> Result<(i64, i64, String), rusqlite::Error> {
+    let head = conn
+        .query_row("SELECT seq, time, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    Ok(head.unwrap_or((0, 0, GENESIS.to_owned())))
+}
+
+/// The thread that owns this process's writing connection.
 struct Writer {
     conn: Connection,
     shared: Arc<Shared>,
     health: Health,
-    /// The last committed record.
-    seq: i64,
-    time: i64,
-    hash: String,
     failing: bool,
+    /// Events dropped or given up on, in all.
+    lost: u64,
 }
 
 /// Records committed per transaction at most, so a long backlog does not hold one huge transaction.
 const BATCH: usize = 1_000;
 
 impl Writer {
-    fn run(mut self) {
+    /// Commits until every handle is gone; returns how many events were lost.
+    fn run(mut self) -> u64 {
         let mut retry = RETRY_MIN;
         loop {
             let (batch, dropped, closed) = {
@@ -229,6 +253,7 @@ impl Writer {
                 (batch, std::mem::take(&mut q.dropped), q.closed)
             };
             if dropped > 0 {
+                self.lost += dropped;
                 error!(dropped, "Audit events dropped: the audit log cannot be written and its queue is full.");
                 self.health.set(
                     COMPONENT,
@@ -238,16 +263,16 @@ impl Writer {
             }
             if batch.is_empty() {
                 if closed {
-                    return;
+                    return self.lost;
                 }
                 continue;
             }
             match self.commit(&batch) {
-                Ok(()) => {
+                Ok(seq) => {
                     let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                     q.events.drain(..batch.len());
                     drop(q);
-                    self.shared.committed.send_replace(self.seq);
+                    self.shared.committed.send_replace(seq);
                     retry = RETRY_MIN;
                     if std::mem::replace(&mut self.failing, false) {
                         info!("Audit log writable again; queued records written.");
@@ -262,8 +287,10 @@ impl Writer {
                     if closed {
                         // Nobody records any more; a few more tries, then what is queued is lost.
                         if retry >= RETRY_MAX {
-                            error!(lost = batch.len(), "Audit records not written at shutdown.");
-                            return;
+                            let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                            self.lost += (q.events.len() as u64) + q.dropped;
+                            error!(lost = self.lost, "Audit records not written at shutdown.");
+                            return self.lost;
                         }
                     }
                     std::thread::sleep(retry);
@@ -275,10 +302,13 @@ impl Writer {
         }
     }
 
-    /// Numbers, chains and commits `batch` in one transaction; the head moves only if it commits.
-    fn commit(&mut self, batch: &[(i64, AuditEvent)]) -> Result<(), rusqlite::Error> {
-        let (mut seq, mut time, mut hash) = (self.seq, self.time, self.hash.clone());
-        let tx = self.conn.transaction()?;
+    /// Numbers, chains and commits `batch` in one transaction after the chain's head as it is on
+    /// disk under the write lock; returns the seq of the last record.
+    fn commit(&mut self, batch: &[(i64, AuditEvent)]) -> Result<i64, rusqlite::Error> {
+        // IMMEDIATE takes the write lock before the head is read, so no other writer can append
+        // between reading the head and committing onto it.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (mut seq, mut time, mut hash) = head(&tx)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO audit(seq, time, actor, source, action, target, outcome, detail, prev_hash, hash)
@@ -307,8 +337,7 @@ impl Writer {
             }
         }
         tx.commit()?;
-        (self.seq, self.time, self.hash) = (seq, time, hash);
-        Ok(())
+        Ok(seq)
     }
 }
 

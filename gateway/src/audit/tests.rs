@@ -130,3 +130,50 @@ fn a_failing_disk_holds_records_reports_health_and_recovers() {
     thread.join().unwrap();
     assert_eq!(verify_file(&path).unwrap(), Verified::Intact { records: 3 });
 }
+
+#[test]
+fn two_writers_on_one_file_extend_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    // Both open on the empty file, as the daemon and a `parkwatch user add` beside it would.
+    let (daemon, daemon_thread) = AuditLog::open(&path, Health::new()).unwrap();
+    let (cli, cli_thread) = AuditLog::open(&path, Health::new()).unwrap();
+    daemon.record(event(0));
+    wait_committed(&daemon, 1);
+    // The second writer saw an empty chain when it opened; it must still append after record 1.
+    cli.record(event(1));
+    wait_committed(&cli, 2);
+    drop(cli);
+    assert_eq!(cli_thread.join().unwrap(), 0, "nothing lost");
+    daemon.record(event(2));
+    wait_committed(&daemon, 3);
+    drop(daemon);
+    assert_eq!(daemon_thread.join().unwrap(), 0, "nothing lost");
+    let all = AuditReader::open(&path).unwrap().after(0, 10).unwrap();
+    assert_eq!(
+        all.iter().map(|r| (r.seq, r.actor.as_str())).collect::<Vec<_>>(),
+        [(1, "officer-0"), (2, "officer-1"), (3, "officer-2")]
+    );
+    assert_eq!(verify_file(&path).unwrap(), Verified::Intact { records: 3 });
+}
+
+#[test]
+fn writers_racing_on_one_file_never_fork_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let logs: Vec<_> = (0..3).map(|_| AuditLog::open(&path, Health::new()).unwrap()).collect();
+    std::thread::scope(|s| {
+        for (log, _) in &logs {
+            s.spawn(move || {
+                for i in 0..50 {
+                    log.record(event(i));
+                }
+            });
+        }
+    });
+    for (log, thread) in logs {
+        drop(log);
+        assert_eq!(thread.join().unwrap(), 0, "nothing lost");
+    }
+    assert_eq!(verify_file(&path).unwrap(), Verified::Intact { records: 150 });
+}

@@ -46,19 +46,27 @@ pub struct Config {
     /// Modbus TCP / RTU connections polled for the devices that name them.
     #[serde(default)]
     pub modbus: Modbus,
+    /// Sessions and login throttling; users and tokens live in `auth.db` beside the incident database.
+    #[serde(default)]
+    pub auth: Auth,
     /// The hash-chained audit trail.
     #[serde(default)]
     pub audit: Audit,
 }
 
 impl Config {
+    /// Whether the session cookie is marked `Secure`: asked for, or the API itself serves HTTPS.
+    pub fn cookie_secure(&self) -> bool {
+        self.auth.cookie_secure || self.api.tls().is_some()
+    }
+
     /// The audit database: `audit.path`, or `audit.db` next to the incident database.
     pub fn audit_path(&self) -> PathBuf {
         self.audit.path.clone().unwrap_or_else(|| self.incidents.path.with_file_name("audit.db"))
     }
 }
 
-/// The audit trail of who did what through the API.
+/// The audit trail of who did what: through the API, and user and token changes on the command line.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
@@ -227,6 +235,13 @@ pub struct Point {
     pub unit: String,
     #[serde(default)]
     pub kind: PointKind,
+    /// Why no alarm rule watches this point (it has no safety meaning, or another point carries it);
+    /// `parkwatch check` warns about points without a rule that do not say why.
+    #[serde(default)]
+    pub unwatched: Option<String>,
+    /// The event a Modbus profile's bit raises when it rises (from the profile, never set by hand).
+    #[serde(skip)]
+    pub event: Option<String>,
 }
 
 /// The value type of a point.
@@ -463,6 +478,8 @@ fn default_broker_connections() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct Api {
     /// Loopback by default. Any other address needs `tls_cert` and `tls_key`, or `insecure_lan = true`.
+    /// Every route but `/healthz` (and `/metrics` when `metrics_auth = false`) needs a token or a
+    /// session.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
     /// How many recent rejected messages `GET /api/v1/rejects` keeps.
@@ -477,6 +494,10 @@ pub struct Api {
     /// act. Off by default.
     #[serde(default)]
     pub insecure_lan: bool,
+    /// Whether `/metrics` needs a token (default true); false lets a Prometheus without credentials
+    /// scrape it.
+    #[serde(default = "default_true")]
+    pub metrics_auth: bool,
 }
 
 impl Default for Api {
@@ -487,6 +508,7 @@ impl Default for Api {
             tls_cert: None,
             tls_key: None,
             insecure_lan: false,
+            metrics_auth: true,
         }
     }
 }
@@ -496,6 +518,64 @@ impl Api {
     pub fn tls(&self) -> Option<(&Path, &Path)> {
         Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
     }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Browser sessions and login throttling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// A session unused for this many seconds ends (default 1800).
+    #[serde(default = "default_session_idle")]
+    pub session_idle_secs: u64,
+    /// A session ends this many seconds after login, used or not (default 43200, 12 h).
+    #[serde(default = "default_session_max")]
+    pub session_max_secs: u64,
+    /// Wrong passwords for one user within a minute that lock the user (default 20).
+    #[serde(default = "default_user_failures")]
+    pub user_failures: usize,
+    /// Wrong passwords from one client address within a minute that lock the address (default 100).
+    #[serde(default = "default_source_failures")]
+    pub source_failures: usize,
+    /// How many seconds a lock lasts (default 900); a correct password is refused meanwhile.
+    #[serde(default = "default_lockout")]
+    pub lockout_secs: u64,
+    /// Mark the session cookie `Secure` (browsers then send it over HTTPS only). Always so when
+    /// `api.tls_cert` is set; set it when a TLS proxy in front serves the API.
+    #[serde(default)]
+    pub cookie_secure: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            session_idle_secs: default_session_idle(),
+            session_max_secs: default_session_max(),
+            user_failures: default_user_failures(),
+            source_failures: default_source_failures(),
+            lockout_secs: default_lockout(),
+            cookie_secure: false,
+        }
+    }
+}
+
+fn default_session_idle() -> u64 {
+    1800
+}
+fn default_session_max() -> u64 {
+    43_200
+}
+fn default_user_failures() -> usize {
+    20
+}
+fn default_source_failures() -> usize {
+    100
+}
+fn default_lockout() -> u64 {
+    900
 }
 
 fn default_api_listen() -> SocketAddr {

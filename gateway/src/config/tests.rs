@@ -183,3 +183,17 @@ fn the_audit_log_sits_next_to_the_incidents_unless_placed() {
         .unwrap();
     assert_eq!(c.audit_path(), Path::new("/etc/pw/trail.db"));
 }
+
+#[test]
+fn auth_defaults_and_problems_name_their_keys() {
+    let c = parse(BASE).unwrap();
+    assert!(c.api.metrics_auth, "metrics need a token unless the config says otherwise");
+    assert_eq!((c.auth.user_failures, c.auth.lockout_secs, c.auth.cookie_secure), (20, 900, false));
+    let text = format!(
+        "{BASE}\n[auth]\nsession_idle_secs = 600\nsession_max_secs = 60\nuser_failures = 0\nsource_failures = 0\nlockout_secs = 0\n"
+    );
+    assert_eq!(
+        paths(&text),
+        ["auth.session_max_secs", "auth.user_failures", "auth.source_failures", "auth.lockout_secs"]
+    );
+}

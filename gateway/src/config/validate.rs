@@ -407,6 +407,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
             *a = base.join(&*a);
         }
     }
+    validate_auth(config, &mut p);
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",
@@ -443,6 +444,31 @@ fn validate_api(config: &mut Config, base: &Path, p: &mut Problems) {
                 api.listen
             ),
         );
+    }
+}
+
+fn validate_auth(config: &Config, p: &mut Problems) {
+    let a = &config.auth;
+    if a.session_idle_secs == 0 {
+        p.push("auth.session_idle_secs", "0; expected a positive number of seconds");
+    }
+    if a.session_max_secs < a.session_idle_secs {
+        p.push(
+            "auth.session_max_secs",
+            format!(
+                "{} is shorter than auth.session_idle_secs ({}); expected at least that",
+                a.session_max_secs, a.session_idle_secs
+            ),
+        );
+    }
+    if a.user_failures == 0 {
+        p.push("auth.user_failures", "0; expected at least 1");
+    }
+    if a.source_failures == 0 {
+        p.push("auth.source_failures", "0; expected at least 1");
+    }
+    if a.lockout_secs == 0 {
+        p.push("auth.lockout_secs", "0; expected a positive number of seconds");
     }
 }
 
@@ -688,7 +714,13 @@ fn validate_modbus(config: &mut Config, base: &Path, p: &mut Problems) {
             Some(profile) => {
                 for pt in &profile.points {
                     if !d.points.iter().any(|x| x.name == pt.name) {
-                        d.points.push(super::Point { name: pt.name.clone(), unit: pt.unit.clone(), kind: pt.kind });
+                        d.points.push(super::Point {
+                            name: pt.name.clone(),
+                            unit: pt.unit.clone(),
+                            kind: pt.kind,
+                            unwatched: pt.unwatched.clone(),
+                            event: pt.event.clone(),
+                        });
                     }
                 }
             }

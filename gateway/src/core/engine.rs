@@ -152,6 +152,12 @@ pub struct Engine {
     /// When the gateway last received a sample of each point (monotonic ns; `i64::MIN`: never), so
     /// silence is measured on the clock that does not step.
     received_at: Vec<i64>,
+    /// When the gateway last heard from each device (a usable sample or an event other than
+    /// `offline`; monotonic ns, `i64::MIN`: never).
+    device_heard: Vec<i64>,
+    /// When this engine (or the one it replaced) first ran (monotonic ns): a device never heard from
+    /// has been silent since then, so a dead detector is not invisible after a restart.
+    started: i64,
     device_events: HashMap<DeviceId, VecDeque<(String, i64)>>,
     dirty: Vec<u32>,
     dirty_mark: Vec<bool>,
@@ -174,6 +180,7 @@ impl Engine {
     /// Builds the index from points and events to (rule, device) slots.
     pub fn new(set: RuleSet, registry: Arc<Registry>, settings: Settings, next_incident: i64) -> Self {
         let n_points = registry.points.len();
+        let n_devices = registry.devices.len();
         let mut e = Self {
             set,
             registry,
@@ -186,6 +193,8 @@ impl Engine {
             prev: vec![f64::NAN; n_points],
             changed_at: vec![0; n_points],
             received_at: vec![i64::MIN; n_points],
+            device_heard: vec![i64::MIN; n_devices],
+            started: i64::MIN,
             device_events: HashMap::new(),
             dirty: Vec::new(),
             dirty_mark: Vec::new(),
@@ -209,13 +218,7 @@ impl Engine {
             for (di, dev) in reg.devices.iter().enumerate() {
                 let device = DeviceId(di as u32);
                 let w = &rule.watch;
-                if !w.categories.is_empty() && !w.categories.contains(&dev.category) {
-                    continue;
-                }
-                if !w.grids.is_empty() && !w.grids.contains(&reg.grid(dev.grid).id) {
-                    continue;
-                }
-                if !w.tags.iter().all(|(k, v)| dev.tags.get(k) == Some(v)) {
+                if w.excludes(&reg, device).is_some() {
                     continue;
                 }
                 let points: Vec<PointId> = w.points.iter().filter_map(|p| reg.point_of(device, p)).collect();
@@ -300,8 +303,16 @@ impl Engine {
     /// Records a sample that the core accepted at `now`; `old` is the point's value before it.
     pub fn on_sample(&mut self, s: &Sample, old: Option<f64>, now: Now) {
         let i = s.point.0 as usize;
-        if let Some(r) = self.received_at.get_mut(i) {
-            *r = now.mono;
+        // A bad reading (a Modbus exception, NaN) is not news from the device: it never counts as fresh.
+        if s.quality != Quality::Bad {
+            if let Some(r) = self.received_at.get_mut(i) {
+                *r = now.mono;
+            }
+            if let Some(d) = self.registry.points.get(i).map(|p| p.device.0 as usize) {
+                if let Some(h) = self.device_heard.get_mut(d) {
+                    *h = now.mono;
+                }
+            }
         }
         if let Some(p) = self.prev.get_mut(i) {
             *p = old.unwrap_or(f64::NAN);
@@ -349,6 +360,12 @@ impl Engine {
     /// Evaluates the rules watching this event kind on its device.
     pub fn on_event(&mut self, event: &Event, states: &[PointState], now: Now) {
         self.check_maintenance(now);
+        // Offline and exception reports come from the gateway's poller, not from the device.
+        if event.kind != "offline" && event.kind != "modbus_exception" {
+            if let Some(h) = self.device_heard.get_mut(event.device.0 as usize) {
+                *h = now.mono;
+            }
+        }
         let q = self.device_events.entry(event.device).or_default();
         if q.len() >= DEVICE_EVENTS_KEPT {
             q.pop_front();
@@ -400,6 +417,9 @@ impl Engine {
     }
 
     fn check_maintenance(&mut self, now: Now) {
+        if self.started == i64::MIN {
+            self.started = now.mono;
+        }
         if self.settings.maintenance.is_empty()
             || self.suppressed_checked.is_some_and(|t| now.mono.saturating_sub(t) < 1_000_000_000)
         {
@@ -443,6 +463,8 @@ impl Engine {
             prev: &self.prev,
             changed_at: &self.changed_at,
             received_at: &self.received_at,
+            device_heard: &self.device_heard,
+            started: self.started,
             windows: &self.windows,
             device_events,
             params: &self.slots[si].params,
@@ -684,6 +706,12 @@ impl Engine {
             self.prev = old.prev;
             self.changed_at = old.changed_at;
             self.received_at = old.received_at;
+        }
+        if old.device_heard.len() == self.device_heard.len() {
+            self.device_heard = old.device_heard;
+        }
+        if old.started != i64::MIN {
+            self.started = old.started;
         }
         self.device_events = old.device_events;
         for old_slot in old.slots {
@@ -1023,5 +1051,98 @@ pub(crate) mod tests {
         assert!(day_mean_by_hand(&high).is_some_and(|m| m > limit));
         assert_eq!(day_mean_by_hand(&gappy), None);
         assert_eq!(day_mean_by_hand(&on_limit), Some(75.0));
+    }
+
+    /// The reading of the test day's second `s`: a slow daily drift with a ripple.
+    fn pm25_reading(s: i64) -> f64 {
+        40.0 + (s / 3600) as f64 + (s % 61) as f64 * 0.5
+    }
+
+    /// Feeds `pm25` at 1 Hz from local midnight to the first second of the next day through the core,
+    /// one batch per poll as the Modbus source hands them over, with a rule judging `avg("24h") > limit` in
+    /// the first local hour (the only hour the test can judge it in, and cheaper to run).
+    /// The read of second `exception` (if any) is answered with a Modbus exception, which the source
+    /// turns into exactly this: the point's sample with quality bad and a NaN value (plus an event).
+    /// Returns the 24 h window's mean, count and coverage at the end, and when the rule raised.
+    fn day_through_the_core(limit: f64, exception: Option<i64>) -> (f64, f64, f64, Vec<i64>) {
+        use crate::core::Core;
+        use crate::metrics::Metrics;
+        use crate::model::pool::SamplePool;
+        use crate::model::time::ManualClock;
+        use crate::model::Batch;
+
+        let pack = format!(
+            r#"rule(#{{ id: "t.pm25_mean", category: "emission", severity: "minor", watch: #{{ points: ["pm25"] }},
+                 window: "24h", params: #{{ limit: {limit:?} }},
+                 condition: |c| c.local_hour() == 0 && above(c.avg("24h"), c.param("limit")) }});"#
+        );
+        let (engine, _, registry) = engine_with(&pack, &["pm25"]);
+        let clock = Arc::new(ManualClock::new(MIDNIGHT, 0));
+        let metrics = Arc::new(Metrics::new(vec![], vec![], 10));
+        let mut core = Core::new(registry, metrics, Arc::new(SamplePool::default()), 10)
+            .with_clock(clock.clone())
+            .with_engine(engine, vec![]);
+        let mut raised = Vec::new();
+        let end = 24 * 3600;
+        for s in 0..=end {
+            if s > 0 {
+                clock.advance(S);
+            }
+            let ts = MIDNIGHT + s * S;
+            let sample = if exception == Some(s) {
+                Sample { point: PointId(0), quality: Quality::Bad, ts, value: f64::NAN }
+            } else {
+                Sample { point: PointId(0), quality: Quality::Good, ts, value: pm25_reading(s) }
+            };
+            let batch = core.apply(Batch::new(vec![sample], vec![]));
+            core.finish(batch);
+            raised.extend(raised_at(core.engine.as_mut().unwrap()).into_iter().map(|at| (at - MIDNIGHT) / S));
+        }
+        let now = MIDNIGHT + end * S;
+        let w = &core.engine.as_ref().unwrap().windows[0];
+        let day = 24 * HOUR;
+        (
+            w.aggregate(crate::core::window::Agg::Avg, day, now),
+            w.aggregate(crate::core::window::Agg::Count, day, now),
+            w.coverage(day, now),
+            raised,
+        )
+    }
+
+    /// One Modbus exception at noon of a 24 h window changes the mean by the exclusion of that one
+    /// reading: its second counts as missing (the value before it does not stretch over it) and every
+    /// other reading keeps its weight. A rule whose limit lies between the two means tells them apart.
+    #[test]
+    fn one_modbus_exception_changes_the_24h_mean_by_that_sample_only() {
+        let n = 24 * 3600;
+        let k = 12 * 3600 + 3;
+        // Every reading holds for one second up to the end of the day, so the time-weighted mean of the
+        // good readings is their plain mean.
+        let all: f64 = (0..n).map(pm25_reading).sum();
+        let mean_all = all / n as f64;
+        let mean_without_k = (all - pm25_reading(k)) / (n - 1) as f64;
+        // Had the exception been a missed poll, the reading before it would have held for two seconds.
+        let mean_if_held = (all - pm25_reading(k) + pm25_reading(k - 1)) / n as f64;
+        assert!(pm25_reading(k) < mean_all, "the hidden reading pulls the mean down");
+        let limit = (mean_all + mean_without_k) / 2.0;
+
+        let (good_mean, good_count, good_coverage, good_raised) = day_through_the_core(limit, None);
+        let (exc_mean, exc_count, exc_coverage, exc_raised) = day_through_the_core(limit, Some(k));
+
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+        assert!(close(good_mean, mean_all), "{good_mean} vs {mean_all}");
+        assert!(close(exc_mean, mean_without_k), "{exc_mean} vs {mean_without_k}");
+        assert!(!close(exc_mean, mean_if_held) && !close(exc_mean, mean_all));
+        // The sums differ by exactly the excluded reading.
+        let removed = good_mean * n as f64 - exc_mean * (n - 1) as f64;
+        assert!((removed - pm25_reading(k)).abs() < 1e-6, "{removed} vs {}", pm25_reading(k));
+        // Counts include the first reading of the next day (at the span's end); one fewer with the exception.
+        assert_eq!(good_count, (n + 1) as f64);
+        assert_eq!(exc_count, n as f64);
+        assert_eq!(good_coverage, 1.0);
+        assert!((exc_coverage - (n - 1) as f64 / n as f64).abs() < 1e-12, "{exc_coverage}");
+        // Judged when the window first spans the whole day, on the first reading of the next one.
+        assert_eq!(good_raised, Vec::<i64>::new());
+        assert_eq!(exc_raised, vec![n]);
     }
 }

@@ -7,6 +7,7 @@
 //! May import: `model`, `config`, `metrics`, and `incident`'s store handle (to hand changes over).
 
 pub mod alarm;
+pub mod coverage;
 pub mod engine;
 pub mod packs;
 pub mod rules;
@@ -52,6 +53,8 @@ impl Default for PointState {
 #[derive(Debug, Clone, Default)]
 pub struct PointFilter {
     pub grid: Option<GridId>,
+    /// The grids the asker may see; `None` is the whole site.
+    pub scope: Option<Vec<GridId>>,
     pub device: Option<DeviceId>,
     pub category: Option<String>,
 }
@@ -62,7 +65,7 @@ pub enum Query {
     /// Points that have a value and match the filter.
     Points { filter: PointFilter, reply: oneshot::Sender<Vec<(PointId, PointState)>> },
     /// Recent events, newest first.
-    Events { limit: usize, reply: oneshot::Sender<Vec<Event>> },
+    Events { limit: usize, scope: Option<Vec<GridId>>, reply: oneshot::Sender<Vec<Event>> },
     /// An operator acts on an incident; `Ok(false)` when no live alarm owns it.
     Act { incident: i64, action: Action, who: String, reply: oneshot::Sender<Result<bool, ActionError>> },
     /// The loaded rules with their counters, and the last load errors.
@@ -124,13 +127,13 @@ impl CoreHandle {
         rx.await.map_err(|_| CoreStopped)
     }
 
-    /// The `limit` most recent events, newest first.
+    /// The `limit` most recent events of devices in `scope` (`None`: every grid), newest first.
     ///
     /// # Errors
     /// [`CoreStopped`] once the core has shut down.
-    pub async fn events(&self, limit: usize) -> Result<Vec<Event>, CoreStopped> {
+    pub async fn events(&self, limit: usize, scope: Option<Vec<GridId>>) -> Result<Vec<Event>, CoreStopped> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Query::Events { limit, reply }).await.map_err(|_| CoreStopped)?;
+        self.tx.send(Query::Events { limit, scope, reply }).await.map_err(|_| CoreStopped)?;
         rx.await.map_err(|_| CoreStopped)
     }
 
@@ -328,13 +331,16 @@ impl Core {
                         let device = reg.device(device_id);
                         filter.device.is_none_or(|d| d == device_id)
                             && filter.grid.is_none_or(|g| g == device.grid)
+                            && filter.scope.as_ref().is_none_or(|s| s.contains(&device.grid))
                             && filter.category.as_ref().is_none_or(|c| *c == device.category)
                     })
                     .collect();
                 let _ = reply.send(out);
             }
-            Query::Events { limit, reply } => {
-                let _ = reply.send(self.events.iter().rev().take(limit).cloned().collect());
+            Query::Events { limit, scope, reply } => {
+                let reg = &self.registry;
+                let seen = |e: &&Event| scope.as_ref().is_none_or(|s| s.contains(&reg.device(e.device).grid));
+                let _ = reply.send(self.events.iter().rev().filter(seen).take(limit).cloned().collect());
             }
             Query::Act { incident, action, who, reply } => {
                 let r = match &mut self.engine {

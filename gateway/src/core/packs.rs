@@ -125,12 +125,14 @@ pub fn limits(config: &Config) -> Limits {
     Limits { max_operations: config.rules.max_operations, ..Limits::default() }
 }
 
-fn toml_to_dynamic(v: &toml::Value) -> Dynamic {
+pub(crate) fn toml_to_dynamic(v: &toml::Value) -> Dynamic {
     match v {
         // Parameters are compared with sample values (floats); integers in the config mean the same.
         toml::Value::Integer(i) => Dynamic::from(*i as f64),
         toml::Value::Float(f) => Dynamic::from(*f),
         toml::Value::Boolean(b) => Dynamic::from(*b),
+        // Tables of limits (one per class) and lists of names, element by element.
+        toml::Value::Array(a) => Dynamic::from_array(a.iter().map(toml_to_dynamic).collect()),
         other => Dynamic::from(other.as_str().map_or_else(|| other.to_string(), str::to_owned)),
     }
 }

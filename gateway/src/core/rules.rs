@@ -285,8 +285,10 @@ fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, Strin
             return Err(fail(format!("unknown key `watch.{k}`; expected points, events, categories, grids, tags")));
         }
     }
-    if watch.points.is_empty() && watch.events.is_empty() {
-        return Err(fail("`watch` names no points and no events: the rule would never run".into()));
+    if watch.points.is_empty() && watch.events.is_empty() && every == 0 {
+        return Err(fail(
+            "`watch` names no points and no events and the rule has no `every`: it would never run".into(),
+        ));
     }
     if !watch.points.is_empty() && !watch.events.is_empty() {
         return Err(fail("`watch` names both points and events; split it into two rules".into()));
@@ -394,6 +396,10 @@ pub struct EvalEnv<'a> {
     pub changed_at: &'a [i64],
     /// When each point's latest sample arrived (monotonic ns; `i64::MIN`: never).
     pub received_at: &'a [i64],
+    /// When each device was last heard from (monotonic ns; `i64::MIN`: never).
+    pub device_heard: &'a [i64],
+    /// When the engine first ran (monotonic ns).
+    pub started: i64,
     pub windows: &'a [Window],
     pub device_events: &'a [(String, i64)],
     pub params: &'a BTreeMap<String, Dynamic>,
@@ -623,9 +629,27 @@ fn register_ctx(e: &mut Engine) {
     e.register_fn("silent_for", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
         env(|env| {
             let p = point_by_name(env, c.device, name)?;
-            let at = env.received_at.get(p.0 as usize).copied().unwrap_or(i64::MIN);
-            Ok(if at == i64::MIN { f64::INFINITY } else { env.mono.saturating_sub(at) as f64 / 1e9 })
+            // Never received: silent since the engine started, so a restart does not hide a dead channel.
+            let at = env.received_at.get(p.0 as usize).copied().unwrap_or(i64::MIN).max(env.started);
+            Ok(if at == i64::MIN { f64::INFINITY } else { env.mono.saturating_sub(at).max(0) as f64 / 1e9 })
         })
+    });
+    // Seconds since the gateway last heard from the device at all (a usable sample or an event), or
+    // since it started when the device was never heard from: silence that survives a restart.
+    e.register_fn("device_silent_for", |c: &mut Ctx| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| {
+            let heard = env.device_heard.get(c.device.0 as usize).copied().unwrap_or(i64::MIN);
+            let since = heard.max(env.started);
+            Ok(if since == i64::MIN { 0.0 } else { env.mono.saturating_sub(since).max(0) as f64 / 1e9 })
+        })
+    });
+    // The device's Modbus poll interval in seconds; 0 for a device that sends on its own.
+    e.register_fn("poll_secs", |c: &mut Ctx| -> Result<f64, Box<EvalAltResult>> {
+        env(|env| Ok(env.registry.device(c.device).poll_ms as f64 / 1e3))
+    });
+    // Whether the device has this point configured, heard from or not (`has`: has a value).
+    e.register_fn("configured", |c: &mut Ctx, name: &str| -> Result<bool, Box<EvalAltResult>> {
+        env(|env| Ok(env.registry.point_of(c.device, name).is_some()))
     });
     e.register_fn("unchanged_for", |c: &mut Ctx, name: &str| -> Result<f64, Box<EvalAltResult>> {
         env(|env| {

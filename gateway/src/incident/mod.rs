@@ -107,6 +107,8 @@ pub struct Filter {
     /// A state name, or `open` for every state but normal.
     pub state: Option<String>,
     pub grid: Option<String>,
+    /// The grids the asker may see; `None` is the whole site.
+    pub scope: Option<Vec<String>>,
     pub severity: Option<String>,
     pub category: Option<String>,
     pub device: Option<String>,
@@ -127,12 +129,17 @@ impl Filter {
         };
         state_ok
             && self.grid.as_ref().is_none_or(|g| *g == i.grid)
+            && in_scope(self.scope.as_deref(), &i.grid)
             && self.severity.as_ref().is_none_or(|s| *s == i.severity)
             && self.category.as_ref().is_none_or(|c| *c == i.category)
             && self.device.as_ref().is_none_or(|d| *d == i.device)
             && self.since.is_none_or(|t| i.raised_ns >= t)
             && self.until.is_none_or(|t| i.raised_ns < t)
     }
+}
+
+fn in_scope(scope: Option<&[String]>, grid: &str) -> bool {
+    scope.is_none_or(|s| s.iter().any(|g| g == grid))
 }
 
 /// An operator action on an incident that has no live alarm (system incidents, removed rules).
@@ -161,7 +168,7 @@ enum Cmd {
     },
     Sync(oneshot::Sender<()>),
     List(Filter, oneshot::Sender<Result<Vec<Incident>, StoreError>>),
-    Get(i64, oneshot::Sender<Result<Option<Incident>, StoreError>>),
+    Get(i64, Option<Vec<String>>, oneshot::Sender<Result<Option<Incident>, StoreError>>),
 }
 
 /// Counters of the store.
@@ -356,13 +363,14 @@ impl IncidentStore {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// One incident with its history.
+    /// One incident with its history; `None` also when it is outside `scope` (the grids the asker
+    /// may see, `None` for the whole site).
     ///
     /// # Errors
     /// A database error.
-    pub async fn get(&self, id: i64) -> Result<Option<Incident>, StoreError> {
+    pub async fn get(&self, id: i64, scope: Option<Vec<String>>) -> Result<Option<Incident>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Cmd::Get(id, reply)).await.map_err(|_| StoreError::Stopped)?;
+        self.tx.send(Cmd::Get(id, scope, reply)).await.map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -539,8 +547,10 @@ impl Writer {
             Cmd::List(filter, reply) => {
                 let _ = reply.send(list(&self.conn, &filter, &self.pending));
             }
-            Cmd::Get(id, reply) => {
-                let r = get(&self.conn, id, true).and_then(|i| overlay_one(&self.conn, i, id, &self.pending));
+            Cmd::Get(id, scope, reply) => {
+                let r = get_in(&self.conn, id, scope.as_deref())
+                    .and_then(|i| overlay_one(&self.conn, i, id, &self.pending))
+                    .map(|i| i.filter(|i| in_scope(scope.as_deref(), &i.grid)));
                 let _ = reply.send(r);
             }
         }
@@ -860,7 +870,41 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
 }
 
 fn get(conn: &Connection, id: i64, history: bool) -> Result<Option<Incident>, StoreError> {
-    let mut inc = conn.query_row(&format!("SELECT {COLUMNS} FROM incidents WHERE id = ?1"), [id], row).optional()?;
+    get_where(conn, id, history, None)
+}
+
+/// One incident with its history, only when its grid is in `scope`.
+fn get_in(conn: &Connection, id: i64, scope: Option<&[String]>) -> Result<Option<Incident>, StoreError> {
+    get_where(conn, id, true, scope)
+}
+
+/// `grid IN (...)` for `scope` with its arguments numbered from `first`; empty for the whole site.
+fn scope_clause(scope: Option<&[String]>, first: usize) -> (String, Vec<rusqlite::types::Value>) {
+    match scope {
+        None => (String::new(), Vec::new()),
+        Some([]) => (" AND 0".to_owned(), Vec::new()),
+        Some(grids) => {
+            let marks: Vec<String> = (0..grids.len()).map(|i| format!("?{}", first + i)).collect();
+            (format!(" AND grid IN ({})", marks.join(", ")), grids.iter().map(|g| g.clone().into()).collect())
+        }
+    }
+}
+
+fn get_where(
+    conn: &Connection,
+    id: i64,
+    history: bool,
+    scope: Option<&[String]>,
+) -> Result<Option<Incident>, StoreError> {
+    let (clause, mut args) = scope_clause(scope, 2);
+    args.insert(0, id.into());
+    let mut inc = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM incidents WHERE id = ?1{clause}"),
+            rusqlite::params_from_iter(args),
+            row,
+        )
+        .optional()?;
     if let (Some(inc), true) = (inc.as_mut(), history) {
         let mut stmt = conn.prepare(
             "SELECT at, kind, state, severity, value, who, note FROM incident_events WHERE incident = ?1 ORDER BY seq",
@@ -928,6 +972,9 @@ fn list_stored(conn: &Connection, f: &Filter, limit: usize) -> Result<Vec<Incide
     if let Some(t) = f.until {
         add(" AND raised_at < ?", t.into());
     }
+    let (clause, scoped) = scope_clause(f.scope.as_deref(), args.len() + 1);
+    sql.push_str(&clause);
+    args.extend(scoped);
     sql.push_str(&format!(" ORDER BY id DESC LIMIT {limit}"));
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), row)?.collect::<Result<_, _>>()?;
@@ -1012,6 +1059,31 @@ mod tests {
         assert_eq!(list(&conn, &f, &[]).unwrap().len(), 1);
         let f = Filter { grid: Some("g1".into()), severity: Some("critical".into()), ..Filter::default() };
         assert_eq!(list(&conn, &f, &[]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_scope_limits_lists_and_lookups_in_the_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, _, _) = open(&dir.path().join("i.db")).unwrap();
+        commit(&mut conn, &mut ChangeClock::default(), &[new(1), new(2)]).unwrap();
+        conn.execute("UPDATE incidents SET grid = 'g2' WHERE id = 2", []).unwrap();
+        let scoped = |grids: &[&str]| Some(grids.iter().map(|g| (*g).to_owned()).collect::<Vec<_>>());
+        let ids = |f: &Filter| list(&conn, f, &[]).unwrap().iter().map(|i| i.id).collect::<Vec<_>>();
+        assert_eq!(ids(&Filter::default()), [2, 1]);
+        assert_eq!(ids(&Filter { scope: scoped(&["g1"]), ..Filter::default() }), [1]);
+        assert_eq!(ids(&Filter { scope: scoped(&["g1", "g2"]), ..Filter::default() }), [2, 1]);
+        assert_eq!(ids(&Filter { scope: scoped(&[]), ..Filter::default() }), Vec::<i64>::new());
+        assert_eq!(
+            ids(&Filter { scope: scoped(&["g1"]), grid: Some("g2".into()), ..Filter::default() }),
+            Vec::<i64>::new()
+        );
+        assert!(get_in(&conn, 2, Some(&["g1".to_owned()])).unwrap().is_none());
+        assert_eq!(get_in(&conn, 2, Some(&["g2".to_owned()])).unwrap().unwrap().id, 2);
+        assert_eq!(get_in(&conn, 1, None).unwrap().unwrap().id, 1);
+        // Pending (not yet committed) incidents are scoped too.
+        let pending = [new(3)];
+        let f = Filter { scope: scoped(&["g2"]), ..Filter::default() };
+        assert_eq!(list(&conn, &f, &pending).unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), [2]);
     }
 
     #[test]

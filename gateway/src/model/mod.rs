@@ -182,6 +182,8 @@ pub struct DeviceInfo {
     pub category: String,
     pub tags: BTreeMap<String, String>,
     pub points: Range<u32>,
+    /// Modbus poll interval (ms); 0 for devices that send on their own.
+    pub poll_ms: u64,
 }
 
 /// A configured point of a device.
@@ -191,6 +193,10 @@ pub struct PointInfo {
     pub name: String,
     pub unit: String,
     pub kind: PointKind,
+    /// The event a Modbus bit raises when it rises (a detector's own alarm), if any.
+    pub event: Option<String>,
+    /// Why no rule watches the point, when the profile or config says so.
+    pub unwatched: Option<String>,
 }
 
 /// All names of the configuration, interned; built once from a validated [`Config`].
@@ -228,7 +234,14 @@ impl Registry {
             let id = DeviceId(devices.len() as u32);
             let start = points.len() as u32;
             for p in &d.points {
-                points.push(PointInfo { device: id, name: p.name.clone(), unit: p.unit.clone(), kind: p.kind });
+                points.push(PointInfo {
+                    device: id,
+                    name: p.name.clone(),
+                    unit: p.unit.clone(),
+                    kind: p.kind,
+                    event: p.event.clone(),
+                    unwatched: p.unwatched.clone(),
+                });
             }
             device_index.insert(d.id.clone(), id);
             devices.push(DeviceInfo {
@@ -238,6 +251,7 @@ impl Registry {
                 category: d.category.clone(),
                 tags: d.tags.clone(),
                 points: start..points.len() as u32,
+                poll_ms: d.modbus.as_ref().map_or(0, |m| m.interval_ms),
             });
         }
         Self {

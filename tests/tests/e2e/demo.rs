@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use parkwatch_e2e::{free_port, gateway_bin, http_get, wait_until};
+use parkwatch_e2e::{free_port, gateway_bin, http_get, http_get_as, wait_until};
 
 #[test]
 fn demo_serves_a_simulated_park_and_stops_by_itself() {
@@ -16,8 +16,20 @@ fn demo_serves_a_simulated_park_and_stops_by_itself() {
         .spawn()
         .unwrap();
     let addr = api.parse().unwrap();
+    // The demo prints its admin token as a line PARKWATCH_TOKEN=…; the rest of its output is read below.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    let token = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the demo printed no PARKWATCH_TOKEN line:\n{out}");
+        out.push_str(&line);
+        if let Some(t) = line.trim().strip_prefix("PARKWATCH_TOKEN=") {
+            break t.to_owned();
+        }
+    };
     let points = wait_until(Duration::from_secs(20), "demo points from every grid and category", || {
-        let (status, body) = http_get(addr, "/api/v1/points").ok()?;
+        let (status, body) = http_get_as(addr, "/api/v1/points", Some(&token)).ok()?;
         let points: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
         let list = points.as_array()?;
         let has = |key: &str, value: &str| list.iter().any(|p| p[key] == value);
@@ -27,9 +39,16 @@ fn demo_serves_a_simulated_park_and_stops_by_itself() {
     });
     let rc = points.as_array().unwrap().iter().find(|p| p["point"] == "residual_current").unwrap();
     assert_eq!(rc["unit"], "mA");
+    assert_eq!(http_get(addr, "/api/v1/points").unwrap().0, 401, "the demo's API needs the token too");
+    // The printed demo users can log in; the officer is limited to one grid.
+    let officer = out.lines().find_map(|l| l.trim().strip_prefix("demo-officer / ")).expect("demo officer line");
+    let password = officer.split_whitespace().next().unwrap();
+    let login = serde_json::json!({ "user": "demo-officer", "password": password });
+    let (status, body) = parkwatch_e2e::http_post(addr, "/api/v1/login", &login).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"officer\"") && body.contains("\"g1\""), "{body}");
     let status = wait_until(Duration::from_secs(20), "the demo to stop by itself", || child.try_wait().unwrap());
     assert!(status.success(), "{status}");
-    let mut out = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
     assert!(out.contains(&format!("http://{api}/api/v1/points")), "{out}");
 }

@@ -294,7 +294,7 @@ const METER: &str = "park/g1/meter/m1/telemetry";
 
 /// `Some(())` when `/readyz` says 503 naming `failed`, or 200 when `failed` is `None`.
 fn ready(gw: &Gateway, failed: Option<&str>) -> Option<()> {
-    let (status, body) = parkwatch_e2e::http_get(gw.api, "/readyz").ok()?;
+    let (status, body) = gw.get("/readyz").ok()?;
     match failed {
         Some(component) => (status == 503 && body.contains(&format!("\"{component}\""))).then_some(()),
         None => (status == 200).then_some(()),

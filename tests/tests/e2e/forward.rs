@@ -229,7 +229,7 @@ fn a_refused_token_pauses_the_target_and_loses_nothing() {
     assert_eq!(status, "paused: credentials: 401: unauthorized access", "{fwd}");
     assert_eq!(fwd["targets"][0]["up"], false);
     wait_until(Duration::from_secs(5), "/readyz 503 naming the paused target", || {
-        let (status, body) = parkwatch_e2e::http_get(gw.api, "/readyz").ok()?;
+        let (status, body) = gw.get("/readyz").ok()?;
         (status == 503 && body.contains("target:central")).then_some(())
     });
     // Data keeps coming while the target is paused.
@@ -248,9 +248,7 @@ fn a_refused_token_pauses_the_target_and_loses_nothing() {
         (store.count(r#"{__name__=~"electrical_.*"}"#).0 == 500).then_some(())
     });
     wait_until(Duration::from_secs(10), "the target to resume", || (gw.metric(paused)? == 0.0).then_some(()));
-    wait_until(Duration::from_secs(5), "/readyz 200 again", || {
-        (parkwatch_e2e::http_get(gw.api, "/readyz").ok()?.0 == 200).then_some(())
-    });
+    wait_until(Duration::from_secs(5), "/readyz 200 again", || (gw.get("/readyz").ok()?.0 == 200).then_some(()));
     let seen = proxy.seen.lock().unwrap().clone();
     let refused: Vec<_> = seen.iter().filter(|s| s.status == 401).collect();
     assert!(refused.len() >= 2, "the store refused more than once: {}", refused.len());
@@ -450,8 +448,7 @@ fn incidents_and_status_reach_the_central_broker() {
     wait_until(Duration::from_secs(30), "the return", || {
         (gw.json(&format!("/api/v1/incidents/{id}"))["state"] == "returned_unacked").then_some(())
     });
-    let (status, body) =
-        parkwatch_e2e::http_post(gw.api, &format!("/api/v1/incidents/{id}/ack"), &json!({"by": "officer-1"})).unwrap();
+    let (status, body) = gw.post(&format!("/api/v1/incidents/{id}/ack"), &json!({})).unwrap();
     assert_eq!(status, 200, "{body}");
     wait_until(Duration::from_secs(30), "the cleared retained alarm", || {
         watcher.seen().into_iter().find(|(t, m, _)| *t == alarm_topic && m.is_empty())

@@ -48,7 +48,7 @@ builtin = false
 
 /// `/readyz`: status and body.
 fn readyz(gw: &Gateway) -> (u16, Value) {
-    let (status, body) = http_get(gw.api, "/readyz").expect("GET /readyz");
+    let (status, body) = gw.get("/readyz").expect("GET /readyz");
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -61,10 +61,11 @@ fn component(gw: &Gateway, name: &str) -> Value {
         .unwrap_or_else(|| panic!("{name} is not in {health}"))
 }
 
-/// Runs `parkwatch status` against `api`: exit code and standard output.
-fn status(api: SocketAddr, lang: &str) -> (i32, String) {
+/// Runs `parkwatch status` against `gw` with its token: exit code and standard output.
+fn status(gw: &Gateway, lang: &str) -> (i32, String) {
     let out = Command::new(gateway_bin())
-        .args(["status", "--url", &format!("http://{api}"), "--lang", lang])
+        .args(["status", "--url", &format!("http://{}", gw.api), "--lang", lang])
+        .env("PARKWATCH_TOKEN", &gw.token)
         .output()
         .expect("run parkwatch status");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -82,7 +83,7 @@ fn readyz_follows_the_broker_down_and_back() {
     let c = component(&gw, "broker:local");
     assert_eq!(c["status"], "ok", "{c}");
     assert!(c["since"].as_str().unwrap().ends_with("+08:00"), "{c}");
-    let (code, table) = status(gw.api, "en");
+    let (code, table) = status(&gw, "en");
     assert_eq!(code, 0, "{table}");
     let line = table.lines().find(|l| l.starts_with("broker:local")).unwrap_or_else(|| panic!("{table}"));
     assert!(line.contains(" ok "), "{table}");
@@ -99,7 +100,7 @@ fn readyz_follows_the_broker_down_and_back() {
     assert_eq!(gw.metric("parkwatch_up"), Some(1.0));
     // Liveness is not readiness: the process still serves.
     assert_eq!(http_get(gw.api, "/healthz").unwrap().0, 200);
-    let (code, table) = status(gw.api, "zh");
+    let (code, table) = status(&gw, "zh");
     assert_eq!(code, 2, "{table}");
     let line = table.lines().find(|l| l.starts_with("broker:local")).unwrap_or_else(|| panic!("{table}"));
     assert!(line.contains("故障") && line.contains("connection lost"), "{table}");
@@ -110,7 +111,7 @@ fn readyz_follows_the_broker_down_and_back() {
         (readyz(&gw).0 == 200).then_some(())
     });
     assert!(back.elapsed() < Duration::from_secs(5));
-    assert_eq!(status(gw.api, "en").0, 0);
+    assert_eq!(status(&gw, "en").0, 0);
     assert!(gw.log().contains("Component recovered."), "{}", gw.log());
 }
 
@@ -165,5 +166,5 @@ retry_max_ms = 1000
     assert!(failed["reason"].as_str().unwrap().starts_with("no successful write for over 60 s"), "{failed}");
     let (code, body) = readyz(&gw);
     assert_eq!((code, failed_names(&body)), (503, vec!["target:central".to_owned()]), "{body}");
-    assert_eq!(status(gw.api, "en").0, 2);
+    assert_eq!(status(&gw, "en").0, 2);
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests against real peers on loopback, compiled into one binary.
 
 mod audit;
+mod auth;
 mod config_check;
 mod demo;
 mod durability;

@@ -17,14 +17,19 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("core", &["config", "metrics"][..]),
         ("incident", &[][..]),
         ("audit", &[][..]),
+        // The audit log that every login, action and user or token change is recorded in.
+        ("auth", &["audit"][..]),
         // The change log and the audit log it reads; the core's handle to raise `system` incidents.
         ("forward", &["config", "incident", "audit", "core"][..]),
         ("broker", &["config"][..]),
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
         // The API shows every room; only `app` wires them together.
-        ("api", &["audit", "config", "core", "forward", "incident", "metrics", "source"][..]),
-        ("app", &["api", "audit", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..]),
+        ("api", &["audit", "auth", "config", "core", "forward", "incident", "metrics", "source"][..]),
+        (
+            "app",
+            &["api", "audit", "auth", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..],
+        ),
     ])
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use parkwatch_e2e::{http_post, now_ms, wait_until, Gateway, Mosquitto, Publisher};
+use parkwatch_e2e::{now_ms, wait_until, Gateway, Mosquitto, Publisher};
 use serde_json::{json, Value};
 
 fn config(port: u16, rules: &str) -> String {
@@ -116,21 +116,16 @@ fn residual_current_raises_one_incident_that_survives_a_restart() {
         let i = gw.json(&format!("/api/v1/incidents/{id}"));
         (i["state"] == "returned_unacked").then_some(())
     });
-    let (status, body) = http_post(
-        gw.api,
-        &format!("/api/v1/incidents/{id}/ack"),
-        &json!({"by": "officer-7", "note": "breaker checked"}),
-    )
-    .unwrap();
+    let (status, body) = gw.post(&format!("/api/v1/incidents/{id}/ack"), &json!({"note": "breaker checked"})).unwrap();
     assert_eq!(status, 200, "{body}");
     let i: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(i["state"], "normal");
-    assert_eq!(i["acked_by"], "officer-7");
+    assert_eq!(i["acked_by"], "token:e2e", "the authenticated caller is recorded");
     let kinds: Vec<&str> = i["history"].as_array().unwrap().iter().map(|h| h["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["raised", "returned", "acked", "closed", "comment"], "{i}");
-    let (status, _) = http_post(gw.api, &format!("/api/v1/incidents/{id}/ack"), &json!({"by": "x"})).unwrap();
+    let (status, _) = gw.post(&format!("/api/v1/incidents/{id}/ack"), &json!({})).unwrap();
     assert_eq!(status, 409, "acknowledging a closed incident is a conflict");
-    let (status, _) = http_post(gw.api, "/api/v1/incidents/999/ack", &json!({"by": "x"})).unwrap();
+    let (status, _) = gw.post("/api/v1/incidents/999/ack", &json!({})).unwrap();
     assert_eq!(status, 404);
 }
 
@@ -188,7 +183,7 @@ fn broken_packs_are_reported_and_the_other_rules_keep_running() {
 
     // A reload that fails keeps the running rules and says why; a fixed pack loads.
     std::fs::write(rules.join("good.rhai"), "rule(#{ id: ").unwrap();
-    let (status, body) = http_post(gw.api, "/api/v1/rules/reload", &json!({})).unwrap();
+    let (status, body) = gw.post("/api/v1/rules/reload", &json!({})).unwrap();
     assert_eq!(status, 422, "{body}");
     assert_eq!(gw.json("/api/v1/rules")["rules"].as_array().unwrap().len(), 3);
     assert!(incidents(&gw, "?category=system")

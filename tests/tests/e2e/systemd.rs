@@ -76,6 +76,7 @@ fn a_broken_user_pack_still_lets_the_unit_start() {
         "[site]\nid = \"xh\"\n[api]\nlisten = \"{api}\"\n[incidents]\npath = \"incidents.db\"\n[rules]\ndirs = [\"rules\"]\n"
     );
     std::fs::write(&config, &base).unwrap();
+    let token = parkwatch_e2e::create_token(&config, "systemd-test", "viewer", &[]);
     let (pre, start) = unit_commands(&parkwatch_e2e::gateway_bin(), &config);
     let out = Command::new(&pre[0]).args(&pre[1..]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -84,7 +85,7 @@ fn a_broken_user_pack_still_lets_the_unit_start() {
     let mut child = Command::new(&start[0]).args(&start[1..]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let addr: std::net::SocketAddr = api.parse().unwrap();
     let rules = parkwatch_e2e::wait_until(std::time::Duration::from_secs(15), "the gateway to serve", || {
-        let (status, body) = parkwatch_e2e::http_get(addr, "/api/v1/rules").ok()?;
+        let (status, body) = parkwatch_e2e::http_get_as(addr, "/api/v1/rules", Some(&token)).ok()?;
         (status == 200).then_some(body)
     });
     let _ = child.kill();

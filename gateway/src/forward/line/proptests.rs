@@ -178,7 +178,14 @@ category = "c"
     d.points = 0..points.len() as u32;
     reg.points = points
         .iter()
-        .map(|(n, kind)| PointInfo { device: DeviceId(0), name: n.clone(), unit: String::new(), kind: *kind })
+        .map(|(n, kind)| PointInfo {
+            device: DeviceId(0),
+            name: n.clone(),
+            unit: String::new(),
+            kind: *kind,
+            event: None,
+            unwatched: None,
+        })
         .collect();
     reg
 }

@@ -79,6 +79,9 @@ pub struct ProfilePoint {
     /// Only writable points can be written (linkage actions).
     #[serde(default)]
     pub writable: bool,
+    /// Why no shipped rule watches this point (no safety meaning, or another point carries it).
+    #[serde(default)]
+    pub unwatched: Option<String>,
 }
 
 fn one() -> f64 {
