@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -288,6 +289,17 @@ impl Gateway {
         }
     }
 
+    /// Adds a user with `parkwatch user add` against this gateway's config (the password on standard
+    /// input, never as an argument).
+    pub fn add_user(&self, name: &str, role: &str, grids: &[&str], password: &str) {
+        let config = self.dir.path().join("parkwatch.toml");
+        let mut args = vec!["user", "add", name, "--role", role, "-c", config.to_str().unwrap()];
+        for g in grids {
+            args.extend(["--grid", g]);
+        }
+        parkwatch_cli(&args, &format!("{password}\n"));
+    }
+
     /// `GET path` with the admin token: status and body.
     pub fn get(&self, path: &str) -> Result<(u16, String), String> {
         http_get_as(self.api, path, Some(&self.token))
@@ -372,6 +384,77 @@ pub fn http_post_as(
         Ok(r) => Ok((r.status(), r.into_string().map_err(|e| e.to_string())?)),
         Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One HTTP exchange: status, the `Set-Cookie` and `Retry-After` headers, body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name`, when the answer had it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; fails the test when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One request to the API over plain HTTP, with `headers` and a JSON body.
+pub fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Answer {
+    let mut req = ureq::request(method, &format!("http://{addr}{path}")).timeout(Duration::from_secs(10));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(&b.to_string()),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let headers = ["set-cookie", "retry-after"]
+        .iter()
+        .filter_map(|h| Some((h.to_string(), resp.header(h)?.to_owned())))
+        .collect();
+    Answer { status, headers, body: resp.into_string().unwrap_or_default() }
+}
+
+/// A logged-in browser: its cookie and CSRF token.
+pub struct Session {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// `POST /api/v1/login`: the session, or the answer that refused it.
+pub fn login(addr: SocketAddr, user: &str, password: &str) -> Result<Session, Answer> {
+    let a = send(addr, "POST", "/api/v1/login", &[], Some(&json!({ "user": user, "password": password })));
+    if a.status != 200 {
+        return Err(a);
+    }
+    let cookie = a.header("set-cookie").expect("a session cookie").split(';').next().unwrap().to_owned();
+    let csrf = a.json()["csrf_token"].as_str().unwrap().to_owned();
+    Ok(Session { cookie, csrf })
+}
+
+impl Session {
+    /// `GET` with the session cookie.
+    pub fn get(&self, addr: SocketAddr, path: &str) -> Answer {
+        send(addr, "GET", path, &[("Cookie", &self.cookie)], None)
+    }
+
+    /// `POST` JSON with the session cookie and its CSRF token.
+    pub fn post(&self, addr: SocketAddr, path: &str, body: &Value) -> Answer {
+        send(addr, "POST", path, &[("Cookie", &self.cookie), ("X-CSRF-Token", &self.csrf)], Some(body))
     }
 }
 

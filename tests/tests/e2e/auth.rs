@@ -2,11 +2,12 @@
 //! a running gateway, grid-scoped officers, a read-only token, login throttling, and no password in
 //! the log or in any answer.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use parkwatch_e2e::{create_token, http_post_as, parkwatch_cli, wait_until, Gateway, Mosquitto, Publisher};
-use serde_json::{json, Value};
+use parkwatch_e2e::{
+    create_token, http_post_as, login, parkwatch_cli, send, wait_until, Gateway, Mosquitto, Publisher,
+};
+use serde_json::json;
 
 const ADMIN_PASSWORD: &str = "admin-Pa55word-e2e";
 const LI_PASSWORD: &str = "li-Pa55word-e2e";
@@ -60,81 +61,6 @@ builtin = true
     )
 }
 
-/// One HTTP exchange: status, the headers named in `want`, body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-}
-
-fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Answer {
-    let mut req = ureq::request(method, &format!("http://{addr}{path}")).timeout(Duration::from_secs(10));
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    let result = match body {
-        Some(b) => req.set("Content-Type", "application/json").send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let resp = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    let status = resp.status();
-    let headers = ["set-cookie", "retry-after"]
-        .iter()
-        .filter_map(|h| Some((h.to_string(), resp.header(h)?.to_owned())))
-        .collect();
-    Answer { status, headers, body: resp.into_string().unwrap_or_default() }
-}
-
-/// A logged-in browser: its cookie and CSRF token.
-struct Session {
-    cookie: String,
-    csrf: String,
-}
-
-fn login(addr: SocketAddr, user: &str, password: &str) -> Result<Session, Answer> {
-    let a = send(addr, "POST", "/api/v1/login", &[], Some(&json!({ "user": user, "password": password })));
-    if a.status != 200 {
-        return Err(a);
-    }
-    let cookie = a.header("set-cookie").expect("a session cookie").split(';').next().unwrap().to_owned();
-    let csrf = a.json()["csrf_token"].as_str().unwrap().to_owned();
-    Ok(Session { cookie, csrf })
-}
-
-impl Session {
-    fn get(&self, addr: SocketAddr, path: &str) -> Answer {
-        send(addr, "GET", path, &[("Cookie", &self.cookie)], None)
-    }
-
-    fn post(&self, addr: SocketAddr, path: &str, body: &Value) -> Answer {
-        send(addr, "POST", path, &[("Cookie", &self.cookie), ("X-CSRF-Token", &self.csrf)], Some(body))
-    }
-}
-
-fn add_user(gw: &Gateway, name: &str, role: &str, grids: &[&str], password: &str) {
-    let config = gw.dir.path().join("parkwatch.toml");
-    let mut args = vec!["user", "add", name, "--role", role, "-c", config.to_str().unwrap()];
-    for g in grids {
-        args.extend(["--grid", g]);
-    }
-    // The password comes on standard input, never as an argument.
-    parkwatch_cli(&args, &format!("{password}\n"));
-}
-
 /// Raises a critical residual-current incident on each meter; returns (g1's id, g2's id).
 fn two_critical_incidents(gw: &Gateway, broker: &Mosquitto) -> (i64, i64) {
     let p = Publisher::connect(broker.port, "auth-test");
@@ -157,8 +83,8 @@ fn two_critical_incidents(gw: &Gateway, broker: &Mosquitto) -> (i64, i64) {
 fn grid_officers_act_only_in_their_grid_and_viewers_only_read() {
     let broker = Mosquitto::start("");
     let gw = Gateway::start(&config(broker.port));
-    add_user(&gw, "root", "admin", &[], ADMIN_PASSWORD);
-    add_user(&gw, "li", "officer", &["g1"], LI_PASSWORD);
+    gw.add_user("root", "admin", &[], ADMIN_PASSWORD);
+    gw.add_user("li", "officer", &["g1"], LI_PASSWORD);
     let (g1, g2) = two_critical_incidents(&gw, &broker);
     let addr = gw.api;
 
@@ -223,8 +149,8 @@ fn grid_officers_act_only_in_their_grid_and_viewers_only_read() {
 fn twenty_wrong_passwords_lock_the_user_and_nothing_shows_a_password() {
     let broker = Mosquitto::start("");
     let gw = Gateway::start(&config(broker.port));
-    add_user(&gw, "root", "admin", &[], ADMIN_PASSWORD);
-    add_user(&gw, "wang", "supervisor", &["g2"], WANG_PASSWORD);
+    gw.add_user("root", "admin", &[], ADMIN_PASSWORD);
+    gw.add_user("wang", "supervisor", &["g2"], WANG_PASSWORD);
     let addr = gw.api;
     let mut answers = Vec::new();
     for i in 0..19 {

@@ -1,5 +1,6 @@
-//! The API over HTTPS with a test CA: served only over TLS, the certificate swapped on SIGHUP on the
-//! same listening socket (a bad file keeps the old one), and a LAN address without TLS refused.
+//! The API over HTTPS with a test CA: served only over TLS, tokens and logins over it (the session
+//! cookie then `Secure`), the certificate swapped on SIGHUP on the same listening socket (a bad file
+//! keeps the old one), and a LAN address without TLS refused.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -46,6 +47,29 @@ impl Ca {
 
 /// `GET /healthz` over TLS trusting only `ca`: the status line and the certificate the server showed.
 fn https(addr: SocketAddr, ca: &CertificateDer<'static>) -> Result<(String, Vec<u8>), String> {
+    let (answer, shown) = exchange(addr, ca, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    Ok((answer.lines().next().unwrap_or_default().to_owned(), shown))
+}
+
+/// `method path` over TLS trusting only `ca`, with `headers` and `body`: the whole answer.
+fn https_request(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    exchange(addr, ca, &request).unwrap_or_else(|e| panic!("{method} {path} over HTTPS: {e}")).0
+}
+
+/// Sends `request` over TLS trusting only `ca`: the answer and the certificate the server showed.
+fn exchange(addr: SocketAddr, ca: &CertificateDer<'static>, request: &str) -> Result<(String, Vec<u8>), String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).map_err(|e| e.to_string())?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -58,8 +82,7 @@ fn https(addr: SocketAddr, ca: &CertificateDer<'static>) -> Result<(String, Vec<
     let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    tls.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
     // The server may close without a close_notify once it has answered; what was read counts.
     let read = tls.read_to_end(&mut answer);
@@ -67,8 +90,7 @@ fn https(addr: SocketAddr, ca: &CertificateDer<'static>) -> Result<(String, Vec<
         return Err(format!("no answer: {read:?}"));
     }
     let shown = tls.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
-    let text = String::from_utf8_lossy(&answer);
-    Ok((text.lines().next().unwrap_or_default().to_owned(), shown))
+    Ok((String::from_utf8_lossy(&answer).into_owned(), shown))
 }
 
 fn config(dir: &Path) -> String {
@@ -97,6 +119,23 @@ fn the_api_speaks_only_https_and_takes_a_new_certificate_on_sighup() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(shown, first, "the configured certificate is served");
     assert!(https(gw.api, &ca2.der()).is_err(), "a client trusting another CA refuses the server");
+
+    // Credentials over HTTPS: the harness's admin token, and a login whose session cookie is Secure.
+    let bearer = format!("Bearer {}", gw.token);
+    let me = https_request(gw.api, &ca1.der(), "GET", "/api/v1/me", &[("Authorization", &bearer)], "");
+    assert!(me.starts_with("HTTP/1.1 200") && me.contains(r#""name":"token:e2e""#), "{me}");
+    let anonymous = https_request(gw.api, &ca1.der(), "GET", "/api/v1/me", &[], "");
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    gw.add_user("root", "admin", &[], "root-Pa55word-tls");
+    let json = [("Content-Type", "application/json")];
+    let login = r#"{"user": "root", "password": "root-Pa55word-tls"}"#;
+    let answer = https_request(gw.api, &ca1.der(), "POST", "/api/v1/login", &json, login);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie: {answer}"));
+    assert!(cookie.contains("; Secure"), "the cookie of an HTTPS API is Secure: {cookie}");
 
     // Plain HTTP on the same port: the handshake fails and nothing is served.
     assert!(http_get(gw.api, "/healthz").is_err(), "plain HTTP got an answer");
