@@ -170,6 +170,9 @@ fn tls_files_must_exist_and_come_in_pairs() {
     std::fs::write(dir.path().join("key.pem"), "x").unwrap();
     let c = from_str(&text, Path::new("t.toml"), dir.path()).unwrap();
     assert_eq!(c.api.tls(), Some((dir.path().join("cert.pem").as_path(), dir.path().join("key.pem").as_path())));
+    assert!(c.cookie_secure(), "a session cookie of an HTTPS API is Secure without being asked");
+    assert!(!parse(BASE).unwrap().cookie_secure());
+    assert!(parse(&format!("{BASE}\n[auth]\ncookie_secure = true\n")).unwrap().cookie_secure());
     let half = format!("{BASE}\n[api]\ntls_cert = \"cert.pem\"\n");
     let e = from_str(&half, Path::new("t.toml"), dir.path()).unwrap_err();
     assert_eq!(e.problems().iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["api"]);
