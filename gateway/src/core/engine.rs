@@ -168,6 +168,9 @@ pub struct Engine {
     outcomes: Vec<Outcome>,
     /// When maintenance windows were last checked (monotonic ns).
     suppressed_checked: Option<i64>,
+    /// No timer is due before this (monotonic ns): a cheap lower bound of [`Engine::next_deadline`],
+    /// lowered as alarms start their delays and made exact by every tick. `i64::MIN`: unknown.
+    wake_at: i64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -204,6 +207,7 @@ impl Engine {
             changes: Vec::new(),
             outcomes: Vec::new(),
             suppressed_checked: None,
+            wake_at: i64::MIN,
         };
         e.index();
         e
@@ -406,6 +410,13 @@ impl Engine {
                 self.outcomes = out;
             }
         }
+        self.wake_at = self.next_deadline().unwrap_or(i64::MAX);
+    }
+
+    /// When the core must tick next at the latest for timers to fire on time (monotonic ns; never
+    /// later than the true next deadline, possibly earlier). O(1), for every turn of the core's loop.
+    pub fn wake_at(&self) -> i64 {
+        self.wake_at
     }
 
     /// The earliest monotonic time at which [`Engine::tick`] has something to do.
@@ -426,6 +437,8 @@ impl Engine {
             return;
         }
         self.suppressed_checked = Some(now.mono);
+        // Suppression may start or stop delays: the next tick makes the wake-up time exact again.
+        self.wake_at = i64::MIN;
         for slot in 0..self.slots.len() {
             let device = self.slots[slot].device;
             let suppressed = self.settings.maintenance.iter().any(|m| {
@@ -523,6 +536,9 @@ impl Engine {
                 // Events are instants: unless the rule holds its result, the condition ends with them.
                 if is_event && !rule.hold {
                     sl.alarm.evaluate(&b, now.mono, None, &mut out);
+                }
+                if let Some(d) = sl.alarm.next_deadline(&b) {
+                    self.wake_at = self.wake_at.min(d);
                 }
                 let note = (restored && condition.is_none() && out.contains(&Outcome::Returned))
                     .then(|| "condition cleared while the gateway was down".to_string());
@@ -652,6 +668,8 @@ impl Engine {
     /// # Errors
     /// The action does not apply in the alarm's state.
     pub fn act(&mut self, incident: i64, action: Action, who: &str, now: Now) -> Result<bool, ActionError> {
+        // Shelving and restored alarms bring timers of their own: tick soon and recompute.
+        self.wake_at = i64::MIN;
         let Some(&slot) = self.by_incident.get(&incident) else { return Ok(false) };
         let si = slot as usize;
         let b = self.set.rules[self.slots[si].rule as usize].behaviour;
@@ -693,6 +711,8 @@ impl Engine {
     /// continue with their incidents, history windows and previous values carry over. Open incidents
     /// whose rule is gone are closed with a note.
     pub fn adopt(&mut self, mut old: Engine, now: Now) {
+        // Shelving and restored alarms bring timers of their own: tick soon and recompute.
+        self.wake_at = i64::MIN;
         self.next_incident = self.next_incident.max(old.next_incident);
         self.changes.append(&mut old.changes);
         if old.windows.len() == self.windows.len() {
@@ -756,6 +776,8 @@ impl Engine {
     /// the ids that no longer match a rule and device, for the store to close. Shelving (stored as
     /// wall time) continues on the monotonic clock from `now`.
     pub fn restore(&mut self, open: &[OpenIncident], now: Now) -> Vec<i64> {
+        // Shelving and restored alarms bring timers of their own: tick soon and recompute.
+        self.wake_at = i64::MIN;
         let mut orphans = Vec::new();
         for inc in open {
             self.next_incident = self.next_incident.max(inc.id + 1);
