@@ -171,6 +171,28 @@ pub struct Engine {
     /// No timer is due before this (monotonic ns): a cheap lower bound of [`Engine::next_deadline`],
     /// lowered as alarms start their delays and made exact by every tick. `i64::MIN`: unknown.
     wake_at: i64,
+    /// Devices left out of a rule because a point's unit is not the one the rule's limits are in.
+    unit_mismatches: Vec<UnitMismatch>,
+}
+
+/// A watched point whose configured unit differs from the unit a rule's limits are written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitMismatch {
+    pub rule: String,
+    pub device: String,
+    pub point: String,
+    pub expected: String,
+    pub found: String,
+}
+
+impl std::fmt::Display for UnitMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "device \"{}\": point \"{}\" is in {:?} but rule \"{}\" has its limits in {:?}; the rule does not run for this device (fix the point's unit or scale)",
+            self.device, self.point, self.found, self.rule, self.expected
+        )
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -208,6 +230,7 @@ impl Engine {
             outcomes: Vec::new(),
             suppressed_checked: None,
             wake_at: i64::MIN,
+            unit_mismatches: Vec::new(),
         };
         e.index();
         e
@@ -227,6 +250,26 @@ impl Engine {
                 }
                 let points: Vec<PointId> = w.points.iter().filter_map(|p| reg.point_of(device, p)).collect();
                 if !w.points.is_empty() && points.is_empty() {
+                    continue;
+                }
+                // A limit in mA compared with a reading in A is silently wrong by a factor of 1000:
+                // such a device does not get the rule, and the mismatch is reported.
+                let mismatched: Vec<UnitMismatch> = points
+                    .iter()
+                    .filter_map(|&p| {
+                        let info = reg.point(p);
+                        let expected = rule.units.get(&info.name)?;
+                        (!info.unit.is_empty() && !rules::same_unit(&info.unit, expected)).then(|| UnitMismatch {
+                            rule: rule.id.clone(),
+                            device: dev.id.clone(),
+                            point: info.name.clone(),
+                            expected: expected.clone(),
+                            found: info.unit.clone(),
+                        })
+                    })
+                    .collect();
+                if !mismatched.is_empty() {
+                    self.unit_mismatches.extend(mismatched);
                     continue;
                 }
                 let slot = self.slots.len() as u32;
@@ -270,6 +313,11 @@ impl Engine {
             b.chatter_count = self.settings.chatter_count;
             b.chatter_window = self.settings.chatter_window;
         }
+    }
+
+    /// Points whose unit differs from the one a rule expects; those devices do not get the rule.
+    pub fn unit_mismatches(&self) -> &[UnitMismatch] {
+        &self.unit_mismatches
     }
 
     /// The loaded rules.
@@ -394,7 +442,11 @@ impl Engine {
                 continue;
             }
             let every = self.set.rules[rule as usize].every;
-            self.periodic[i].1 = now.mono.saturating_add(every);
+            // On a fixed grid, so a late tick does not push every later check back; a check
+            // missed entirely (a stall) is not made up.
+            let next = due.saturating_add(every);
+            self.periodic[i].1 =
+                if due == i64::MIN || next <= now.mono { now.mono.saturating_add(every) } else { next };
             let slots = self.periodic[i].2.clone();
             for slot in slots {
                 let ctx = Ctx { device: self.slots[slot as usize].device, point: None, ts: now.wall, event: None };
@@ -817,11 +869,37 @@ fn resolve_params(
     for o in applicable {
         for (k, v) in &o.params {
             if o.rule != "*" || params.contains_key(k) {
-                params.insert(k.clone(), v.clone());
+                let v = match rule.params.get(k) {
+                    Some(default) => like(default, v),
+                    None => v.clone(),
+                };
+                params.insert(k.clone(), v);
             }
         }
     }
     params
+}
+
+/// An override in the number type of the rule's default, so `3` and `3.0` in the config mean the
+/// same to a script that does integer arithmetic (a count) as well as to one that compares floats.
+fn like(default: &Dynamic, v: &Dynamic) -> Dynamic {
+    if default.is_int() {
+        if let Ok(f) = v.as_float() {
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                return Dynamic::from(f as i64);
+            }
+        }
+    } else if default.is_float() {
+        if let Ok(i) = v.as_int() {
+            return Dynamic::from(i as f64);
+        }
+    } else if let (Some(d), Some(a)) = (default.read_lock::<rhai::Array>(), v.read_lock::<rhai::Array>()) {
+        // A table of limits (one per class): each element like the default's first.
+        if let Some(first) = d.first() {
+            return Dynamic::from_array(a.iter().map(|x| like(first, x)).collect());
+        }
+    }
+    v.clone()
 }
 
 /// Fills `{value}`, `{device}`, `{grid}`, `{point}`, `{severity}` and `{<param>}` in a message template.
@@ -903,6 +981,44 @@ pub(crate) mod tests {
         let settings = crate::core::packs::settings(&config, &registry);
         let states = vec![PointState::default(); registry.points.len()];
         (Engine::new(set, registry.clone(), settings, 1), states, registry)
+    }
+
+    /// An integer parameter overridden in TOML as `3` or as `3.0` means the same to a script that
+    /// indexes with it (an index must be an integer) and to one that compares it with a float.
+    #[test]
+    fn integer_parameters_work_written_as_3_or_3_0() {
+        let pack = r#"rule(#{ id: "t.n", category: "electrical", severity: "minor", watch: #{ points: ["x"] },
+            params: #{ n: 2, limit: 10.0 },
+            condition: |c| { let a = [0, 0, 0, 1]; a[c.param("n")] == 1 && above(c.value, c.param("limit")) } });"#;
+        for written in ["3", "3.0"] {
+            let (e, _, registry) = engine_with(pack, &["x"]);
+            let mut settings = e.settings.clone();
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {written}")).unwrap()["v"].clone();
+            let limit: toml::Value = toml::from_str::<toml::Table>("v = 4").unwrap()["v"].clone();
+            settings.overrides.push(Override {
+                rule: "t.n".into(),
+                scope: Scope::Site,
+                params: [
+                    ("n".to_owned(), crate::core::packs::toml_to_dynamic(&value)),
+                    ("limit".to_owned(), crate::core::packs::toml_to_dynamic(&limit)),
+                ]
+                .into_iter()
+                .collect(),
+            });
+            let set = load(&[("t.rhai".into(), pack.into())], Limits::default()).unwrap();
+            let mut e = Engine::new(set, registry, settings, 1);
+            let mut states = vec![PointState::default(); 1];
+            sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
+            let opened: Vec<String> = e
+                .take_changes()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Change::Open(n) => Some(n.rule),
+                    Change::Update(_) => None,
+                })
+                .collect();
+            assert_eq!(opened, ["t.n"], "n = {written}: {:?}", e.stats());
+        }
     }
 
     const ON_DELAY_3S: &str = r#"rule(#{ id: "t.x", category: "electrical", severity: "minor",
