@@ -118,12 +118,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let clock: Arc<dyn crate::model::time::Clock> = Arc::new(crate::model::time::SystemClock::new());
     let orphans = engine.restore(&open, clock.now());
     for e in &pack_errors {
-        tracing::error!(error = %e, "Rule pack not loaded; the other packs run.");
+        tracing::error!(error = %e, "Rule problem; the other rules run.");
         engine.system_incident(
             crate::model::time::now_ns(),
             "pack",
             crate::model::DeviceId(u32::MAX),
-            format!("rule pack not loaded: {e}"),
+            format!("rule problem: {e}"),
         );
     }
     info!(

@@ -103,7 +103,12 @@ pub fn coverage(rules: &[Rule], registry: &Registry) -> Vec<DeviceCoverage> {
                     continue;
                 }
                 watched_any = true;
-                match &excluded {
+                let unit_off = rule
+                    .units
+                    .get(&pc.name)
+                    .filter(|u| !pc.unit.is_empty() && !super::rules::same_unit(&pc.unit, u))
+                    .map(|u| format!("point in {:?}, rule limits in {u:?}", pc.unit));
+                match excluded.as_ref().or(unit_off.as_ref()) {
                     Some(why) => pc.not_applied.push(format!("{} ({why})", rule.id)),
                     None if is_alarm(rule) => pc.alarms.push(rule.id.clone()),
                     None => pc.quality.push(rule.id.clone()),

@@ -168,6 +168,31 @@ pub struct Engine {
     outcomes: Vec<Outcome>,
     /// When maintenance windows were last checked (monotonic ns).
     suppressed_checked: Option<i64>,
+    /// No timer is due before this (monotonic ns): a cheap lower bound of [`Engine::next_deadline`],
+    /// lowered as alarms start their delays and made exact by every tick. `i64::MIN`: unknown.
+    wake_at: i64,
+    /// Devices left out of a rule because a point's unit is not the one the rule's limits are in.
+    unit_mismatches: Vec<UnitMismatch>,
+}
+
+/// A watched point whose configured unit differs from the unit a rule's limits are written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitMismatch {
+    pub rule: String,
+    pub device: String,
+    pub point: String,
+    pub expected: String,
+    pub found: String,
+}
+
+impl std::fmt::Display for UnitMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "device \"{}\": point \"{}\" is in {:?} but rule \"{}\" has its limits in {:?}; the rule does not run for this device (fix the point's unit or scale)",
+            self.device, self.point, self.found, self.rule, self.expected
+        )
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -204,6 +229,8 @@ impl Engine {
             changes: Vec::new(),
             outcomes: Vec::new(),
             suppressed_checked: None,
+            wake_at: i64::MIN,
+            unit_mismatches: Vec::new(),
         };
         e.index();
         e
@@ -223,6 +250,26 @@ impl Engine {
                 }
                 let points: Vec<PointId> = w.points.iter().filter_map(|p| reg.point_of(device, p)).collect();
                 if !w.points.is_empty() && points.is_empty() {
+                    continue;
+                }
+                // A limit in mA compared with a reading in A is silently wrong by a factor of 1000:
+                // such a device does not get the rule, and the mismatch is reported.
+                let mismatched: Vec<UnitMismatch> = points
+                    .iter()
+                    .filter_map(|&p| {
+                        let info = reg.point(p);
+                        let expected = rule.units.get(&info.name)?;
+                        (!info.unit.is_empty() && !rules::same_unit(&info.unit, expected)).then(|| UnitMismatch {
+                            rule: rule.id.clone(),
+                            device: dev.id.clone(),
+                            point: info.name.clone(),
+                            expected: expected.clone(),
+                            found: info.unit.clone(),
+                        })
+                    })
+                    .collect();
+                if !mismatched.is_empty() {
+                    self.unit_mismatches.extend(mismatched);
                     continue;
                 }
                 let slot = self.slots.len() as u32;
@@ -266,6 +313,11 @@ impl Engine {
             b.chatter_count = self.settings.chatter_count;
             b.chatter_window = self.settings.chatter_window;
         }
+    }
+
+    /// Points whose unit differs from the one a rule expects; those devices do not get the rule.
+    pub fn unit_mismatches(&self) -> &[UnitMismatch] {
+        &self.unit_mismatches
     }
 
     /// The loaded rules.
@@ -390,7 +442,11 @@ impl Engine {
                 continue;
             }
             let every = self.set.rules[rule as usize].every;
-            self.periodic[i].1 = now.mono.saturating_add(every);
+            // On a fixed grid, so a late tick does not push every later check back; a check
+            // missed entirely (a stall) is not made up.
+            let next = due.saturating_add(every);
+            self.periodic[i].1 =
+                if due == i64::MIN || next <= now.mono { now.mono.saturating_add(every) } else { next };
             let slots = self.periodic[i].2.clone();
             for slot in slots {
                 let ctx = Ctx { device: self.slots[slot as usize].device, point: None, ts: now.wall, event: None };
@@ -406,6 +462,13 @@ impl Engine {
                 self.outcomes = out;
             }
         }
+        self.wake_at = self.next_deadline().unwrap_or(i64::MAX);
+    }
+
+    /// When the core must tick next at the latest for timers to fire on time (monotonic ns; never
+    /// later than the true next deadline, possibly earlier). O(1), for every turn of the core's loop.
+    pub fn wake_at(&self) -> i64 {
+        self.wake_at
     }
 
     /// The earliest monotonic time at which [`Engine::tick`] has something to do.
@@ -426,6 +489,8 @@ impl Engine {
             return;
         }
         self.suppressed_checked = Some(now.mono);
+        // Suppression may start or stop delays: the next tick makes the wake-up time exact again.
+        self.wake_at = i64::MIN;
         for slot in 0..self.slots.len() {
             let device = self.slots[slot].device;
             let suppressed = self.settings.maintenance.iter().any(|m| {
@@ -523,6 +588,9 @@ impl Engine {
                 // Events are instants: unless the rule holds its result, the condition ends with them.
                 if is_event && !rule.hold {
                     sl.alarm.evaluate(&b, now.mono, None, &mut out);
+                }
+                if let Some(d) = sl.alarm.next_deadline(&b) {
+                    self.wake_at = self.wake_at.min(d);
                 }
                 let note = (restored && condition.is_none() && out.contains(&Outcome::Returned))
                     .then(|| "condition cleared while the gateway was down".to_string());
@@ -652,6 +720,8 @@ impl Engine {
     /// # Errors
     /// The action does not apply in the alarm's state.
     pub fn act(&mut self, incident: i64, action: Action, who: &str, now: Now) -> Result<bool, ActionError> {
+        // Shelving and restored alarms bring timers of their own: tick soon and recompute.
+        self.wake_at = i64::MIN;
         let Some(&slot) = self.by_incident.get(&incident) else { return Ok(false) };
         let si = slot as usize;
         let b = self.set.rules[self.slots[si].rule as usize].behaviour;
@@ -693,6 +763,8 @@ impl Engine {
     /// continue with their incidents, history windows and previous values carry over. Open incidents
     /// whose rule is gone are closed with a note.
     pub fn adopt(&mut self, mut old: Engine, now: Now) {
+        // Shelving and restored alarms bring timers of their own: tick soon and recompute.
+        self.wake_at = i64::MIN;
         self.next_incident = self.next_incident.max(old.next_incident);
         self.changes.append(&mut old.changes);
         if old.windows.len() == self.windows.len() {
@@ -756,6 +828,8 @@ impl Engine {
     /// the ids that no longer match a rule and device, for the store to close. Shelving (stored as
     /// wall time) continues on the monotonic clock from `now`.
     pub fn restore(&mut self, open: &[OpenIncident], now: Now) -> Vec<i64> {
+        // Shelving and restored alarms bring timers of their own: tick soon and recompute.
+        self.wake_at = i64::MIN;
         let mut orphans = Vec::new();
         for inc in open {
             self.next_incident = self.next_incident.max(inc.id + 1);
@@ -795,11 +869,37 @@ fn resolve_params(
     for o in applicable {
         for (k, v) in &o.params {
             if o.rule != "*" || params.contains_key(k) {
-                params.insert(k.clone(), v.clone());
+                let v = match rule.params.get(k) {
+                    Some(default) => like(default, v),
+                    None => v.clone(),
+                };
+                params.insert(k.clone(), v);
             }
         }
     }
     params
+}
+
+/// An override in the number type of the rule's default, so `3` and `3.0` in the config mean the
+/// same to a script that does integer arithmetic (a count) as well as to one that compares floats.
+fn like(default: &Dynamic, v: &Dynamic) -> Dynamic {
+    if default.is_int() {
+        if let Ok(f) = v.as_float() {
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                return Dynamic::from(f as i64);
+            }
+        }
+    } else if default.is_float() {
+        if let Ok(i) = v.as_int() {
+            return Dynamic::from(i as f64);
+        }
+    } else if let (Some(d), Some(a)) = (default.read_lock::<rhai::Array>(), v.read_lock::<rhai::Array>()) {
+        // A table of limits (one per class): each element like the default's first.
+        if let Some(first) = d.first() {
+            return Dynamic::from_array(a.iter().map(|x| like(first, x)).collect());
+        }
+    }
+    v.clone()
 }
 
 /// Fills `{value}`, `{device}`, `{grid}`, `{point}`, `{severity}` and `{<param>}` in a message template.
@@ -881,6 +981,44 @@ pub(crate) mod tests {
         let settings = crate::core::packs::settings(&config, &registry);
         let states = vec![PointState::default(); registry.points.len()];
         (Engine::new(set, registry.clone(), settings, 1), states, registry)
+    }
+
+    /// An integer parameter overridden in TOML as `3` or as `3.0` means the same to a script that
+    /// indexes with it (an index must be an integer) and to one that compares it with a float.
+    #[test]
+    fn integer_parameters_work_written_as_3_or_3_0() {
+        let pack = r#"rule(#{ id: "t.n", category: "electrical", severity: "minor", watch: #{ points: ["x"] },
+            params: #{ n: 2, limit: 10.0 },
+            condition: |c| { let a = [0, 0, 0, 1]; a[c.param("n")] == 1 && above(c.value, c.param("limit")) } });"#;
+        for written in ["3", "3.0"] {
+            let (e, _, registry) = engine_with(pack, &["x"]);
+            let mut settings = e.settings.clone();
+            let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {written}")).unwrap()["v"].clone();
+            let limit: toml::Value = toml::from_str::<toml::Table>("v = 4").unwrap()["v"].clone();
+            settings.overrides.push(Override {
+                rule: "t.n".into(),
+                scope: Scope::Site,
+                params: [
+                    ("n".to_owned(), crate::core::packs::toml_to_dynamic(&value)),
+                    ("limit".to_owned(), crate::core::packs::toml_to_dynamic(&limit)),
+                ]
+                .into_iter()
+                .collect(),
+            });
+            let set = load(&[("t.rhai".into(), pack.into())], Limits::default()).unwrap();
+            let mut e = Engine::new(set, registry, settings, 1);
+            let mut states = vec![PointState::default(); 1];
+            sample(&mut e, &mut states, 5.0, Now { wall: WALL, mono: 0 });
+            let opened: Vec<String> = e
+                .take_changes()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Change::Open(n) => Some(n.rule),
+                    Change::Update(_) => None,
+                })
+                .collect();
+            assert_eq!(opened, ["t.n"], "n = {written}: {:?}", e.stats());
+        }
     }
 
     const ON_DELAY_3S: &str = r#"rule(#{ id: "t.x", category: "electrical", severity: "minor",

@@ -120,6 +120,22 @@ pub fn settings(config: &Config, registry: &Registry) -> Settings {
     }
 }
 
+/// Unit mismatches as problems of the pack that holds the rule.
+pub fn unit_errors(engine: &Engine) -> Vec<PackError> {
+    engine
+        .unit_mismatches()
+        .iter()
+        .map(|m| {
+            let pack = engine
+                .rules()
+                .iter()
+                .find(|r| r.id == m.rule)
+                .map_or_else(String::new, |r| engine.pack_name(r.pack).to_owned());
+            PackError { pack, rule: Some(m.rule.clone()), message: m.to_string() }
+        })
+        .collect()
+}
+
 /// The sandbox limits the config asks for.
 pub fn limits(config: &Config) -> Limits {
     Limits { max_operations: config.rules.max_operations, ..Limits::default() }
@@ -159,7 +175,10 @@ pub fn build_lenient(
         }
     };
     let settings = settings(config, &registry);
-    Ok((Engine::new(set, registry, settings, next_incident), names, errors))
+    let engine = Engine::new(set, registry, settings, next_incident);
+    let mut errors = errors;
+    errors.extend(unit_errors(&engine));
+    Ok((engine, names, errors))
 }
 
 /// Loads and compiles the config's packs and builds an engine. All or nothing.
@@ -175,7 +194,11 @@ pub fn build(
     let names = sources.iter().map(|(n, _)| n.clone()).collect();
     let set = rules::load(&sources, limits(config))?;
     let settings = settings(config, &registry);
-    Ok((Engine::new(set, registry, settings, next_incident), names))
+    let engine = Engine::new(set, registry, settings, next_incident);
+    if !engine.unit_mismatches().is_empty() {
+        return Err(unit_errors(&engine));
+    }
+    Ok((engine, names))
 }
 
 /// Recompiles the rule packs and hands the result to the core: all or nothing.

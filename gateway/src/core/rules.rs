@@ -97,6 +97,8 @@ pub struct Rule {
     pub every: i64,
     /// For event rules: the result holds until another watched event says otherwise.
     pub hold: bool,
+    /// The unit the rule's limits are written in, per watched point (`residual_current` → `mA`).
+    pub units: BTreeMap<String, String>,
 }
 
 /// Sandbox limits for rule scripts.
@@ -268,6 +270,18 @@ fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, Strin
             params.insert(k.to_string(), v);
         }
     }
+    let mut units = BTreeMap::new();
+    if let Some(u) = m.remove("units") {
+        let Some(u) = u.try_cast::<Map>() else {
+            return Err(fail("`units` must be a map of point name to unit, like #{ residual_current: \"mA\" }".into()));
+        };
+        for (k, v) in u {
+            let Some(v) = v.clone().into_immutable_string().ok() else {
+                return Err(fail(format!("`units.{k}` must be a string such as \"mA\"")));
+            };
+            units.insert(k.to_string(), v.to_string());
+        }
+    }
     let mut watch = Watch::default();
     if let Some(w) = m.remove("watch") {
         let Some(mut w) = w.try_cast::<Map>() else { return Err(fail("`watch` must be a map".into())) };
@@ -296,8 +310,11 @@ fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, Strin
     if let Some(k) = m.keys().next() {
         return Err(fail(format!(
             "unknown key `{k}`; expected id, title, category, severity, watch, condition, clear, on_delay, off_delay, \
-             window, every, latch, hold, message, plan, params"
+             window, every, latch, hold, message, plan, params, units"
         )));
+    }
+    if let Some(p) = units.keys().find(|p| !watch.points.contains(p)) {
+        return Err(fail(format!("`units.{p}` names a point the rule does not watch")));
     }
     Ok(Rule {
         id,
@@ -315,7 +332,26 @@ fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, Strin
         window,
         every,
         hold,
+        units,
     })
+}
+
+/// Whether two spellings name the same unit: `µg/m³` = `ug/m3` = `μg/m³`, `°C` = `℃`, `dB(A)` = `dBA`,
+/// `mg/L` = `mg/l`. Otherwise exact: `mA` is not `A`, `mg/m³` is not `µg/m³`.
+pub fn same_unit(a: &str, b: &str) -> bool {
+    canonical_unit(a) == canonical_unit(b)
+}
+
+fn canonical_unit(u: &str) -> String {
+    let s: String = u.trim().chars().filter(|c| !c.is_whitespace()).collect();
+    let s = s.replace('μ', "µ").replace('³', "3").replace('℃', "°C");
+    let s = if let Some(rest) = s.strip_prefix('u').filter(|r| r.starts_with("g/")) { format!("µ{rest}") } else { s };
+    match s.as_str() {
+        "mg/l" => "mg/L".to_owned(),
+        "dBA" | "dba" | "db(A)" => "dB(A)".to_owned(),
+        "degC" | "degreeC" => "°C".to_owned(),
+        _ => s,
+    }
 }
 
 fn take_str(m: &mut Map, key: &str) -> Result<Option<String>, String> {
@@ -825,6 +861,49 @@ mod tests {
         assert_eq!(verdict(Dynamic::UNIT, Severity::Major), Ok(None));
         assert_eq!(verdict(Dynamic::from("warning".to_string()), Severity::Major), Ok(Some(Severity::Warning)));
         assert!(verdict(Dynamic::from(3_i64), Severity::Major).is_err());
+    }
+
+    #[test]
+    fn units_are_compared_by_meaning_not_spelling() {
+        for (a, b) in
+            [("µg/m³", "ug/m3"), ("µg/m³", "μg/m³"), ("°C", "℃"), ("dB(A)", "dBA"), ("mg/L", "mg/l"), ("mA", " mA ")]
+        {
+            assert!(same_unit(a, b), "{a} = {b}");
+        }
+        for (a, b) in [("mA", "A"), ("mg/m³", "µg/m³"), ("V", "kV"), ("mA", "MA")] {
+            assert!(!same_unit(a, b), "{a} != {b}");
+        }
+    }
+
+    #[test]
+    fn a_point_in_another_unit_is_a_load_error_naming_the_device() {
+        let config = crate::config::from_str(
+            "[site]\nid = \"t\"\n[[grids]]\nid = \"g1\"\n[[devices]]\nid = \"fd-7\"\ngrid = \"g1\"\n\
+             category = \"electrical\"\npoints = [{ name = \"residual_current\", unit = \"A\" }]\n\
+             [[devices]]\nid = \"fd-8\"\ngrid = \"g1\"\ncategory = \"electrical\"\n\
+             points = [{ name = \"residual_current\", unit = \"mA\" }]\n",
+            std::path::Path::new("(test)"),
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let registry = std::sync::Arc::new(crate::model::Registry::from_config(&config));
+        let errors =
+            crate::core::packs::build(&config, registry.clone(), 1).expect_err("a unit mismatch fails the load");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.contains("electrical.residual_current") && e.contains("\"fd-7\"") && e.contains("\"mA\"")),
+            "{text:?}"
+        );
+        assert!(!text.iter().any(|e| e.contains("fd-8")), "{text:?}");
+        // At start the other devices keep the rule; the mismatched one does not get it.
+        let (engine, _, errors) = crate::core::packs::build_lenient(&config, registry, 1).unwrap();
+        assert!(!errors.is_empty());
+        let cov = crate::core::coverage::coverage(engine.rules(), &crate::model::Registry::from_config(&config));
+        assert_eq!(cov[1].points[0].alarms, ["electrical.residual_current"]);
+        assert!(cov[0].points[0].alarms.is_empty(), "{:?}", cov[0]);
+        assert!(cov[0].points[0].not_applied[0].contains("rule limits in \"mA\""), "{:?}", cov[0]);
+        assert_eq!(engine.unit_mismatches().iter().filter(|m| m.device == "fd-7").count(), 2);
     }
 
     #[test]
