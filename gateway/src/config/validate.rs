@@ -402,6 +402,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
         p.push("core.batch_samples", "0; expected at least 1");
     }
     validate_auth(config, &mut p);
+    super::people::validate(config, &mut |path, message| p.push(path, message));
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",

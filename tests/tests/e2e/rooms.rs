@@ -14,7 +14,9 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("config", &[][..]),
         ("metrics", &[][..]),
         ("source", &["config", "metrics"][..]),
-        ("core", &["config", "metrics"][..]),
+        // The live patrol tracker raises its incidents through the engine.
+        ("core", &["config", "metrics", "people"][..]),
+        ("people", &["config"][..]),
         ("incident", &[][..]),
         ("auth", &[][..]),
         // The change log it reads; the core's handle to raise `system` incidents.
@@ -23,8 +25,11 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
         // The API shows every room; only `app` wires them together.
-        ("api", &["auth", "config", "core", "forward", "incident", "metrics", "source"][..]),
-        ("app", &["api", "auth", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..]),
+        ("api", &["auth", "config", "core", "forward", "incident", "metrics", "people", "source"][..]),
+        (
+            "app",
+            &["api", "auth", "broker", "config", "core", "forward", "incident", "metrics", "people", "sim", "source"][..],
+        ),
     ])
 }
 
