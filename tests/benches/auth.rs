@@ -97,6 +97,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         modbus: Default::default(),
         health: Default::default(),
         central: None,
+        people: Default::default(),
         access: Access { auth, metrics_auth: true, cookie_secure: false },
     };
     (state, token)

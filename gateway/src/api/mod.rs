@@ -15,6 +15,7 @@ pub mod access;
 pub mod health;
 mod incidents;
 mod metrics;
+mod people;
 
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ pub struct AppState {
     pub health: crate::model::health::Health,
     /// The central MQTT publisher's counters, when incidents go to a central broker.
     pub central: Option<Arc<crate::forward::central::CentralMetrics>>,
+    /// People, rosters and plans.
+    pub people: Arc<crate::people::Directory>,
     /// Who may ask.
     pub access: Access,
 }
@@ -176,6 +179,9 @@ pub fn routes() -> Vec<Route> {
         post_r("/api/v1/incidents/{id}/shelve", officer, incidents::shelve),
         post_r("/api/v1/incidents/{id}/comment", officer, incidents::comment),
         post_r("/api/v1/incidents/{id}/close", officer, incidents::close),
+        // Who is on duty and how patrols went: grid-scoped, like the incidents.
+        get_r("/api/v1/duty", viewer, people::duty),
+        get_r("/api/v1/patrols", viewer, people::patrols),
         get_r("/api/v1/rules", viewer, incidents::rules),
         post_r("/api/v1/rules/reload", admin, incidents::reload),
     ]
