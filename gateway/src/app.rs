@@ -116,7 +116,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         return Err(AppError::Rules(pack_errors));
     }
     let clock: Arc<dyn crate::model::time::Clock> = Arc::new(crate::model::time::SystemClock::new());
-    let orphans = engine.restore(&open, clock.now());
+    // Missed patrols are the patrol tracker's; the rules take over the rest.
+    let (patrol_open, open): (Vec<_>, Vec<_>) = open.into_iter().partition(|i| i.rule == crate::people::patrol::RULE);
+    let people = Arc::new(crate::people::Directory::from_config(&config));
+    let mut tracker =
+        crate::people::patrol::Tracker::new(crate::people::patrol::checkpoints(&config), people.tz, clock.wall_ns());
+    let mut orphans = engine.restore(&open, clock.now());
+    orphans.extend(tracker.restore(&patrol_open));
     for e in &pack_errors {
         tracing::error!(error = %e, "Rule problem; the other rules run.");
         engine.system_incident(
@@ -142,7 +148,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept)
         .with_clock(clock)
         .with_engine(engine, pack_names)
-        .with_load_errors(pack_errors);
+        .with_load_errors(pack_errors)
+        .with_patrols(tracker);
     let forwarding = !config.forward.targets.is_empty();
     let (fwd_tx, fwd_rx) = mpsc::channel(config.core.channel_batches);
     let (handle, core_task) = core::spawn(core, rx, Some(store.clone()), forwarding.then(|| fwd_tx.clone()));
@@ -196,6 +203,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         health,
         central: central_metrics,
         audit: audit.clone(),
+        people,
         access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
@@ -247,7 +255,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         None => None,
     };
     let sim_task = extras.simulate.map(|(host, port, period)| {
-        tokio::spawn(sim::run(registry.clone(), modbus_devices, host, port, period, shutdown.clone()))
+        let officers = config.grids.iter().map(|g| (g.id.clone(), g.officers.clone())).collect();
+        tokio::spawn(sim::run(registry.clone(), modbus_devices, officers, host, port, period, shutdown.clone()))
     });
 
     shutdown.cancelled().await;

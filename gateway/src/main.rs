@@ -325,6 +325,17 @@ fn check(file: &Path) -> ExitCode {
                     )) {
                         println!("{}: coverage: warning: {w}", file.display());
                     }
+                    // Packs ship plan ids a site may not have written yet: a warning, never an error.
+                    for r in engine.rules() {
+                        if !r.plan.is_empty() && !c.plans.iter().any(|p| p.id == r.plan) {
+                            println!(
+                                "{}: plans: warning: rule \"{}\" names plan \"{}\", which no [[plans]] defines",
+                                file.display(),
+                                r.id,
+                                r.plan
+                            );
+                        }
+                    }
                     let skipped = if errors.is_empty() { String::new() } else { format!(", {} skipped", errors.len()) };
                     format!("{} rules from {} packs{skipped}", engine.rules().len(), packs.len())
                 }

@@ -99,6 +99,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         health: Default::default(),
         central: None,
         audit,
+        people: Default::default(),
         access: Access { auth, metrics_auth: true, cookie_secure: false },
     };
     (state, token)

@@ -92,7 +92,19 @@ pub(super) async fn one(
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(visible(&st, &who, id).await?).into_response())
+    let incident = visible(&st, &who, id).await?;
+    let mut v = serde_json::to_value(&incident).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // The steps of the emergency plan the rule names, when the site has written it.
+    if let Some(plan) = st.people.plan(&incident.plan) {
+        v["plan_detail"] = serde_json::json!({
+            "id": plan.id,
+            "title": plan.title,
+            "steps": plan.steps.iter().enumerate()
+                .map(|(i, s)| serde_json::json!({ "n": i + 1, "text": s }))
+                .collect::<Vec<_>>(),
+        });
+    }
+    Ok(Json(v).into_response())
 }
 
 /// The body of an action; the actor is the authenticated caller, never a field.

@@ -19,6 +19,7 @@ mod audit;
 pub mod health;
 mod incidents;
 mod metrics;
+mod people;
 pub mod tls;
 
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub central: Option<Arc<crate::forward::central::CentralMetrics>>,
     /// The audit trail that logins, refusals, actions and reloads are recorded in.
     pub audit: crate::audit::AuditLog,
+    /// People, rosters and plans.
+    pub people: Arc<crate::people::Directory>,
     /// Who may ask.
     pub access: Access,
 }
@@ -183,6 +186,9 @@ pub fn routes() -> Vec<Route> {
         post_r("/api/v1/incidents/{id}/shelve", officer, incidents::shelve),
         post_r("/api/v1/incidents/{id}/comment", officer, incidents::comment),
         post_r("/api/v1/incidents/{id}/close", officer, incidents::close),
+        // Who is on duty and how patrols went: grid-scoped, like the incidents.
+        get_r("/api/v1/duty", viewer, people::duty),
+        get_r("/api/v1/patrols", viewer, people::patrols),
         get_r("/api/v1/rules", viewer, incidents::rules),
         post_r("/api/v1/rules/reload", admin, incidents::reload),
         // Who did what, site-wide: for those who answer for the site.

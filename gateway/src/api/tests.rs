@@ -32,6 +32,27 @@ id = "e1"
 grid = "g2"
 category = "environment"
 points = [{ name = "noise", unit = "dB(A)" }]
+[[people]]
+id = "zhang"
+name = "张伟"
+mobile = "13800138000"
+[[people]]
+id = "li"
+name = "李娜"
+mobile = "13900139000"
+[[rosters]]
+grid = "g1"
+shifts = [{ id = "day", name = "白班", from = "08:00", to = "20:00" }, { id = "night", name = "夜班", from = "20:00", to = "08:00" }]
+weekly = [{ days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], shift = "day", people = ["zhang"] },
+          { days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], shift = "night", people = ["li"] }]
+overrides = [{ date = "2026-10-01", shift = "day", people = ["li"], reason = "国庆" }]
+[[rosters]]
+grid = "g2"
+shifts = [{ id = "all", from = "00:00", to = "00:00" }]
+[[plans]]
+id = "fire"
+title = "电气火灾应急处置"
+steps = ["切断电源", "通知网格长"]
 "#;
 
 async fn app() -> (Router, mpsc::Sender<Batch>) {
@@ -55,6 +76,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         None,
     );
     let state = AppState {
+        people: Arc::new(crate::people::Directory::from_config(&config)),
         registry,
         core,
         metrics,
@@ -516,3 +538,47 @@ async fn metrics_text(app: &Router) -> String {
 }
 
 mod routes;
+
+#[tokio::test]
+async fn duty_names_the_shift_in_local_time_and_the_people_with_mobiles() {
+    let (app, _tx) = app().await;
+    // A Thursday morning after a night: the night shift of Wednesday, staffed by li.
+    let (status, d) = get(&app, "/api/v1/duty?grid=g1&at=2026-06-04T03:00:00%2B08:00").await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["at"], "2026-06-04T03:00:00+08:00");
+    assert_eq!(d["shift"]["id"], "night");
+    assert_eq!(d["shift"]["name"], "夜班");
+    assert_eq!(d["shift"]["date"], "2026-06-03");
+    assert_eq!(d["shift"]["start"], "2026-06-03T20:00:00+08:00");
+    assert_eq!(d["shift"]["end"], "2026-06-04T08:00:00+08:00");
+    assert_eq!(d["shift"]["people"], serde_json::json!([{ "id": "li", "name": "李娜", "mobile": "13900139000" }]));
+    // The National Day override, asked in UTC.
+    let (_, d) = get(&app, "/api/v1/duty?grid=g1&at=2026-10-01T01:00:00Z").await;
+    assert_eq!(d["shift"]["id"], "day");
+    assert_eq!(d["shift"]["override"], "国庆");
+    assert_eq!(d["shift"]["people"][0]["id"], "li");
+    // Now, by default: some shift of g1 is always on.
+    let (status, d) = get(&app, "/api/v1/duty?grid=g1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(d["shift"]["id"] == "day" || d["shift"]["id"] == "night", "{d}");
+    assert_eq!(get(&app, "/api/v1/duty?grid=g1&at=yesterday").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(get(&app, "/api/v1/duty?grid=g9").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get(&app, "/api/v1/duty").await.0, StatusCode::BAD_REQUEST, "grid is required");
+}
+
+#[tokio::test]
+async fn patrols_answer_per_grid_without_a_tracker_as_nothing_due() {
+    let (app, _tx) = app().await;
+    let (status, p) =
+        get(&app, "/api/v1/patrols?grid=g1&from=2026-06-03T08:00:00%2B08:00&to=2026-06-04T08:00:00%2B08:00").await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["from"], "2026-06-03T08:00:00+08:00");
+    assert_eq!(p["grids"][0]["grid"], "g1");
+    assert_eq!(p["grids"][0]["due"], 0);
+    let (_, all) = get(&app, "/api/v1/patrols").await;
+    assert_eq!(all["grids"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        get(&app, "/api/v1/patrols?from=2026-06-04T08:00:00Z&to=2026-06-03T08:00:00Z").await.0,
+        StatusCode::BAD_REQUEST
+    );
+}

@@ -6,6 +6,7 @@
 //! Owns: the TOML model and its validation. May import: `model`; validation still reaches into
 //! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
+pub mod people;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use people::{Checkpoint, DutyOverride, Lang, PatrolWindow, Person, Plan, Roster, Shift, WeeklyDuty, WEEKDAYS};
 pub use validate::{expand_env, Problem};
 
 /// The whole configuration file.
@@ -52,6 +54,15 @@ pub struct Config {
     /// The hash-chained audit trail.
     #[serde(default)]
     pub audit: Audit,
+    /// The people of the safety organisation (officers, supervisors, the safety manager).
+    #[serde(default)]
+    pub people: Vec<Person>,
+    /// Duty rosters, one per grid.
+    #[serde(default)]
+    pub rosters: Vec<Roster>,
+    /// Emergency plans (预案) that rules name.
+    #[serde(default)]
+    pub plans: Vec<Plan>,
 }
 
 impl Config {
@@ -84,6 +95,9 @@ pub struct Site {
     /// IANA time zone for day/night rules and daily reports.
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// Person id of the site's safety manager (安全负责人), the last step of escalation.
+    #[serde(default)]
+    pub safety_manager: Option<String>,
 }
 
 fn default_timezone() -> String {
@@ -96,6 +110,15 @@ fn default_timezone() -> String {
 pub struct Grid {
     pub id: String,
     pub name: Option<String>,
+    /// Person id of the grid supervisor (网格长), who answers for the grid.
+    #[serde(default)]
+    pub supervisor: Option<String>,
+    /// Person ids of the grid's safety officers (网格员).
+    #[serde(default)]
+    pub officers: Vec<String>,
+    /// Patrol checkpoints of the grid and how often each must be scanned.
+    #[serde(default)]
+    pub checkpoints: Vec<Checkpoint>,
 }
 
 /// A field device: a meter, detector, sensor or reader.

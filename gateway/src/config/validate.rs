@@ -408,6 +408,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
         }
     }
     validate_auth(config, &mut p);
+    super::people::validate(config, &mut |path, message| p.push(path, message));
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",

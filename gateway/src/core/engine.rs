@@ -342,6 +342,19 @@ impl Engine {
         self.next_incident
     }
 
+    /// A fresh incident id for an incident raised beside the rules (a missed patrol), so every
+    /// incident of the site draws from one sequence.
+    pub fn allocate_incident(&mut self) -> i64 {
+        let id = self.next_incident;
+        self.next_incident += 1;
+        id
+    }
+
+    /// Queues changes of incidents raised beside the rules; they go to the store with the rules' own.
+    pub fn push_changes(&mut self, changes: &mut Vec<Change>) {
+        self.changes.append(changes);
+    }
+
     /// Takes the incident changes produced so far.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)

@@ -3,8 +3,9 @@
 //! channel; the API asks it questions through a second channel. Nothing else touches the state, so the
 //! hot path takes no lock. Incident changes leave through the incident store's bounded channel.
 //!
-//! Owns: point state, windows, the rule engine and alarm state machines.
-//! May import: `model`, `config`, `metrics`, and `incident`'s store handle (to hand changes over).
+//! Owns: point state, windows, the rule engine and alarm state machines, the live patrol tracker.
+//! May import: `model`, `config`, `metrics`, `people` (the patrol tracker), and `incident`'s store
+//! handle (to hand changes over).
 
 pub mod alarm;
 pub mod coverage;
@@ -28,6 +29,8 @@ use crate::metrics::{add, Metrics};
 use crate::model::pool::SamplePool;
 use crate::model::time::{Clock, Now, SystemClock};
 use crate::model::{Batch, DeviceId, Event, GridId, PointId, Quality, Registry};
+use crate::people::patrol::{Acted, Coverage, Tracker};
+use crate::people::Roster;
 
 /// How often alarm timers (on/off delays, shelving, periodic rules) are checked, also under a flood of
 /// batches.
@@ -76,6 +79,9 @@ pub enum Query {
     Reload { engine: Box<Engine>, reply: oneshot::Sender<()> },
     /// Open a `system` incident (data dropped, a store failing), from outside the core.
     System { rule: String, message: String },
+    /// Patrol coverage of a grid over `[from, to]` (UTC ns), per shift of `roster`; `None` without
+    /// checkpoints.
+    Patrols { grid: String, roster: Option<Box<Roster>>, from: i64, to: i64, reply: oneshot::Sender<Option<Coverage>> },
     /// Record that a reload failed: the running rules stay.
     ReloadFailed { errors: Vec<PackError>, reply: oneshot::Sender<()> },
 }
@@ -160,6 +166,24 @@ impl CoreHandle {
         self.tx.try_send(Query::System { rule: rule.to_owned(), message }).is_ok()
     }
 
+    /// Patrol coverage of `grid` from `from` to `to` (UTC ns; slots that have not ended yet do not
+    /// count), per shift of `roster`; `None` when no patrols are watched.
+    ///
+    /// # Errors
+    /// [`CoreStopped`] once the core has shut down.
+    pub async fn patrols(
+        &self,
+        grid: String,
+        roster: Option<Roster>,
+        from: i64,
+        to: i64,
+    ) -> Result<Option<Coverage>, CoreStopped> {
+        let (reply, rx) = oneshot::channel();
+        let roster = roster.map(Box::new);
+        self.tx.send(Query::Patrols { grid, roster, from, to, reply }).await.map_err(|_| CoreStopped)?;
+        rx.await.map_err(|_| CoreStopped)
+    }
+
     /// The loaded rules.
     ///
     /// # Errors
@@ -198,6 +222,8 @@ pub struct Core {
     load_errors: Vec<PackError>,
     loaded_at: i64,
     clock: Arc<dyn Clock>,
+    /// Missed patrols, raised through the engine's incident ids and changes.
+    patrols: Option<Tracker>,
 }
 
 impl Core {
@@ -215,7 +241,14 @@ impl Core {
             load_errors: Vec::new(),
             loaded_at: 0,
             clock: Arc::new(SystemClock::new()),
+            patrols: None,
         }
+    }
+
+    /// Watches patrol checkpoints with `tracker` (its incidents need an engine).
+    pub fn with_patrols(mut self, tracker: Tracker) -> Self {
+        self.patrols = Some(tracker);
+        self
     }
 
     /// Reads time from `clock` instead of the system's clocks.
@@ -253,6 +286,11 @@ impl Core {
         if let Some(e) = &mut self.engine {
             e.tick(&self.states, now);
         }
+        if let (Some(p), Some(e)) = (&mut self.patrols, &mut self.engine) {
+            let mut out = Vec::new();
+            p.tick(now.wall, &mut || e.allocate_incident(), &mut out);
+            e.push_changes(&mut out);
+        }
     }
 
     /// Applies one batch: newer samples replace the latest value, older ones are counted and skipped.
@@ -289,6 +327,11 @@ impl Core {
             e.evaluate_dirty(&self.states, now);
             for ev in &batch.events {
                 e.on_event(ev, &self.states, now);
+                if let Some(p) = &mut self.patrols {
+                    let mut out = Vec::new();
+                    p.on_event(ev, &self.registry.device(ev.device).id, now.wall, &mut out);
+                    e.push_changes(&mut out);
+                }
             }
         }
         let m = &self.metrics.core;
@@ -345,9 +388,22 @@ impl Core {
                 let _ = reply.send(self.events.iter().rev().filter(seen).take(limit).cloned().collect());
             }
             Query::Act { incident, action, who, reply } => {
-                let r = match &mut self.engine {
-                    Some(e) => e.act(incident, action, &who, self.clock.now()),
-                    None => Ok(false),
+                let now = self.clock.now();
+                let patrol = match (&mut self.patrols, &mut self.engine, &action) {
+                    (Some(p), Some(e), Action::Ack | Action::Close) => {
+                        let mut out = Vec::new();
+                        let acted = p.act(incident, action == Action::Close, &who, now.wall, &mut out);
+                        e.push_changes(&mut out);
+                        acted
+                    }
+                    _ => None,
+                };
+                let r = match (patrol, &mut self.engine) {
+                    (Some(Acted::Done), _) => Ok(true),
+                    (Some(Acted::StillActive), _) => Err(ActionError::StillActive(incident)),
+                    (Some(Acted::NotOpen), _) => Err(ActionError::NotOpen(incident)),
+                    (None, Some(e)) => e.act(incident, action, &who, now),
+                    (None, None) => Ok(false),
                 };
                 let _ = reply.send(r);
             }
@@ -369,6 +425,10 @@ impl Core {
                 if let Some(engine) = &mut self.engine {
                     engine.system_incident(self.clock.wall_ns(), &rule, DeviceId(u32::MAX), message);
                 }
+            }
+            Query::Patrols { grid, roster, from, to, reply } => {
+                let now = self.clock.wall_ns();
+                let _ = reply.send(self.patrols.as_ref().map(|p| p.coverage(&grid, roster.as_deref(), from, to, now)));
             }
             Query::ReloadFailed { errors, reply } => {
                 for e in &errors {
@@ -555,6 +615,74 @@ mod tests {
     const MS: i64 = 1_000_000;
     /// 2026-06-01T10:00:00+08:00.
     const WALL: i64 = 1_780_279_200_000_000_000;
+
+    /// Waits (at most 10 s) until `n` changes have come through `tap`.
+    async fn changes(n: usize, seen: &mut Vec<Change>, tap: &mut mpsc::UnboundedReceiver<Change>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen.len() < n {
+            match tokio::time::timeout_at(deadline, tap.recv()).await {
+                Ok(Some(c)) => seen.push(c),
+                _ => panic!("waited for {n} changes, got {seen:?}"),
+            }
+        }
+    }
+
+    /// A checkpoint of device `d1` not scanned within its 1 h interval raises exactly one `patrol`
+    /// incident through the core (with an id from the engine's sequence); a `checkpoint_scanned` event
+    /// returns it, and the supervisor's acknowledgement closes it.
+    #[tokio::test]
+    async fn a_missed_patrol_raises_one_incident_and_a_scan_returns_it() {
+        let pack = r#"rule(#{ id: "t.x", category: "electrical", severity: "minor",
+            watch: #{ points: ["x"] }, condition: |c| c.value > 1.0 });"#;
+        let (engine, _, registry) = engine::tests::engine_with(pack, &["x"]);
+        let clock = Arc::new(ManualClock::new(WALL, 0));
+        let cp: crate::config::Checkpoint = toml::from_str("id = \"cp-1\"\nevery = \"1h\"").unwrap();
+        let tz = chrono_tz::Asia::Shanghai;
+        let tracker = Tracker::new(vec![crate::people::patrol::Checkpoint::from_config("g1", &cp).unwrap()], tz, WALL);
+        let metrics = Arc::new(Metrics::new(vec![], vec![], 10));
+        let core = Core::new(registry, metrics, Arc::new(SamplePool::default()), 10)
+            .with_clock(clock.clone())
+            .with_engine(engine, vec![])
+            .with_patrols(tracker);
+        let (tx, rx) = mpsc::channel::<Batch>(4);
+        let (tap_tx, mut tap) = mpsc::unbounded_channel();
+        let (handle, task) = spawn_with_tap(core, rx, None, None, Some(tap_tx));
+        let mut seen: Vec<Change> = Vec::new();
+        // 10:00 + 59 min: the slot 10:00–11:00 has not ended; the core ticks but raises nothing.
+        clock.advance(59 * 60 * 1_000 * MS);
+        assert!(handle.rules().await.is_ok());
+        clock.advance(60 * 1_000 * MS);
+        // The core ticks past the slot end (at the latest 50 ms of real time later).
+        changes(1, &mut seen, &mut tap).await;
+        let Some(Change::Open(inc)) = seen.first() else { panic!("no patrol incident: {seen:?}") };
+        assert_eq!(
+            (inc.rule.as_str(), inc.category.as_str(), inc.device.as_str()),
+            ("patrol.missed", "patrol", "cp-1")
+        );
+        let id = inc.id;
+        assert_eq!(id, 1, "from the engine's incident sequence");
+        // Three more unscanned hours: still one incident.
+        clock.advance(3 * 3_600 * 1_000 * MS);
+        assert!(handle.rules().await.is_ok());
+        let scan = Event {
+            device: DeviceId(0),
+            kind: "checkpoint_scanned".into(),
+            ts: clock.wall_ns(),
+            attributes: serde_json::json!({ "checkpoint": "cp-1", "officer": "wang" }).as_object().unwrap().clone(),
+        };
+        tx.send(Batch::new(vec![], vec![scan])).await.unwrap();
+        changes(2, &mut seen, &mut tap).await;
+        assert!(
+            matches!(&seen[1], Change::Update(u) if u.id == id && u.kind == "returned"),
+            "the scan returns the one incident: {seen:?}"
+        );
+        assert_eq!(handle.act(id, Action::Close, "li".into()).await.unwrap(), Ok(true));
+        changes(4, &mut seen, &mut tap).await;
+        assert!(matches!(&seen[3], Change::Update(u) if u.kind == "closed" && u.who.as_deref() == Some("li")));
+        assert_eq!(seen.iter().filter(|c| matches!(c, Change::Open(_))).count(), 1);
+        drop(tx);
+        task.await.unwrap();
+    }
 
     /// Under a flood of batches that never lets the channel run empty, a pending off-delay still
     /// returns at its due time (within the clock's 1 ms step), not at the next tick. Deterministic: the channel is full before the

@@ -42,6 +42,8 @@ struct SimDevice {
     values: Vec<f64>,
     hazard: Hazard,
     hazard_left: u32,
+    /// Who patrols the device's grid (the grid's officers), for checkpoint scans.
+    officers: Vec<String>,
 }
 
 /// A normal starting value and the size of its random walk, by point name.
@@ -79,10 +81,12 @@ fn bounds(point: &str) -> (f64, f64) {
     }
 }
 
-/// Runs the simulated park against the broker at `host:port` until `shutdown`, one round per `period`.
+/// Runs the simulated park against the broker at `host:port` until `shutdown`, one round per `period`;
+/// `officers` (grid id → person ids) scan the grids' checkpoints.
 pub async fn run(
     registry: std::sync::Arc<Registry>,
     polled: std::collections::HashSet<String>,
+    officers: std::collections::HashMap<String, Vec<String>>,
     host: String,
     port: u16,
     period: Duration,
@@ -105,6 +109,7 @@ pub async fn run(
                 points,
                 values,
                 hazard: Hazard::None,
+                officers: officers.get(&registry.grid(d.grid).id).cloned().unwrap_or_default(),
                 hazard_left: 0,
             }
         })
@@ -234,9 +239,13 @@ fn step(d: &mut SimDevice, rng: &mut fastrand::Rng) {
 fn access_event(d: &SimDevice, rng: &mut fastrand::Rng, round: u64) -> Option<String> {
     let ts = chrono::Utc::now().timestamp_millis();
     if d.category == "patrol" {
-        // A patrol officer scans this checkpoint every few minutes.
+        // One of the grid's officers scans this checkpoint every few minutes.
         return (rng.u32(..100) < 3).then(|| {
-            json!({"ts": ts, "event": "checkpoint_scanned", "officer": format!("officer-{}", rng.u32(1..=6)), "checkpoint": d.id}).to_string()
+            let officer = match d.officers.len() {
+                0 => format!("officer-{}", rng.u32(1..=6)),
+                n => d.officers[rng.usize(..n)].clone(),
+            };
+            json!({"ts": ts, "event": "checkpoint_scanned", "officer": officer, "checkpoint": d.id}).to_string()
         });
     }
     if round % 150 == 75 && rng.bool() {

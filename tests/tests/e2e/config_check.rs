@@ -47,3 +47,27 @@ fn broken_configs_fail_with_the_key_path() {
         }
     }
 }
+
+/// A rule naming a plan the site has not written is a warning that names the rule and the plan; the
+/// config still passes. The shipped configs define every plan the default packs name.
+#[test]
+fn an_unknown_plan_is_a_warning_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("no-plans.toml");
+    std::fs::write(
+        &file,
+        "[site]\nid = \"p\"\n[[grids]]\nid = \"g1\"\n[[devices]]\nid = \"m1\"\ngrid = \"g1\"\ncategory = \"electrical\"\n\
+         points = [{ name = \"residual_current\", unit = \"mA\" }]\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&file);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plans: warning: rule \"electrical.residual_current\" names plan \"electrical-fire\""),
+        "{out}"
+    );
+    for f in toml_files("configs") {
+        let (_, out) = check(&f);
+        assert!(!out.contains("plans: warning"), "{}: {out}", f.display());
+    }
+}

@@ -14,7 +14,9 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("config", &[][..]),
         ("metrics", &[][..]),
         ("source", &["config", "metrics"][..]),
-        ("core", &["config", "metrics"][..]),
+        // The live patrol tracker raises its incidents through the engine.
+        ("core", &["config", "metrics", "people"][..]),
+        ("people", &["config"][..]),
         ("incident", &[][..]),
         ("audit", &[][..]),
         // The audit log that every login, action and user or token change is recorded in.
@@ -25,10 +27,13 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
         // The API shows every room; only `app` wires them together.
-        ("api", &["audit", "auth", "config", "core", "forward", "incident", "metrics", "source"][..]),
+        ("api", &["audit", "auth", "config", "core", "forward", "incident", "metrics", "people", "source"][..]),
         (
             "app",
-            &["api", "audit", "auth", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..],
+            &[
+                "api", "audit", "auth", "broker", "config", "core", "forward", "incident", "metrics", "people", "sim",
+                "source",
+            ][..],
         ),
     ])
 }

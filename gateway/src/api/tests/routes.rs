@@ -48,6 +48,8 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("POST", "/api/v1/incidents/{id}/shelve") => (officer, r#"{"duration": "30m", "reason": "maintenance"}"#),
         ("POST", "/api/v1/incidents/{id}/comment") => (officer, r#"{"text": "checked on site"}"#),
         ("POST", "/api/v1/incidents/{id}/close") => (officer, r#"{"note": "breaker replaced"}"#),
+        ("GET", "/api/v1/duty") => (viewer, ""),
+        ("GET", "/api/v1/patrols") => (viewer, ""),
         ("GET", "/api/v1/rules") => (viewer, ""),
         ("POST", "/api/v1/rules/reload") => (Need::Role(Role::Admin), ""),
         ("GET", "/api/v1/audit") => (Need::Role(Role::SafetyManager), ""),
@@ -79,6 +81,8 @@ fn expected(method: &str, path: &str, caller: Option<&(Role, Grids)>, own: bool)
             StatusCode::NOT_FOUND
         }
         "/api/v1/incidents/{id}/shelve" if !visible => StatusCode::NOT_FOUND,
+        // Asked about g2 (another grid's) by a g1 caller.
+        "/api/v1/duty" | "/api/v1/patrols" if !visible => StatusCode::NOT_FOUND,
         // The incidents are critical: an officer may not shelve them; above, the store has no live
         // alarm to shelve (the test runs no rules), which is past every access check.
         "/api/v1/incidents/{id}/shelve" if role < Role::Supervisor => StatusCode::FORBIDDEN,
@@ -138,7 +142,11 @@ async fn every_route_every_role_in_and_out_of_grid() {
                 let dir = tempfile::tempdir().unwrap();
                 let (st, _store, _tx) = state_with_incidents(dir.path()).await;
                 let app = router(st);
-                let uri = route.path.replace("{id}", &if own { IN_G1 } else { IN_G2 }.to_string());
+                let mut uri = route.path.replace("{id}", &if own { IN_G1 } else { IN_G2 }.to_string());
+                // Grid-scoped reads name their grid in the query.
+                if matches!(route.path, "/api/v1/duty" | "/api/v1/patrols") {
+                    uri.push_str(if own { "?grid=g1" } else { "?grid=g2" });
+                }
                 let mut req = Request::builder().method(route.method).uri(&uri);
                 if let Some(t) = token {
                     req = req.header("authorization", t);
@@ -161,7 +169,7 @@ async fn every_route_every_role_in_and_out_of_grid() {
             }
         }
     }
-    assert!(cases >= 21 * 7 * 2, "{cases} cases");
+    assert!(cases >= 23 * 7 * 2, "{cases} cases");
     assert!(failures.is_empty(), "{} of {cases} cases differ:\n{}", failures.len(), failures.join("\n"));
 }
 
@@ -215,6 +223,21 @@ async fn grid_scoped_callers_see_only_their_grids_data() {
     assert_eq!(ask("/api/v1/incidents?grid=g2").await.1, serde_json::json!([]));
     let (_, me) = ask("/api/v1/me").await;
     assert_eq!(me, serde_json::json!({ "name": "token:table", "role": "officer", "grids": ["g1"] }));
+}
+
+#[tokio::test]
+async fn an_incident_shows_the_steps_of_its_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _store, _tx) = state_with_incidents(dir.path()).await;
+    let app = router(st);
+    let (status, i) = get(&app, "/api/v1/incidents/1").await;
+    assert_eq!(status, StatusCode::OK, "{i}");
+    assert_eq!(i["plan"], "fire");
+    assert_eq!(i["plan_detail"]["title"], "电气火灾应急处置");
+    assert_eq!(
+        i["plan_detail"]["steps"],
+        serde_json::json!([{ "n": 1, "text": "切断电源" }, { "n": 2, "text": "通知网格长" }])
+    );
 }
 
 #[tokio::test]
