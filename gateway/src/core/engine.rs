@@ -1182,7 +1182,11 @@ pub(crate) mod tests {
                 // Judged with the first reading of the next local day.
                 Some(m) if m > limit => vec![("emission.pm25_24h".into(), 24 * 3600)],
                 Some(_) => vec![],
-                None => vec![("t.pm25_day_not_judgeable".into(), 24 * 3600)],
+                // The first reading after the gap finds the 07:00 hour not judgeable.
+                None => vec![
+                    ("emission.data_availability".into(), 8 * 3600),
+                    ("t.pm25_day_not_judgeable".into(), 24 * 3600),
+                ],
             };
             assert_eq!(pm25_at_1hz(value), expected, "{name}: day mean by hand {by_hand:?}");
         }
