@@ -305,6 +305,11 @@ fn check(file: &Path) -> ExitCode {
                     )) {
                         println!("{}: coverage: warning: {w}", file.display());
                     }
+                    // A required limit left unset is not an error (the site may still be choosing it),
+                    // but the rule judges nothing on that device until it is set.
+                    for m in engine.missing_params() {
+                        println!("{}: rules: warning: {m}", file.display());
+                    }
                     let skipped = if errors.is_empty() { String::new() } else { format!(", {} skipped", errors.len()) };
                     format!("{} rules from {} packs{skipped}", engine.rules().len(), packs.len())
                 }
