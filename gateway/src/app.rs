@@ -132,6 +132,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
             format!("rule problem: {e}"),
         );
     }
+    for m in engine.missing_params() {
+        tracing::warn!(rule = %m.rule, device = %m.device, param = %m.param, problem = %m, "Required rule parameter not set.");
+    }
     info!(
         rules = engine.rules().len(),
         packs = pack_names.len(),

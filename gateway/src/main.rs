@@ -336,6 +336,11 @@ fn check(file: &Path) -> ExitCode {
                             );
                         }
                     }
+                    // A required limit left unset is not an error (the site may still be choosing it),
+                    // but the rule judges nothing on that device until it is set.
+                    for m in engine.missing_params() {
+                        println!("{}: rules: warning: {m}", file.display());
+                    }
                     let skipped = if errors.is_empty() { String::new() } else { format!(", {} skipped", errors.len()) };
                     format!("{} rules from {} packs{skipped}", engine.rules().len(), packs.len())
                 }

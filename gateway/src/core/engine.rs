@@ -195,6 +195,25 @@ impl std::fmt::Display for UnitMismatch {
     }
 }
 
+/// A parameter a rule declares without a default (`()`) that no override sets for a device the rule
+/// applies to: until it is set, the rule fails on that device's first reading and stays off for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingParam {
+    pub rule: String,
+    pub device: String,
+    pub param: String,
+}
+
+impl std::fmt::Display for MissingParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "device \"{}\": rule \"{}\" needs parameter \"{}\", which has no default and is not set; the rule judges nothing on this device until a [[rules.overrides]] entry sets it",
+            self.device, self.rule, self.param
+        )
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("rules", &self.set.rules.len()).field("slots", &self.slots.len()).finish()
@@ -318,6 +337,23 @@ impl Engine {
     /// Points whose unit differs from the one a rule expects; those devices do not get the rule.
     pub fn unit_mismatches(&self) -> &[UnitMismatch] {
         &self.unit_mismatches
+    }
+
+    /// Required parameters left unset: for every (rule, device) slot, each parameter the rule
+    /// declares as `()` that the site, category, grid and device overrides leave at `()`.
+    pub fn missing_params(&self) -> Vec<MissingParam> {
+        let mut out = Vec::new();
+        for slot in &self.slots {
+            let rule = &self.set.rules[slot.rule as usize];
+            for (name, _) in slot.params.iter().filter(|(_, v)| v.is_unit()) {
+                out.push(MissingParam {
+                    rule: rule.id.clone(),
+                    device: self.registry.device(slot.device).id.clone(),
+                    param: name.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// The loaded rules.
@@ -1034,6 +1070,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// A required limit (a parameter declared without a default) is named for each device the rule
+    /// applies to that no override sets, whether it is set elsewhere per device or per grid.
+    #[test]
+    fn required_parameters_left_unset_are_named_per_device() {
+        let device = |id: &str, grid: &str, point: &str| {
+            format!("[[devices]]\nid = {id:?}\ngrid = {grid:?}\ncategory = \"environment\"\npoints = [{{ name = {point:?} }}]\n")
+        };
+        let text = format!(
+            "[site]\nid = \"t\"\n[[grids]]\nid = \"g1\"\n[[grids]]\nid = \"g2\"\n{}{}{}{}\
+             [[rules.overrides]]\nrule = \"emission.boundary_nmhc\"\ndevice = \"nmhc-2\"\nparams = {{ limit_mgm3 = 4 }}\n\
+             [[rules.overrides]]\nrule = \"*\"\ngrid = \"g2\"\nparams = {{ limit_mgm3 = 2.0 }}\n",
+            device("nmhc-1", "g1", "nmhc"),
+            device("nmhc-2", "g1", "nmhc"),
+            device("nmhc-3", "g2", "nmhc"),
+            device("noise-1", "g1", "noise"),
+        );
+        let config = crate::config::from_str(&text, std::path::Path::new("(test)"), std::path::Path::new(".")).unwrap();
+        let registry = Arc::new(Registry::from_config(&config));
+        let (engine, _) = crate::core::packs::build(&config, registry, 1).unwrap();
+        let missing = engine.missing_params();
+        let named: Vec<(&str, &str, &str)> =
+            missing.iter().map(|m| (m.rule.as_str(), m.device.as_str(), m.param.as_str())).collect();
+        assert_eq!(named, [("emission.boundary_nmhc", "nmhc-1", "limit_mgm3")]);
+        let text = missing[0].to_string();
+        assert!(text.contains("device \"nmhc-1\"") && text.contains("\"limit_mgm3\""), "{text}");
+    }
+
     const ON_DELAY_3S: &str = r#"rule(#{ id: "t.x", category: "electrical", severity: "minor",
         watch: #{ points: ["x"] }, condition: |c| c.value > 1.0, on_delay: "3s" });"#;
 
@@ -1195,7 +1258,11 @@ pub(crate) mod tests {
                 // Judged with the first reading of the next local day.
                 Some(m) if m > limit => vec![("emission.pm25_24h".into(), 24 * 3600)],
                 Some(_) => vec![],
-                None => vec![("t.pm25_day_not_judgeable".into(), 24 * 3600)],
+                // The first reading after the gap finds the 07:00 hour not judgeable.
+                None => vec![
+                    ("emission.data_availability".into(), 8 * 3600),
+                    ("t.pm25_day_not_judgeable".into(), 24 * 3600),
+                ],
             };
             assert_eq!(pm25_at_1hz(value), expected, "{name}: day mean by hand {by_hand:?}");
         }

@@ -33,6 +33,8 @@
 //!   unless at least 20 hours are valid (`valid_day()`); needs a declared `window` of 24 h or more.
 //!
 //! NaN means "not judgeable": a rule that must tell it from a value asks `valid_hour` / `valid_day`.
+//! `ran_through_hour()` says whether the gateway ran through the whole of that last complete clock
+//! hour, so a rule can tell an hour the instrument left without data from one lost to a restart.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -578,6 +580,17 @@ fn day_mean(c: &Ctx, p: Option<&str>) -> Result<f64, Box<EvalAltResult>> {
     calendar_helper(c, p, "day_mean", 24 * HOUR_NS, |w, cal, ts| day_mean_at(w, cal, ts).0)
 }
 
+/// Whether the engine has run since before the last complete local clock hour before `ts` began
+/// (carried across reloads; a restart starts it again). The start is placed on the wall clock by
+/// taking the monotonic time since it from the wall-clock now.
+fn ran_through_hour(env: &EvalEnv<'_>, ts: i64) -> bool {
+    if env.started == i64::MIN {
+        return false;
+    }
+    let started_wall = env.now.saturating_sub(env.mono.saturating_sub(env.started));
+    started_wall <= env.calendar.hour_start(ts).saturating_sub(HOUR_NS)
+}
+
 fn coverage(ctx: &Ctx, point: Option<&str>, s: &str) -> Result<f64, Box<EvalAltResult>> {
     env(|env| {
         let p = match point {
@@ -725,6 +738,7 @@ fn register_ctx(e: &mut Engine) {
     e.register_fn("hour_mean", |c: &mut Ctx, p: &str| hour_mean(c, Some(p)));
     e.register_fn("valid_hour", |c: &mut Ctx| hour_mean(c, None).map(|m| !m.is_nan()));
     e.register_fn("valid_hour", |c: &mut Ctx, p: &str| hour_mean(c, Some(p)).map(|m| !m.is_nan()));
+    e.register_fn("ran_through_hour", |c: &mut Ctx| env(|env| Ok(ran_through_hour(env, c.ts))));
     e.register_fn("day_mean", |c: &mut Ctx| day_mean(c, None));
     e.register_fn("day_mean", |c: &mut Ctx, p: &str| day_mean(c, Some(p)));
     e.register_fn("valid_day", |c: &mut Ctx| day_mean(c, None).map(|m| !m.is_nan()));

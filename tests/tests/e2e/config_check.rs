@@ -71,3 +71,45 @@ fn an_unknown_plan_is_a_warning_not_an_error() {
         assert!(!out.contains("plans: warning"), "{}: {out}", f.display());
     }
 }
+
+/// A required rule parameter with no default (the boundary NMHC limit) left unset is a warning naming
+/// each device it is missing for; the config still passes, and a device with the limit set is not named.
+#[test]
+fn an_unset_required_limit_is_a_warning_naming_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nmhc.toml");
+    std::fs::write(
+        &file,
+        r#"[site]
+id = "t"
+[[grids]]
+id = "g1"
+[[devices]]
+id = "boundary-east"
+grid = "g1"
+category = "environment"
+points = [{ name = "nmhc", unit = "mg/m³" }]
+[[devices]]
+id = "boundary-west"
+grid = "g1"
+category = "environment"
+points = [{ name = "nmhc", unit = "mg/m³" }]
+[[rules.overrides]]
+rule = "emission.boundary_nmhc"
+device = "boundary-west"
+params = { limit_mgm3 = 4.0 }
+"#,
+    )
+    .unwrap();
+    let (ok, out) = check(&file);
+    assert!(ok, "{out}");
+    assert!(out.contains(": ok ("), "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("limit_mgm3")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains("rules: warning:")
+            && warnings[0].contains("\"boundary-east\"")
+            && warnings[0].contains("\"emission.boundary_nmhc\""),
+        "{out}"
+    );
+}
