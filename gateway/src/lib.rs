@@ -13,6 +13,7 @@ pub mod forward;
 pub mod incident;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod rulestest;
 pub mod sim;
 pub mod source;

@@ -6,6 +6,7 @@
 //! Owns: the TOML model and its validation. May import: `model`; validation still reaches into
 //! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
+pub mod notify;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use notify::Notify;
 pub use validate::{expand_env, Problem};
 
 /// The whole configuration file.
@@ -49,6 +51,9 @@ pub struct Config {
     /// Sessions and login throttling; users and tokens live in `auth.db` beside the incident database.
     #[serde(default)]
     pub auth: Auth,
+    /// Notifications to people: receivers, routes, grouping, escalation.
+    #[serde(default)]
+    pub notify: Notify,
 }
 
 /// The site (park) this gateway serves.

@@ -19,6 +19,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("auth", &[][..]),
         // The change log it reads; the core's handle to raise `system` incidents.
         ("forward", &["config", "incident", "core"][..]),
+        // The change log it reads by cursor.
+        ("notify", &["config", "incident"][..]),
         ("broker", &["config"][..]),
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
