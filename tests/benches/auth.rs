@@ -97,6 +97,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         modbus: Default::default(),
         health: Default::default(),
         central: None,
+        notify: None,
         access: Access { auth, metrics_auth: true, cookie_secure: false },
     };
     (state, token)

@@ -1,4 +1,4 @@
-//! The HTTP API (axum): liveness, readiness and component health, latest point values, recent events and rejects, Prometheus metrics.
+//! The HTTP API (axum): liveness, readiness and component health, latest point values, recent events and rejects, incidents and their notifications, Prometheus metrics.
 //!
 //! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
 //! never touch point state directly.
@@ -56,6 +56,8 @@ pub struct AppState {
     pub health: crate::model::health::Health,
     /// The central MQTT publisher's counters, when incidents go to a central broker.
     pub central: Option<Arc<crate::forward::central::CentralMetrics>>,
+    /// The notification ledger and counters, when receivers are configured.
+    pub notify: Option<crate::notify::NotifyHandle>,
     /// Who may ask.
     pub access: Access,
 }
@@ -176,6 +178,7 @@ pub fn routes() -> Vec<Route> {
         post_r("/api/v1/incidents/{id}/shelve", officer, incidents::shelve),
         post_r("/api/v1/incidents/{id}/comment", officer, incidents::comment),
         post_r("/api/v1/incidents/{id}/close", officer, incidents::close),
+        get_r("/api/v1/notifications", viewer, incidents::notifications),
         get_r("/api/v1/rules", viewer, incidents::rules),
         post_r("/api/v1/rules/reload", admin, incidents::reload),
     ]

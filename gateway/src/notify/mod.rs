@@ -50,6 +50,8 @@ pub enum NotifyError {
     Incidents(#[from] crate::incident::StoreError),
     #[error("receiver {0:?} is not defined")]
     UnknownReceiver(String),
+    #[error("cannot start the notification thread: {0}")]
+    Thread(String),
 }
 
 /// Counters of one receiver.

@@ -142,6 +142,11 @@ name = "1号配电柜"
 grid = "g1"
 category = "electrical"
 points = [{ name = "ir", unit = "mA" }]
+[[devices]]
+id = "e1"
+grid = "g2"
+category = "electrical"
+points = [{ name = "ir", unit = "mA" }]
 [notify]
 base_url = "http://park.lan:8080"
 [[notify.contacts]]
@@ -599,4 +604,37 @@ async fn mail_reaches_a_real_smtp_server() {
     ] {
         assert!(body.contains(want), "{want:?} missing from {body}");
     }
+}
+
+#[tokio::test]
+async fn deliveries_are_scoped_to_the_callers_grids() {
+    let peer = Peer::start();
+    let p = peer.port;
+    let mut rig = rig(&format!(
+        r#"
+        [[notify.receivers]]
+        id = "hook"
+        kind = "webhook"
+        url = "http://127.0.0.1:{p}/hook"
+        [[notify.routes]]
+        receivers = ["hook"]
+        group_wait = "0s"
+        "#
+    ));
+    let mut other = raised(2, T0, Severity::Major, 310.0);
+    if let Change::Open(n) = &mut other {
+        n.device = "e1".into();
+        n.grid = "g2".into();
+    }
+    rig.raise(vec![raised(1, T0, Severity::Major, 350.0), other]).await;
+    rig.run_until(T0 + 5 * SEC, SEC, &peer);
+    assert_eq!(peer.at("/hook").len(), 2, "one message per grid");
+    let handle = NotifyHandle { path: rig.db.clone(), site: "park1".into(), metrics: rig.notifier.metrics() };
+    let grids = |g: Option<&[String]>| -> Vec<String> {
+        handle.deliveries(None, g, 100).unwrap().into_iter().map(|d| d.grid).collect()
+    };
+    assert_eq!(grids(None), ["g2", "g1"]);
+    assert_eq!(grids(Some(&["g1".to_owned()])), ["g1"]);
+    assert!(grids(Some(&[])).is_empty());
+    assert_eq!(handle.deliveries(Some(2), Some(&["g2".to_owned()]), 100).unwrap()[0].incidents, [2]);
 }

@@ -25,8 +25,11 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
         // The API shows every room; only `app` wires them together.
-        ("api", &["auth", "config", "core", "forward", "incident", "metrics", "source"][..]),
-        ("app", &["api", "auth", "broker", "config", "core", "forward", "incident", "metrics", "sim", "source"][..]),
+        ("api", &["auth", "config", "core", "forward", "incident", "metrics", "notify", "source"][..]),
+        (
+            "app",
+            &["api", "auth", "broker", "config", "core", "forward", "incident", "metrics", "notify", "sim", "source"][..],
+        ),
     ])
 }
 

@@ -48,6 +48,7 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("POST", "/api/v1/incidents/{id}/shelve") => (officer, r#"{"duration": "30m", "reason": "maintenance"}"#),
         ("POST", "/api/v1/incidents/{id}/comment") => (officer, r#"{"text": "checked on site"}"#),
         ("POST", "/api/v1/incidents/{id}/close") => (officer, r#"{"note": "breaker replaced"}"#),
+        ("GET", "/api/v1/notifications") => (viewer, ""),
         ("GET", "/api/v1/rules") => (viewer, ""),
         ("POST", "/api/v1/rules/reload") => (Need::Role(Role::Admin), ""),
         _ => panic!("route {method} {path} is not in the route table test; declare the role it needs here"),
