@@ -19,7 +19,7 @@ pub struct Notify {
     /// Language of messages unless a receiver says otherwise.
     #[serde(default)]
     pub lang: Lang,
-    /// The delivery ledger; default `notify.db` next to the incident database.
+    /// The delivery ledger (relative to the config file); default `notify.db` next to the incident database.
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub receivers: Vec<Receiver>,
@@ -290,6 +290,11 @@ pub(super) fn validate(n: &mut Notify, grids: &[&str], base: &Path) -> Vec<Probl
     if !n.base_url.is_empty() && !n.base_url.starts_with("http://") && !n.base_url.starts_with("https://") {
         push("notify.base_url".into(), format!("{:?}; expected an http:// or https:// URL", n.base_url));
     }
+    if let Some(path) = n.path.as_mut() {
+        if path.is_relative() {
+            *path = base.join(&*path);
+        }
+    }
     let mut ids = HashSet::new();
     for (i, r) in n.receivers.iter_mut().enumerate() {
         let at = format!("notify.receivers[{i}]");
@@ -546,5 +551,8 @@ mod tests {
         assert!(validate(&mut n, &[], dir.path()).is_empty());
         assert_eq!(n.receivers[0].secret.as_deref(), Some("SECabc"));
         assert_eq!(n.receivers[0].rate(), 20);
+        let mut n: Notify = toml::from_str("path = \"n.db\"").unwrap();
+        assert!(validate(&mut n, &[], dir.path()).is_empty());
+        assert_eq!(n.db_path(Path::new("/x/incidents.db")), dir.path().join("n.db"), "relative to the config file");
     }
 }

@@ -503,6 +503,11 @@ impl Notifier {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, NotifyError> {
         let ledger = Ledger::open(path, &planner.site.id)?;
+        // A restart is a good moment to try again what failed before it, rather than wait out a
+        // backoff that grew while the receiver was away.
+        ledger
+            .conn
+            .execute("UPDATE deliveries SET next_at = MIN(next_at, ?1) WHERE status = 'retrying'", [clock.wall_ns()])?;
         let cursor = match ledger.cursor()? {
             Some(c) => c,
             None => log.head()?,

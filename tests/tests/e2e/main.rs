@@ -8,6 +8,7 @@ mod forward;
 mod health;
 mod modbus;
 mod mqtt;
+mod notify;
 mod rooms;
 mod rules;
 mod systemd;
