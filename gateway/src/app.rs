@@ -47,6 +47,8 @@ pub enum AppError {
     Tls(#[from] api::tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<PackError>),
 }
@@ -148,6 +150,24 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
             tracing::warn!(incident = id, error = %e, "Could not close an orphaned incident.");
         }
     }
+    // Notifications read the change log by cursor on their own thread, off the sample path.
+    let notify_stop = CancellationToken::new();
+    let (notify_handle, notify_thread) = if config.notify.receivers.is_empty() {
+        (None, None)
+    } else {
+        let directory = Arc::new(crate::notify::people::StaticDirectory::new(config.notify.contacts.clone()));
+        let planner = crate::notify::Planner::new(&config, registry.clone(), directory);
+        let path = config.notify.db_path(&config.incidents.path);
+        let log = ChangeLog::open(&config.incidents.path)?;
+        let notifier = crate::notify::Notifier::open(planner, &path, log, clock.clone())?;
+        let handle = crate::notify::NotifyHandle { path, site: config.site.id.clone(), metrics: notifier.metrics() };
+        let stop = notify_stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("notify".into())
+            .spawn(move || notifier.run(stop))
+            .map_err(|e| AppError::Notify(crate::notify::NotifyError::Thread(e.to_string())))?;
+        (Some(handle), Some(thread))
+    };
     let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept)
         .with_clock(clock)
         .with_engine(engine, pack_names)
@@ -207,6 +227,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         central: central_metrics,
         audit: audit.clone(),
         people,
+        notify: notify_handle,
         access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
@@ -283,6 +304,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     // The last incident changes are committed before the sinks read them one last time.
     let _ = store.sync().await;
     central_stop.cancel();
+    notify_stop.cancel();
+    if let Some(t) = notify_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     let _ = health_task.await;
     if let Some(c) = central {
         let _ = c.await;

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod incident;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod people;
 pub mod rulestest;
 pub mod sim;

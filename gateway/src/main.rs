@@ -77,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Work with notification receivers. 通知接收方。
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
+    },
     /// Manage the people who use the API (auth.db beside the incident database). 管理用户。
     User {
         #[command(subcommand)]
@@ -180,6 +185,18 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum NotifyCommand {
+    /// Send a test message through a receiver's real channel and say whether it was accepted.
+    Test {
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/parkwatch/parkwatch.toml")]
+        config: PathBuf,
+        /// Id of a `[[notify.receivers]]`.
+        #[arg(long, value_name = "ID")]
+        receiver: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ForwardCommand {
     /// Queue the dead letters (lines a store rejected) again, each for the target that rejected it,
     /// and remove them from the dead letters. Works whether the gateway runs or not.
@@ -250,6 +267,9 @@ fn main() -> ExitCode {
         Command::Rules { command: RulesCommand::Coverage { config, lang } } => rules_coverage(&config, lang),
         Command::Forward { command: ForwardCommand::Replay { config, target, dry_run } } => {
             report(replay(&config, target.as_deref(), dry_run))
+        }
+        Command::Notify { command: NotifyCommand::Test { config, receiver } } => {
+            report(notify_test(&config, &receiver))
         }
         Command::Status { url, lang } => status(&url, lang),
         Command::Audit { command: AuditCommand::Verify { config, lang } } => audit_verify(&config, lang),
@@ -697,6 +717,29 @@ fn rules_test(files: &[PathBuf], dir: Option<&Path>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn notify_test(file: &Path, receiver: &str) -> anyhow::Result<()> {
+    use parkwatch::notify::channel::Outcome;
+    let config = config::load(file)?;
+    let known: Vec<&str> = config.notify.receivers.iter().map(|r| r.id.as_str()).collect();
+    if !known.contains(&receiver) {
+        anyhow::bail!("receiver \"{receiver}\" is not in {} (configured receivers: {})", file.display(), {
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        });
+    }
+    match parkwatch::notify::test_receiver(&config, receiver, parkwatch::model::time::now_ns())? {
+        Outcome::Delivered => {
+            println!("{receiver}: delivered");
+            Ok(())
+        }
+        Outcome::Temporary(e) => anyhow::bail!("{receiver}: not delivered, try again later: {e}"),
+        Outcome::Permanent(e) => anyhow::bail!("{receiver}: refused: {e}"),
     }
 }
 

@@ -100,6 +100,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         central: None,
         audit,
         people: Default::default(),
+        notify: None,
         access: Access { auth, metrics_auth: true, cookie_secure: false },
     };
     (state, token)

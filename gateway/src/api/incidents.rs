@@ -104,7 +104,46 @@ pub(super) async fn one(
                 .collect::<Vec<_>>(),
         });
     }
+    if let Some(n) = st.notify.clone() {
+        // The incident is visible to the caller, so all of its deliveries are too.
+        v["deliveries"] = json!(deliveries(n, Some(id), None, 200).await?);
+    }
     Ok(Json(v).into_response())
+}
+
+async fn deliveries(
+    n: crate::notify::NotifyHandle,
+    incident: Option<i64>,
+    grids: Option<Vec<String>>,
+    limit: usize,
+) -> Result<Vec<crate::notify::ledger::DeliveryView>, ApiError> {
+    tokio::task::spawn_blocking(move || n.deliveries(incident, grids.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NotificationsQuery {
+    incident: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// Recent deliveries, newest first; a grid-scoped caller sees those of their grids only.
+pub(super) async fn notifications(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<NotificationsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if let Some(id) = q.incident {
+        visible(&st, &who, id).await?;
+    }
+    let Some(n) = st.notify.clone() else {
+        return Ok(Json(json!([])).into_response());
+    };
+    Ok(Json(deliveries(n, q.incident, who.scope(), q.limit.unwrap_or(100).min(1000)).await?).into_response())
 }
 
 /// The body of an action; the actor is the authenticated caller, never a field.

@@ -155,8 +155,37 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
     }
+    if let Some(n) = &st.notify {
+        notify(&mut out, &n.metrics);
+    }
     modbus(&mut out, &st.modbus);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+}
+
+fn notify(out: &mut String, m: &crate::notify::NotifyMetrics) {
+    type Field = fn(&crate::notify::ReceiverMetrics) -> &std::sync::atomic::AtomicU64;
+    let families: [(&str, &str, &str, Field); 4] = [
+        ("parkwatch_notify_sent_total", "counter", "Notifications the receiver accepted.", |r| &r.sent),
+        (
+            "parkwatch_notify_failed_total",
+            "counter",
+            "Notifications given up (refused for good or too many attempts).",
+            |r| &r.failed,
+        ),
+        (
+            "parkwatch_notify_retried_total",
+            "counter",
+            "Delivery attempts that failed for now and are tried again.",
+            |r| &r.retried,
+        ),
+        ("parkwatch_notify_queued", "gauge", "Notifications waiting to be sent.", |r| &r.queued),
+    ];
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &m.receivers {
+            let _ = writeln!(out, "{name}{{receiver=\"{}\"}} {}", label(&r.id), field(r).load(Relaxed));
+        }
+    }
 }
 
 fn forward(out: &mut String, f: &crate::forward::ForwardMetrics) {

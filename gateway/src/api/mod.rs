@@ -1,5 +1,5 @@
 //! The HTTP API (axum): liveness, readiness and component health, latest point values, recent events and rejects,
-//! incidents, the audit trail, Prometheus metrics; served over plain TCP or in-process TLS (`tls.rs`).
+//! incidents and their notifications, the audit trail, Prometheus metrics; served over plain TCP or in-process TLS (`tls.rs`).
 //!
 //! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
 //! never touch point state directly.
@@ -66,6 +66,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// People, rosters and plans.
     pub people: Arc<crate::people::Directory>,
+    /// The notification ledger and counters, when receivers are configured.
+    pub notify: Option<crate::notify::NotifyHandle>,
     /// Who may ask.
     pub access: Access,
 }
@@ -189,6 +191,7 @@ pub fn routes() -> Vec<Route> {
         // Who is on duty and how patrols went: grid-scoped, like the incidents.
         get_r("/api/v1/duty", viewer, people::duty),
         get_r("/api/v1/patrols", viewer, people::patrols),
+        get_r("/api/v1/notifications", viewer, incidents::notifications),
         get_r("/api/v1/rules", viewer, incidents::rules),
         post_r("/api/v1/rules/reload", admin, incidents::reload),
         // Who did what, site-wide: for those who answer for the site.

@@ -88,6 +88,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         health: Default::default(),
         central: None,
         audit: auth_db().audit.clone(),
+        notify: None,
         access: access(),
     };
     (state, tx)
@@ -269,6 +270,13 @@ mod health {
             targets: vec![Arc::new(TargetMetrics { id: "central".into(), ..TargetMetrics::default() })],
         }));
         st.central = Some(Arc::new(crate::forward::central::CentralMetrics::default()));
+        st.notify = Some(crate::notify::NotifyHandle {
+            path: "notify.db".into(),
+            site: "park1".into(),
+            metrics: Arc::new(crate::notify::NotifyMetrics {
+                receivers: vec![Arc::new(crate::notify::ReceiverMetrics { id: "wx".into(), ..Default::default() })],
+            }),
+        });
         st.modbus = Arc::new(ModbusStatus {
             devices: vec![Arc::new(DeviceStatus {
                 device: "m1".into(),
@@ -445,6 +453,7 @@ mod health {
         ("StoreMetrics", "parkwatch_incident_store_"),
         ("DeviceStatus", "parkwatch_modbus_"),
         ("CentralMetrics", "parkwatch_central_mqtt_"),
+        ("ReceiverMetrics", "parkwatch_notify_"),
     ];
     const RENAMED: &[(&str, &str, &str)] = &[
         ("TargetMetrics", "last_latency_us", "parkwatch_forward_write_latency_seconds"),
@@ -494,8 +503,10 @@ mod health {
         st.incidents = Some(store.clone());
         let text = metrics_text(&router(st.clone())).await;
         let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
-        let debug =
-            format!("{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}", st.metrics, st.forward, store.metrics, st.modbus, st.central);
+        let debug = format!(
+            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
+            st.metrics, st.forward, store.metrics, st.modbus, st.central, st.notify
+        );
         let fields = counter_fields(&debug);
         for ty in [
             "BrokerMetrics",
@@ -506,6 +517,7 @@ mod health {
             "StoreMetrics",
             "DeviceStatus",
             "CentralMetrics",
+            "ReceiverMetrics",
         ] {
             assert!(fields.iter().any(|(t, _)| t == ty), "no counters of {ty} found in:\n{debug}");
         }

@@ -6,6 +6,7 @@
 //! Owns: the TOML model and its validation. May import: `model`; validation still reaches into
 //! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
+pub mod notify;
 pub mod people;
 pub mod validate;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use notify::Notify;
 pub use people::{Checkpoint, DutyOverride, Lang, PatrolWindow, Person, Plan, Roster, Shift, WeeklyDuty, WEEKDAYS};
 pub use validate::{expand_env, Problem};
 
@@ -63,6 +65,9 @@ pub struct Config {
     /// Emergency plans (预案) that rules name.
     #[serde(default)]
     pub plans: Vec<Plan>,
+    /// Notifications to people: receivers, routes, grouping, escalation.
+    #[serde(default)]
+    pub notify: Notify,
 }
 
 impl Config {

@@ -409,6 +409,9 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     }
     validate_auth(config, &mut p);
     super::people::validate(config, &mut |path, message| p.push(path, message));
+    let grids: Vec<String> = config.grids.iter().map(|g| g.id.clone()).collect();
+    let grids: Vec<&str> = grids.iter().map(String::as_str).collect();
+    p.0.extend(super::notify::validate(&mut config.notify, &grids, base));
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",

@@ -9,6 +9,7 @@ mod forward;
 mod health;
 mod modbus;
 mod mqtt;
+mod notify;
 mod rooms;
 mod rules;
 mod systemd;

@@ -23,16 +23,21 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("auth", &["audit"][..]),
         // The change log and the audit log it reads; the core's handle to raise `system` incidents.
         ("forward", &["config", "incident", "audit", "core"][..]),
+        // The change log it reads by cursor.
+        ("notify", &["config", "incident"][..]),
         ("broker", &["config"][..]),
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
         // The API shows every room; only `app` wires them together.
-        ("api", &["audit", "auth", "config", "core", "forward", "incident", "metrics", "people", "source"][..]),
+        (
+            "api",
+            &["audit", "auth", "config", "core", "forward", "incident", "metrics", "notify", "people", "source"][..],
+        ),
         (
             "app",
             &[
-                "api", "audit", "auth", "broker", "config", "core", "forward", "incident", "metrics", "people", "sim",
-                "source",
+                "api", "audit", "auth", "broker", "config", "core", "forward", "incident", "metrics", "notify",
+                "people", "sim", "source",
             ][..],
         ),
     ])

@@ -50,6 +50,7 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("POST", "/api/v1/incidents/{id}/close") => (officer, r#"{"note": "breaker replaced"}"#),
         ("GET", "/api/v1/duty") => (viewer, ""),
         ("GET", "/api/v1/patrols") => (viewer, ""),
+        ("GET", "/api/v1/notifications") => (viewer, ""),
         ("GET", "/api/v1/rules") => (viewer, ""),
         ("POST", "/api/v1/rules/reload") => (Need::Role(Role::Admin), ""),
         ("GET", "/api/v1/audit") => (Need::Role(Role::SafetyManager), ""),
@@ -169,7 +170,7 @@ async fn every_route_every_role_in_and_out_of_grid() {
             }
         }
     }
-    assert!(cases >= 23 * 7 * 2, "{cases} cases");
+    assert!(cases >= 24 * 7 * 2, "{cases} cases");
     assert!(failures.is_empty(), "{} of {cases} cases differ:\n{}", failures.len(), failures.join("\n"));
 }
 

@@ -1,0 +1,140 @@
+//! Notifications end to end: an incident raised from MQTT reaches a webhook that is down at first,
+//! exactly once, across a SIGKILL of the gateway in between.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use parkwatch_e2e::{free_port, wait_until, Gateway, Mosquitto, Publisher};
+use serde_json::Value;
+
+/// A webhook receiver on `port`: records the idempotency key and body of every request, answers 200.
+fn receiver(port: u16) -> Arc<Mutex<Vec<(String, Value)>>> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut len, mut key) = (0usize, String::new());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap();
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap(),
+                    "idempotency-key" => key = v.trim().to_owned(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            s.lock().unwrap().push((key, serde_json::from_slice(&body).unwrap()));
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        }
+    });
+    seen
+}
+
+fn deliveries(gw: &Gateway) -> Vec<Value> {
+    gw.json("/api/v1/notifications").as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_notification_queued_while_the_receiver_is_down_arrives_once_across_a_sigkill() {
+    let broker = Mosquitto::start("");
+    let hook = free_port();
+    let config = format!(
+        r#"
+[site]
+id = "t"
+
+[api]
+listen = "{{api}}"
+
+[[grids]]
+id = "g1"
+
+[[devices]]
+id = "m1"
+grid = "g1"
+category = "electrical"
+points = [{{ name = "residual_current", unit = "mA" }}]
+
+[[mqtt.brokers]]
+id = "local"
+host = "127.0.0.1"
+port = {port}
+reconnect_min_ms = 100
+reconnect_max_ms = 500
+
+[[mqtt.subscriptions]]
+broker = "local"
+topic = "park/{{grid}}/{{device}}/{{point}}"
+format = "number"
+
+[notify]
+base_url = "http://park.lan"
+path = "notify.db"
+
+[[notify.receivers]]
+id = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:{hook}/hook"
+
+[[notify.routes]]
+receivers = ["hook"]
+group_wait = "0s"
+"#,
+        port = broker.port
+    );
+    let mut gw = Gateway::start(&config);
+    let p = Publisher::connect(broker.port, "notify-test");
+    wait_until(Duration::from_secs(10), "the subscription", || {
+        p.publish("park/g1/m1/residual_current", 0, "100");
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("m1", "residual_current")
+    });
+    p.publish("park/g1/m1/residual_current", 0, "350");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let queued = loop {
+        let list = deliveries(&gw);
+        if let Some(d) = list.iter().find(|d| d["status"] == "retrying") {
+            break d.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery failing while the receiver is down: {list:?}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let incident = queued["incidents"][0].as_i64().unwrap();
+    let shown = gw.json(&format!("/api/v1/incidents/{incident}"));
+    assert_eq!(shown["deliveries"][0]["key"], queued["key"], "{shown}");
+
+    assert!(!gw.signal("KILL").success());
+    let seen = receiver(hook);
+    gw.restart();
+    let delivered = wait_until(Duration::from_secs(60), "the delivery after the restart", || {
+        deliveries(&gw).into_iter().find(|d| d["status"] == "delivered")
+    });
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (key, body) = &seen[0];
+    assert_eq!(key, queued["key"].as_str().unwrap());
+    assert_eq!(delivered["key"], queued["key"]);
+    assert_eq!(body["idempotency_key"], queued["key"]);
+    assert_eq!(body["incident_ids"], serde_json::json!([incident]));
+    assert!(body["text"].as_str().unwrap().contains(&format!("http://park.lan/#/incidents/{incident}")), "{body}");
+    assert_eq!(deliveries(&gw).len(), 1, "one delivery in all");
+    assert_eq!(gw.metric("parkwatch_notify_sent_total{receiver=\"hook\"}"), Some(1.0));
+}
