@@ -318,15 +318,14 @@ fn check(file: &Path) -> ExitCode {
             let rules = match parkwatch::core::packs::build_lenient(&c, registry, 1) {
                 Ok((engine, packs, errors)) => {
                     for e in &errors {
-                        let unit = engine.unit_mismatches().iter().any(|m| e.message == m.to_string());
                         println!(
                             "{}: rules: {}: {e}",
                             file.display(),
-                            if c.rules.strict || unit { "error" } else { "warning" }
+                            if c.rules.strict || e.config { "error" } else { "warning" }
                         );
                     }
                     // A unit mismatch is a wrong configuration, not a broken pack: it always fails.
-                    let units = engine.unit_mismatches().len();
+                    let units = errors.iter().filter(|e| e.config).count();
                     if units > 0 {
                         println!("{}: {units} point(s) in a unit their rules are not written in", file.display());
                         return ExitCode::FAILURE;

@@ -375,6 +375,7 @@ mod health {
             pack: pack.into(),
             rule: None,
             message: "syntax error".into(),
+            config: false,
         };
         let core = Core::new(st.registry.clone(), st.metrics.clone(), Arc::new(SamplePool::default()), 10)
             .with_load_errors(vec![broken("noise.rhai"), broken("electrical.rhai"), broken("noise.rhai")]);

@@ -35,13 +35,21 @@ pub fn sources(builtin: bool, dirs: &[PathBuf]) -> Result<Vec<(String, String)>,
                 for f in files {
                     match std::fs::read_to_string(&f) {
                         Ok(text) => out.push((f.display().to_string(), text)),
-                        Err(e) => {
-                            errors.push(PackError { pack: f.display().to_string(), rule: None, message: e.to_string() })
-                        }
+                        Err(e) => errors.push(PackError {
+                            pack: f.display().to_string(),
+                            rule: None,
+                            message: e.to_string(),
+                            config: false,
+                        }),
                     }
                 }
             }
-            Err(e) => errors.push(PackError { pack: dir.display().to_string(), rule: None, message: e.to_string() }),
+            Err(e) => errors.push(PackError {
+                pack: dir.display().to_string(),
+                rule: None,
+                message: e.to_string(),
+                config: false,
+            }),
         }
     }
     if errors.is_empty() {
@@ -131,7 +139,7 @@ pub fn unit_errors(engine: &Engine) -> Vec<PackError> {
                 .iter()
                 .find(|r| r.id == m.rule)
                 .map_or_else(String::new, |r| engine.pack_name(r.pack).to_owned());
-            PackError { pack, rule: Some(m.rule.clone()), message: m.to_string() }
+            PackError { pack, rule: Some(m.rule.clone()), message: m.to_string(), config: true }
         })
         .collect()
 }
@@ -217,7 +225,12 @@ impl Reloader {
     pub async fn reload(&self) -> Result<usize, ReloadError> {
         let (config, registry) = (self.config.clone(), self.registry.clone());
         let built = tokio::task::spawn_blocking(move || build(&config, registry, 0)).await.map_err(|e| {
-            ReloadError::Failed(vec![PackError { pack: String::new(), rule: None, message: e.to_string() }])
+            ReloadError::Failed(vec![PackError {
+                pack: String::new(),
+                rule: None,
+                message: e.to_string(),
+                config: false,
+            }])
         })?;
         match built {
             Ok((engine, _)) => {

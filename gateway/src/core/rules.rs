@@ -57,6 +57,9 @@ pub struct PackError {
     pub pack: String,
     pub rule: Option<String>,
     pub message: String,
+    /// The problem is in the site's configuration (a point in a unit the rule's limits are not in),
+    /// not in the pack: `parkwatch check` refuses it whatever `rules.strict` says.
+    pub config: bool,
 }
 
 impl std::fmt::Display for PackError {
@@ -187,7 +190,8 @@ pub fn load(packs: &[(String, String)], limits: Limits) -> Result<RuleSet, Vec<P
     let mut asts = Vec::new();
     let mut rules: Vec<Rule> = Vec::new();
     for (pack_index, (name, source)) in packs.iter().enumerate() {
-        let err = |rule: Option<String>, message: String| PackError { pack: name.clone(), rule, message };
+        let err =
+            |rule: Option<String>, message: String| PackError { pack: name.clone(), rule, message, config: false };
         let ast = match engine.compile(source) {
             Ok(ast) => ast,
             Err(e) => {
