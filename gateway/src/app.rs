@@ -155,7 +155,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let (notify_handle, notify_thread) = if config.notify.receivers.is_empty() {
         (None, None)
     } else {
-        let directory = Arc::new(crate::notify::people::StaticDirectory::new(config.notify.contacts.clone()));
+        let directory =
+            Arc::new(crate::notify::people::SiteDirectory::new(people.clone(), config.notify.contacts.clone()));
         let planner = crate::notify::Planner::new(&config, registry.clone(), directory);
         let path = config.notify.db_path(&config.incidents.path);
         let log = ChangeLog::open(&config.incidents.path)?;

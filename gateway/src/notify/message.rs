@@ -32,6 +32,9 @@ pub struct Item {
     pub unit: String,
     /// The rule's message, which names the limit and its standard.
     pub message: String,
+    /// Id of the emergency plan the rule names; empty for none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub plan: String,
 }
 
 impl Item {
@@ -108,6 +111,8 @@ pub struct Site {
     pub name: String,
     pub tz: chrono_tz::Tz,
     pub base_url: String,
+    /// The site's emergency plans by id, whose steps go with a single incident's message.
+    pub plans: BTreeMap<String, crate::config::Plan>,
 }
 
 fn severity_name(s: &str, lang: Lang) -> &str {
@@ -150,6 +155,16 @@ fn value_text(i: &Item) -> String {
 
 fn link(site: &Site, id: i64) -> String {
     format!("{}/#/incidents/{id}", site.base_url.trim_end_matches('/'))
+}
+
+/// The plan of `i` as numbered steps after a blank line; empty when the rule names no plan the site has.
+fn plan_text(site: &Site, i: &Item, zh: bool) -> String {
+    let Some(plan) = site.plans.get(&i.plan) else { return String::new() };
+    let mut text = format!("\n\n{}{}", if zh { "处置预案：" } else { "Plan: " }, plan.title);
+    for (n, step) in plan.steps.iter().enumerate() {
+        text.push_str(&format!("\n{}. {step}", n + 1));
+    }
+    text
 }
 
 /// Builds a message over `items` (every change covered; sorted here, worst and newest first).
@@ -246,7 +261,7 @@ fn render(
                 link(site, i.id)
             )
         };
-        return (subject, body);
+        return (subject, body + plan_text(site, i, zh).as_str());
     }
     let order = ["critical", "major", "minor", "warning"];
     let by_severity: Vec<String> =
@@ -270,6 +285,14 @@ fn render(
             link(site, i.id)
         ));
     }
+    // The worst incident's plan says what to do first, even in a summary.
+    if let Some(plan) = items.first().and_then(|i| site.plans.get(&i.plan)) {
+        text.push_str(&if zh {
+            format!("\n首要处置：{}（{} 步，见详情）", plan.title, plan.steps.len())
+        } else {
+            format!("\nFirst response: {} ({} steps, see the link)", plan.title, plan.steps.len())
+        });
+    }
     if items.len() > LISTED {
         text.push_str(&if zh {
             format!("\n…另有 {} 条，见 {}/#/incidents", items.len() - LISTED, site.base_url.trim_end_matches('/'))
@@ -290,4 +313,76 @@ pub fn clip(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> Site {
+        let plan = crate::config::Plan {
+            id: "electrical-fire".into(),
+            title: "电气火灾应急处置".into(),
+            steps: vec!["到现场确认".into(), "断开上级断路器".into()],
+        };
+        Site {
+            id: "p".into(),
+            name: "测试园区".into(),
+            tz: chrono_tz::Asia::Shanghai,
+            base_url: "http://park.lan:8080/".into(),
+            plans: [(plan.id.clone(), plan)].into(),
+        }
+    }
+
+    fn item(id: i64, severity: &str, plan: &str) -> Item {
+        Item {
+            id,
+            seq: id,
+            change: "raised".into(),
+            at: 1_780_000_000_000_000_000,
+            rule: "electrical.residual_current".into(),
+            title: "剩余电流超限".into(),
+            category: "electrical".into(),
+            severity: severity.into(),
+            state: "active_unacked".into(),
+            grid: "g1".into(),
+            grid_name: "一号网格".into(),
+            device: "m1".into(),
+            device_name: "1号配电柜".into(),
+            point: "ir".into(),
+            value: Some(350.0),
+            unit: "mA".into(),
+            message: "剩余电流 350 mA 超过限值 300 mA（GB 14287.2）".into(),
+            plan: plan.into(),
+        }
+    }
+
+    #[test]
+    fn a_single_incident_carries_its_plan_steps_numbered() {
+        let m = compose(
+            &site(),
+            Lang::Zh,
+            Reason::Firing,
+            None,
+            "g1",
+            vec![item(7, "critical", "electrical-fire")],
+            vec![],
+            None,
+        );
+        assert!(m.text.contains("数值：350 mA"), "{}", m.text);
+        assert!(m.text.contains("时间：2026-05-29 04:26:40"), "{}", m.text);
+        assert!(m.text.ends_with("处置预案：电气火灾应急处置\n1. 到现场确认\n2. 断开上级断路器"), "{}", m.text);
+        assert!(m.text.contains("http://park.lan:8080/#/incidents/7"), "{}", m.text);
+        // A plan the site has not written is left out, not shown empty.
+        let m = compose(&site(), Lang::En, Reason::Firing, None, "g1", vec![item(8, "major", "unknown")], vec![], None);
+        assert!(!m.text.contains("Plan:"), "{}", m.text);
+    }
+
+    #[test]
+    fn a_summary_names_the_worst_incidents_plan() {
+        let items = vec![item(1, "minor", ""), item(2, "critical", "electrical-fire"), item(3, "major", "")];
+        let m = compose(&site(), Lang::Zh, Reason::Firing, None, "g1", items, vec![], None);
+        assert!(m.subject.contains("3 条"), "{}", m.subject);
+        assert!(m.text.contains("首要处置：电气火灾应急处置（2 步，见详情）"), "{}", m.text);
+    }
 }

@@ -125,6 +125,7 @@ impl Planner {
                 name: config.site.name.clone().unwrap_or_else(|| config.site.id.clone()),
                 tz: config.site.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai),
                 base_url: n.base_url.clone(),
+                plans: config.plans.iter().map(|p| (p.id.clone(), p.clone())).collect(),
             },
             lang: n.lang,
             receivers: n.receivers.clone(),
@@ -161,6 +162,7 @@ impl Planner {
             value: row.value,
             unit: unit.unwrap_or_default(),
             message: row.message.clone(),
+            plan: row.plan.clone(),
         }
     }
 
@@ -664,7 +666,8 @@ impl Notifier {
 /// The receiver is not defined.
 pub fn test_receiver(config: &Config, id: &str, now: i64) -> Result<Outcome, NotifyError> {
     let registry = Arc::new(Registry::from_config(config));
-    let directory = Arc::new(people::StaticDirectory::new(config.notify.contacts.clone()));
+    let site = Arc::new(crate::people::Directory::from_config(config));
+    let directory = Arc::new(people::SiteDirectory::new(site, config.notify.contacts.clone()));
     let planner = Planner::new(config, registry, directory);
     let r = planner.receiver(id).ok_or_else(|| NotifyError::UnknownReceiver(id.to_owned()))?;
     let m = planner.message(r, Reason::Test, None, "", Vec::new(), now);

@@ -24,7 +24,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         // The change log and the audit log it reads; the core's handle to raise `system` incidents.
         ("forward", &["config", "incident", "audit", "core"][..]),
         // The change log it reads by cursor.
-        ("notify", &["config", "incident"][..]),
+        ("notify", &["config", "incident", "people"][..]),
         ("broker", &["config"][..]),
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
