@@ -159,6 +159,7 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
         notify(&mut out, &n.metrics);
     }
     modbus(&mut out, &st.modbus);
+    grids(&mut out, &st).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 
@@ -437,6 +438,102 @@ fn modbus(out: &mut String, m: &crate::source::modbus::ModbusStatus) {
                 label(&d.connection),
                 get(d)
             );
+        }
+    }
+}
+
+/// The supervisors' KPIs of every grid over the last 24 hours: one set of grouped queries on a
+/// reader connection and one patrol query per grid, so a scrape costs the same however many
+/// incidents there are.
+async fn grids(out: &mut String, st: &AppState) {
+    let Some(store) = &st.incidents else { return };
+    let to = crate::model::time::now_ns();
+    let from = to - 86_400 * 1_000_000_000;
+    let ids: Vec<String> = st.registry.grids.iter().map(|g| g.id.clone()).collect();
+    let kpis = match store.kpis(ids.clone(), from, to).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot compute the grid KPIs for /metrics.");
+            return;
+        }
+    };
+    let mut coverage = Vec::with_capacity(ids.len());
+    for g in &ids {
+        let roster = st.people.roster(g).cloned();
+        coverage.push(st.core.patrols(g.clone(), roster, from, to).await.ok().flatten().map(|c| c.total));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_grid_open_incidents Incidents not back to normal, per grid and severity.\n# TYPE parkwatch_grid_open_incidents gauge"
+    );
+    for (g, k) in &kpis {
+        for (severity, n) in &k.open.by_severity {
+            let _ = writeln!(
+                out,
+                "parkwatch_grid_open_incidents{{grid=\"{}\",severity=\"{}\"}} {n}",
+                label(g),
+                label(severity)
+            );
+        }
+    }
+    type Get = fn(&crate::incident::kpi::GridKpis) -> Option<f64>;
+    let series: [(&str, &str, Get); 5] = [
+        ("parkwatch_grid_unacked_incidents", "Incidents waiting for acknowledgement.", |k| Some(k.open.unacked as f64)),
+        (
+            "parkwatch_grid_alarms_per_hour",
+            "Annunciations per hour over the last 24 h (ISA-18.2 target: about 6).",
+            |k| Some(k.alarm_rate.per_hour),
+        ),
+        (
+            "parkwatch_grid_alarms_max_per_10min",
+            "Most annunciations in any 10 minutes of the last 24 h (ISA-18.2: more than 10 is a flood).",
+            |k| Some(k.alarm_rate.max_per_10min as f64),
+        ),
+        ("parkwatch_grid_standing_alarms", "Alarms active for 24 h or more.", |k| Some(k.standing_total as f64)),
+        ("parkwatch_grid_frequent_alarms", "Alarms annunciated twice or more in the last 24 h (at most 5).", |k| {
+            Some(k.chattering.len() as f64)
+        }),
+    ];
+    for (name, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (g, k) in &kpis {
+            if let Some(v) = get(k) {
+                let _ = writeln!(out, "{name}{{grid=\"{}\"}} {v}", label(g));
+            }
+        }
+    }
+    type Spread = fn(&crate::incident::kpi::GridKpis) -> &crate::incident::kpi::Spread;
+    let spreads: [(&str, &str, Spread); 2] = [
+        ("parkwatch_grid_ack_seconds", "Raised to acknowledged over the last 24 h.", |k| &k.ack_time_s),
+        ("parkwatch_grid_close_seconds", "Raised to closed over the last 24 h.", |k| &k.close_time_s),
+    ];
+    for (name, help, get) in spreads {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (g, k) in &kpis {
+            let s = get(k);
+            for (q, v) in [("0.5", s.median), ("0.9", s.p90)] {
+                if let Some(v) = v {
+                    let _ = writeln!(out, "{name}{{grid=\"{}\",quantile=\"{q}\"}} {v}", label(g));
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_grid_patrol_coverage_ratio Patrol slots scanned of those due in the last 24 h.\n# TYPE parkwatch_grid_patrol_coverage_ratio gauge"
+    );
+    for (g, c) in ids.iter().zip(&coverage) {
+        if let Some(pct) = c.as_ref().and_then(|c| c.coverage_pct) {
+            let _ = writeln!(out, "parkwatch_grid_patrol_coverage_ratio{{grid=\"{}\"}} {}", label(g), pct / 100.0);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_grid_patrol_missed Patrol slots missed in the last 24 h.\n# TYPE parkwatch_grid_patrol_missed gauge"
+    );
+    for (g, c) in ids.iter().zip(&coverage) {
+        if let Some(c) = c {
+            let _ = writeln!(out, "parkwatch_grid_patrol_missed{{grid=\"{}\"}} {}", label(g), c.missed);
         }
     }
 }

@@ -191,6 +191,7 @@ pub fn routes() -> Vec<Route> {
         // Who is on duty and how patrols went: grid-scoped, like the incidents.
         get_r("/api/v1/duty", viewer, people::duty),
         get_r("/api/v1/patrols", viewer, people::patrols),
+        get_r("/api/v1/grids/{id}/kpis", viewer, people::kpis),
         get_r("/api/v1/notifications", viewer, incidents::notifications),
         get_r("/api/v1/rules", viewer, incidents::rules),
         post_r("/api/v1/rules/reload", admin, incidents::reload),

@@ -135,3 +135,70 @@ pub(super) async fn patrols(
     }
     Ok(Json(json!({ "from": local(&st, from), "to": local(&st, to), "grids": out })).into_response())
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KpisQuery {
+    /// How far back from `to`: `24h` (default), `7d`, `30m`…
+    window: Option<String>,
+    to: Option<String>,
+}
+
+/// Longest KPI window: a month of annunciations, still one row per grid and minute.
+const MAX_WINDOW_NS: i64 = 31 * 86_400 * 1_000_000_000;
+
+/// `GET /api/v1/grids/{id}/kpis`: what the grid's supervisor answers for over a window — open
+/// incidents, time to acknowledge and to close, alarm rates against the ISA-18.2 targets, the most
+/// frequent and the standing alarms, patrol coverage.
+pub(super) async fn kpis(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    query: Result<Query<KpisQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let grid = visible_grid(&st, &who, &id)?;
+    let window = match q.window.as_deref() {
+        None => 86_400 * 1_000_000_000,
+        Some(w) => {
+            crate::config::notify::duration_ns(w).filter(|n| *n > 0 && *n <= MAX_WINDOW_NS).ok_or_else(|| {
+                ApiError::BadRequest(format!("window {w:?}; expected a duration like 1h, 24h or 7d, at most 31d"))
+            })?
+        }
+    };
+    let to = instant("to", q.to.as_deref())?.unwrap_or_else(now_ns);
+    let from = to - window;
+    let store = st.incidents.as_ref().ok_or_else(|| ApiError::NotFound("incidents are not enabled".into()))?;
+    let mut all = store.kpis(vec![grid.clone()], from, to).await?;
+    let k = all.remove(&grid).unwrap_or_default();
+    let roster = st.people.roster(&grid).cloned();
+    let patrol = match st.core.patrols(grid.clone(), roster, from, to).await? {
+        Some(c) => serde_json::to_value(c.total).map_err(|e| ApiError::Internal(e.to_string()))?,
+        None => json!({ "due": 0, "scanned": 0, "missed": 0, "coverage_pct": null }),
+    };
+    let standing: Vec<Value> = k
+        .standing
+        .iter()
+        .map(|s| {
+            json!({ "id": s.id, "rule": s.rule, "device": s.device, "title": s.title, "severity": s.severity,
+                    "since": local(&st, s.since), "age_s": s.age_s })
+        })
+        .collect();
+    let name = st.registry.grid_id(&grid).map(|g| st.registry.grid(g).name.clone()).unwrap_or_default();
+    Ok(Json(json!({
+        "grid": grid,
+        "name": name,
+        "window_s": window / 1_000_000_000,
+        "from": local(&st, from),
+        "to": local(&st, to),
+        "open": k.open,
+        "ack_time_s": k.ack_time_s,
+        "close_time_s": k.close_time_s,
+        "alarm_rate": k.alarm_rate,
+        "chattering": k.chattering,
+        "standing": standing,
+        "standing_total": k.standing_total,
+        "patrol": patrol,
+    }))
+    .into_response())
+}

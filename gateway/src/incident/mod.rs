@@ -12,6 +12,7 @@
 //! May import: `model`.
 
 pub mod changes;
+pub mod kpi;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -196,6 +197,8 @@ pub struct IncidentStore {
     tx: mpsc::Sender<Cmd>,
     committed: watch::Receiver<i64>,
     pub metrics: Arc<StoreMetrics>,
+    /// The database file, for readers that should not queue behind the writer.
+    path: Option<PathBuf>,
 }
 
 /// Creates the schema (and brings an older one up to date) on `conn`.
@@ -216,6 +219,7 @@ pub(crate) fn schema(conn: &Connection) -> rusqlite::Result<()> {
             seq INTEGER PRIMARY KEY, incident INTEGER NOT NULL REFERENCES incidents(id), at INTEGER NOT NULL,
             kind TEXT NOT NULL, state TEXT, severity TEXT, value REAL, who TEXT, note TEXT);
          CREATE INDEX IF NOT EXISTS incident_events_incident ON incident_events(incident);
+         CREATE INDEX IF NOT EXISTS incident_events_at ON incident_events(at);
          CREATE TABLE IF NOT EXISTS sink_cursors(sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);",
     )?;
     let has_ts: bool =
@@ -286,7 +290,8 @@ pub fn spawn(conn: Connection) -> Result<(IncidentStore, std::thread::JoinHandle
     let (tx, rx) = mpsc::channel(1024);
     let (committed_tx, committed) = watch::channel(head);
     let metrics = Arc::new(StoreMetrics::default());
-    let store = IncidentStore { tx, committed, metrics: metrics.clone() };
+    let path = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from);
+    let store = IncidentStore { tx, committed, metrics: metrics.clone(), path };
     let writer = Writer {
         conn,
         clock: ChangeClock::after(last_ts),
@@ -372,6 +377,23 @@ impl IncidentStore {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Cmd::Get(id, scope, reply)).await.map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// The supervisor KPIs of `grids` (all grids with incidents when empty) over `[from, to)`, read
+    /// from the committed incidents on a connection of their own.
+    ///
+    /// # Errors
+    /// A database error, or a store without a file.
+    pub async fn kpis(
+        &self,
+        grids: Vec<String>,
+        from: i64,
+        to: i64,
+    ) -> Result<std::collections::BTreeMap<String, kpi::GridKpis>, StoreError> {
+        let Some(path) = self.path.clone() else { return Err(StoreError::Stopped) };
+        tokio::task::spawn_blocking(move || kpi::compute(&kpi::open_reader(&path)?, &grids, from, to))
+            .await
+            .map_err(|_| StoreError::Stopped)?
     }
 
     /// The sequence number of the newest committed change; sinks wait on it to read the change log.

@@ -50,6 +50,7 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("POST", "/api/v1/incidents/{id}/close") => (officer, r#"{"note": "breaker replaced"}"#),
         ("GET", "/api/v1/duty") => (viewer, ""),
         ("GET", "/api/v1/patrols") => (viewer, ""),
+        ("GET", "/api/v1/grids/{id}/kpis") => (viewer, ""),
         ("GET", "/api/v1/notifications") => (viewer, ""),
         ("GET", "/api/v1/rules") => (viewer, ""),
         ("POST", "/api/v1/rules/reload") => (Need::Role(Role::Admin), ""),
@@ -83,7 +84,7 @@ fn expected(method: &str, path: &str, caller: Option<&(Role, Grids)>, own: bool)
         }
         "/api/v1/incidents/{id}/shelve" if !visible => StatusCode::NOT_FOUND,
         // Asked about g2 (another grid's) by a g1 caller.
-        "/api/v1/duty" | "/api/v1/patrols" if !visible => StatusCode::NOT_FOUND,
+        "/api/v1/duty" | "/api/v1/patrols" | "/api/v1/grids/{id}/kpis" if !visible => StatusCode::NOT_FOUND,
         // The incidents are critical: an officer may not shelve them; above, the store has no live
         // alarm to shelve (the test runs no rules), which is past every access check.
         "/api/v1/incidents/{id}/shelve" if role < Role::Supervisor => StatusCode::FORBIDDEN,
@@ -143,7 +144,14 @@ async fn every_route_every_role_in_and_out_of_grid() {
                 let dir = tempfile::tempdir().unwrap();
                 let (st, _store, _tx) = state_with_incidents(dir.path()).await;
                 let app = router(st);
-                let mut uri = route.path.replace("{id}", &if own { IN_G1 } else { IN_G2 }.to_string());
+                // Grid routes name the grid in the path; incident routes name the incident.
+                let id = match (route.path.starts_with("/api/v1/grids/"), own) {
+                    (true, true) => "g1".to_owned(),
+                    (true, false) => "g2".to_owned(),
+                    (false, true) => IN_G1.to_string(),
+                    (false, false) => IN_G2.to_string(),
+                };
+                let mut uri = route.path.replace("{id}", &id);
                 // Grid-scoped reads name their grid in the query.
                 if matches!(route.path, "/api/v1/duty" | "/api/v1/patrols") {
                     uri.push_str(if own { "?grid=g1" } else { "?grid=g2" });
@@ -224,6 +232,44 @@ async fn grid_scoped_callers_see_only_their_grids_data() {
     assert_eq!(ask("/api/v1/incidents?grid=g2").await.1, serde_json::json!([]));
     let (_, me) = ask("/api/v1/me").await;
     assert_eq!(me, serde_json::json!({ "name": "token:table", "role": "officer", "grids": ["g1"] }));
+}
+
+#[tokio::test]
+async fn a_grids_kpis_count_its_incidents_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _store, _tx) = state_with_incidents(dir.path()).await;
+    let app = router(st);
+    // Incident 1 was raised 1 s after the epoch; the window is the hour before 00:10 UTC.
+    let (status, k) = get(&app, "/api/v1/grids/g1/kpis?window=1h&to=1970-01-01T00:10:00Z").await;
+    assert_eq!(status, StatusCode::OK, "{k}");
+    assert_eq!(k["grid"], "g1");
+    assert_eq!(k["window_s"], 3600);
+    assert_eq!(k["open"], serde_json::json!({ "total": 1, "unacked": 1, "by_severity": { "critical": 1 } }));
+    assert_eq!(k["alarm_rate"]["count"], 1);
+    assert_eq!(k["alarm_rate"]["max_per_10min"], 1);
+    assert_eq!(k["alarm_rate"]["target_per_hour"], 6.0);
+    assert_eq!(k["ack_time_s"]["count"], 0);
+    assert_eq!(k["standing_total"], 0, "raised 10 minutes before the window's end");
+    assert_eq!(k["patrol"]["due"], 0);
+    // A day later it is a standing alarm, and the hour holds no annunciation.
+    let (_, k) = get(&app, "/api/v1/grids/g1/kpis?window=1h&to=1970-01-02T01:00:00Z").await;
+    assert_eq!((k["standing_total"].as_i64(), k["alarm_rate"]["count"].as_i64()), (Some(1), Some(0)), "{k}");
+    assert_eq!(k["standing"][0]["id"], 1);
+    assert_eq!(get(&app, "/api/v1/grids/g1/kpis?window=40d").await.0, StatusCode::BAD_REQUEST);
+    // The same numbers per grid in /metrics (every grid, also one without incidents).
+    let req = Request::get("/metrics").header("authorization", admin_token()).body(Body::empty()).unwrap();
+    let text = app.clone().oneshot(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    for line in [
+        "parkwatch_grid_open_incidents{grid=\"g1\",severity=\"critical\"} 1",
+        "parkwatch_grid_open_incidents{grid=\"g2\",severity=\"critical\"} 1",
+        "parkwatch_grid_unacked_incidents{grid=\"g1\"} 1",
+        "parkwatch_grid_standing_alarms{grid=\"g1\"} 1",
+        "parkwatch_grid_alarms_per_hour{grid=\"g2\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+    assert_eq!(get(&app, "/api/v1/grids/g9/kpis").await.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
