@@ -157,7 +157,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     } else {
         let directory =
             Arc::new(crate::notify::people::SiteDirectory::new(people.clone(), config.notify.contacts.clone()));
-        let planner = crate::notify::Planner::new(&config, registry.clone(), directory);
+        let planner =
+            crate::notify::Planner::new(&config, registry.clone(), directory).with_mqtt(notify_mqtt_options(&config)?);
         let path = config.notify.db_path(&config.incidents.path);
         let log = ChangeLog::open(&config.incidents.path)?;
         let notifier = crate::notify::Notifier::open(planner, &path, log, clock.clone())?;
@@ -332,4 +333,21 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     }
     info!("Stopped.");
     Ok(())
+}
+
+/// Connection options for each MQTT notification receiver, by receiver id: its broker's address,
+/// credentials and TLS, with a client id of its own so it never takes over the sources' sessions.
+///
+/// # Errors
+/// A receiver's broker has TLS files that cannot be read.
+pub fn notify_mqtt_options(
+    config: &Config,
+) -> Result<std::collections::HashMap<String, rumqttc::MqttOptions>, MqttError> {
+    let mut out = std::collections::HashMap::new();
+    for r in config.notify.receivers.iter().filter(|r| r.kind == crate::config::notify::ReceiverKind::Mqtt) {
+        let Some(b) = config.mqtt.brokers.iter().find(|b| Some(&b.id) == r.broker.as_ref()) else { continue };
+        let id = format!("parkwatch-{}-notify-{}", config.site.id, r.id);
+        out.insert(r.id.clone(), crate::source::mqtt::options(b, id)?);
+    }
+    Ok(out)
 }

@@ -732,7 +732,8 @@ fn notify_test(file: &Path, receiver: &str) -> anyhow::Result<()> {
             }
         });
     }
-    match parkwatch::notify::test_receiver(&config, receiver, parkwatch::model::time::now_ns())? {
+    let mqtt = parkwatch::app::notify_mqtt_options(&config)?;
+    match parkwatch::notify::test_receiver(&config, receiver, parkwatch::model::time::now_ns(), mqtt)? {
         Outcome::Delivered => {
             println!("{receiver}: delivered");
             Ok(())

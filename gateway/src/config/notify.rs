@@ -63,6 +63,9 @@ pub enum ReceiverKind {
     Smtp,
     /// An SMS gateway's HTTP API, as a request template.
     Sms,
+    /// A JSON message published at QoS 1 on a broker of `mqtt.brokers` (a control room's display,
+    /// a site's own paging system).
+    Mqtt,
 }
 
 impl ReceiverKind {
@@ -75,6 +78,7 @@ impl ReceiverKind {
             Self::Feishu => "feishu",
             Self::Smtp => "smtp",
             Self::Sms => "sms",
+            Self::Mqtt => "mqtt",
         }
     }
 
@@ -86,6 +90,7 @@ impl ReceiverKind {
             Self::Webhook => 60,
             Self::Smtp => 30,
             Self::Sms => 10,
+            Self::Mqtt => 600,
         }
     }
 }
@@ -164,6 +169,10 @@ pub struct Receiver {
     pub body: Option<String>,
     /// SMS: the answer must contain this text to count as sent (besides a 2xx status).
     pub success_contains: Option<String>,
+    /// MQTT: id of a broker in `mqtt.brokers`.
+    pub broker: Option<String>,
+    /// MQTT: topic; `{site}`, `{grid}` and `{severity}` (the worst of the message) are filled in.
+    pub topic: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -284,7 +293,7 @@ fn valid_id(s: &str) -> bool {
 }
 
 /// Checks `[notify]` against the grids and reads its secrets; every problem with its key path.
-pub(super) fn validate(n: &mut Notify, grids: &[&str], base: &Path) -> Vec<Problem> {
+pub(super) fn validate(n: &mut Notify, grids: &[&str], brokers: &[String], base: &Path) -> Vec<Problem> {
     let mut p = Vec::new();
     let mut push = |path: String, message: String| p.push(Problem { path, message });
     if !n.base_url.is_empty() && !n.base_url.starts_with("http://") && !n.base_url.starts_with("https://") {
@@ -312,7 +321,7 @@ pub(super) fn validate(n: &mut Notify, grids: &[&str], base: &Path) -> Vec<Probl
                 Err(e) => push(format!("{at}.url"), e),
             }
         }
-        let needs_url = !matches!(r.kind, ReceiverKind::Smtp);
+        let needs_url = !matches!(r.kind, ReceiverKind::Smtp | ReceiverKind::Mqtt);
         match &r.url {
             Some(u) if !u.starts_with("http://") && !u.starts_with("https://") => {
                 push(format!("{at}.url"), format!("{u:?}; expected an http:// or https:// URL"));
@@ -349,6 +358,23 @@ pub(super) fn validate(n: &mut Notify, grids: &[&str], base: &Path) -> Vec<Probl
                 if !s.starts_with("SEC") {
                     push(format!("{at}.secret"), "a DingTalk signing secret starts with \"SEC\"".into());
                 }
+            }
+        }
+        if r.kind == ReceiverKind::Mqtt {
+            match &r.broker {
+                Some(b) if !brokers.contains(b) => push(
+                    format!("{at}.broker"),
+                    format!("unknown broker {b:?}; expected one of mqtt.brokers: {}", brokers.join(", ")),
+                ),
+                None => push(format!("{at}.broker"), "missing; an mqtt receiver needs a broker of mqtt.brokers".into()),
+                _ => {}
+            }
+            match &r.topic {
+                Some(t) if t.is_empty() || t.contains(['+', '#']) => {
+                    push(format!("{at}.topic"), format!("{t:?}; expected a topic to publish on, without wildcards"))
+                }
+                None => push(format!("{at}.topic"), "missing; an mqtt receiver needs a topic".into()),
+                _ => {}
             }
         }
         if r.kind == ReceiverKind::Smtp {
@@ -482,7 +508,10 @@ mod tests {
 
     fn problems(toml_text: &str) -> Vec<(String, String)> {
         let mut n: Notify = toml::from_str(toml_text).unwrap();
-        validate(&mut n, &["g1", "g2"], Path::new(".")).into_iter().map(|p| (p.path, p.message)).collect()
+        validate(&mut n, &["g1", "g2"], &["local".to_owned()], Path::new("."))
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect()
     }
 
     #[test]
@@ -507,6 +536,11 @@ mod tests {
             id = "mail"
             kind = "smtp"
             from = "not an address"
+            [[receivers]]
+            id = "screen"
+            kind = "mqtt"
+            broker = "central"
+            topic = "park/+/alarms"
             [[routes]]
             grids = ["g9"]
             severity = "huge"
@@ -523,6 +557,8 @@ mod tests {
             "notify.receivers[1].host",
             "notify.receivers[1].from",
             "notify.receivers[1].to",
+            "notify.receivers[2].broker",
+            "notify.receivers[2].topic",
             "notify.routes[0].grids[0]",
             "notify.routes[0].severity",
             "notify.routes[0].receivers[1]",
@@ -531,7 +567,7 @@ mod tests {
         ] {
             assert!(paths.contains(&want), "{want} missing from {p:#?}");
         }
-        assert_eq!(p.len(), 11, "{p:#?}");
+        assert_eq!(p.len(), 13, "{p:#?}");
     }
 
     #[test]
@@ -548,11 +584,11 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert!(validate(&mut n, &[], dir.path()).is_empty());
+        assert!(validate(&mut n, &[], &[], dir.path()).is_empty());
         assert_eq!(n.receivers[0].secret.as_deref(), Some("SECabc"));
         assert_eq!(n.receivers[0].rate(), 20);
         let mut n: Notify = toml::from_str("path = \"n.db\"").unwrap();
-        assert!(validate(&mut n, &[], dir.path()).is_empty());
+        assert!(validate(&mut n, &[], &[], dir.path()).is_empty());
         assert_eq!(n.db_path(Path::new("/x/incidents.db")), dir.path().join("n.db"), "relative to the config file");
     }
 }

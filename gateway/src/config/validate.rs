@@ -411,7 +411,8 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     super::people::validate(config, &mut |path, message| p.push(path, message));
     let grids: Vec<String> = config.grids.iter().map(|g| g.id.clone()).collect();
     let grids: Vec<&str> = grids.iter().map(String::as_str).collect();
-    p.0.extend(super::notify::validate(&mut config.notify, &grids, base));
+    let brokers: Vec<String> = config.mqtt.brokers.iter().map(|b| b.id.clone()).collect();
+    p.0.extend(super::notify::validate(&mut config.notify, &grids, &brokers, base));
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",

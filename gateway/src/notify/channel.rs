@@ -214,8 +214,16 @@ fn json_post(r: &Receiver, url: &str, body: &Value, extra: &[(String, String)]) 
     http(Duration::from_secs(r.timeout_secs), "POST", url, &headers, &body.to_string()).map_err(Outcome::Temporary)
 }
 
-/// Sends `m` through receiver `r` once; `now` (UTC ns) stamps the vendors' signatures.
-pub fn send(site: &str, r: &Receiver, key: &str, m: &Message, now: i64) -> Outcome {
+/// Sends `m` through receiver `r` once; `now` (UTC ns) stamps the vendors' signatures. An MQTT
+/// receiver publishes with `mqtt`, the connection options of its broker.
+pub fn send(
+    site: &str,
+    r: &Receiver,
+    key: &str,
+    m: &Message,
+    now: i64,
+    mqtt: Option<&rumqttc::MqttOptions>,
+) -> Outcome {
     let url = r.url.as_deref().unwrap_or_default();
     let robot = |url: &str, body: Value| match json_post(r, url, &body, &[]) {
         Ok((200..=299, text)) => robot_answer(r.kind, &text),
@@ -242,6 +250,54 @@ pub fn send(site: &str, r: &Receiver, key: &str, m: &Message, now: i64) -> Outco
         }
         ReceiverKind::Sms => sms(r, key, m),
         ReceiverKind::Smtp => mail(r, key, m),
+        ReceiverKind::Mqtt => match mqtt {
+            Some(o) => {
+                mqtt_publish(o, &mqtt_topic(site, r, m), webhook_body(site, r, key, m).to_string(), r.timeout_secs)
+            }
+            None => Outcome::Permanent(format!("broker {:?} is not connected for notifications", r.broker)),
+        },
+    }
+}
+
+/// The topic of an MQTT receiver with `{site}`, `{grid}` and `{severity}` (the message's worst) filled in.
+pub fn mqtt_topic(site: &str, r: &Receiver, m: &Message) -> String {
+    let worst = m.items.iter().max_by_key(|i| i.rank()).map_or("none", |i| i.severity.as_str());
+    r.topic
+        .as_deref()
+        .unwrap_or_default()
+        .replace("{site}", site)
+        .replace("{grid}", &m.grid)
+        .replace("{severity}", worst)
+}
+
+/// Publishes `body` at QoS 1 on a connection of its own and waits for the broker's PUBACK: a message
+/// counts as delivered only once the broker has it. The idempotency key in the body lets
+/// subscribers drop the copy a retry after a lost PUBACK sends.
+fn mqtt_publish(options: &rumqttc::MqttOptions, topic: &str, body: String, timeout_secs: u64) -> Outcome {
+    use rumqttc::{ConnectReturnCode, ConnectionError, Event, Packet, QoS};
+    let mut options = options.clone();
+    options.set_clean_session(true);
+    let (client, mut connection) = rumqttc::Client::new(options, 4);
+    if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, body.into_bytes()) {
+        return Outcome::Temporary(format!("mqtt: {e}"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs.max(1));
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match connection.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                let _ = client.disconnect();
+                // Lets the DISCONNECT out before the connection is dropped; its outcome changes nothing.
+                let _ = connection.recv_timeout(Duration::from_millis(100));
+                return Outcome::Delivered;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            ))) => return Outcome::Permanent(format!("mqtt: the broker refused the login: {code:?}")),
+            Ok(Err(e)) => return Outcome::Temporary(format!("mqtt: {e}")),
+            Err(_) => return Outcome::Temporary(format!("mqtt: no PUBACK within {timeout_secs} s")),
+        }
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Planner {
     routes: Vec<Route>,
     registry: Arc<Registry>,
     directory: Arc<dyn Directory>,
+    /// Connection options of MQTT receivers, by receiver id.
+    mqtt: HashMap<String, rumqttc::MqttOptions>,
 }
 
 impl std::fmt::Debug for Planner {
@@ -132,7 +134,15 @@ impl Planner {
             routes: n.routes.clone(),
             registry,
             directory,
+            mqtt: HashMap::new(),
         }
+    }
+
+    /// The connection options of each MQTT receiver (by receiver id), built where brokers are known.
+    #[must_use]
+    pub fn with_mqtt(mut self, options: HashMap<String, rumqttc::MqttOptions>) -> Self {
+        self.mqtt = options;
+        self
     }
 
     /// The receiver `id`.
@@ -623,7 +633,9 @@ impl Notifier {
         let jobs = self.step()?;
         let n = jobs.len();
         for (job, r) in jobs {
-            let outcome = channel::send(&self.planner.site.id, &r, &self.key(&job), &job.message, self.clock.wall_ns());
+            let mqtt = self.planner.mqtt.get(&r.id);
+            let outcome =
+                channel::send(&self.planner.site.id, &r, &self.key(&job), &job.message, self.clock.wall_ns(), mqtt);
             self.finish(&job, &outcome)?;
         }
         Ok(n)
@@ -639,8 +651,9 @@ impl Notifier {
                     for (job, r) in jobs {
                         let tx = tx.clone();
                         let (site, key, now) = (self.planner.site.id.clone(), self.key(&job), self.clock.wall_ns());
+                        let mqtt = self.planner.mqtt.get(&r.id).cloned();
                         std::thread::spawn(move || {
-                            let outcome = channel::send(&site, &r, &key, &job.message, now);
+                            let outcome = channel::send(&site, &r, &key, &job.message, now, mqtt.as_ref());
                             let _ = tx.send((job, outcome));
                         });
                     }
@@ -664,14 +677,19 @@ impl Notifier {
 ///
 /// # Errors
 /// The receiver is not defined.
-pub fn test_receiver(config: &Config, id: &str, now: i64) -> Result<Outcome, NotifyError> {
+pub fn test_receiver(
+    config: &Config,
+    id: &str,
+    now: i64,
+    mqtt: HashMap<String, rumqttc::MqttOptions>,
+) -> Result<Outcome, NotifyError> {
     let registry = Arc::new(Registry::from_config(config));
     let site = Arc::new(crate::people::Directory::from_config(config));
     let directory = Arc::new(people::SiteDirectory::new(site, config.notify.contacts.clone()));
-    let planner = Planner::new(config, registry, directory);
+    let planner = Planner::new(config, registry, directory).with_mqtt(mqtt);
     let r = planner.receiver(id).ok_or_else(|| NotifyError::UnknownReceiver(id.to_owned()))?;
     let m = planner.message(r, Reason::Test, None, "", Vec::new(), now);
-    Ok(channel::send(&config.site.id, r, &format!("pw-{}-test-{now}", config.site.id), &m, now))
+    Ok(channel::send(&config.site.id, r, &format!("pw-{}-test-{now}", config.site.id), &m, now, planner.mqtt.get(id)))
 }
 
 #[cfg(test)]

@@ -138,3 +138,109 @@ group_wait = "0s"
     assert_eq!(deliveries(&gw).len(), 1, "one delivery in all");
     assert_eq!(gw.metric("parkwatch_notify_sent_total{receiver=\"hook\"}"), Some(1.0));
 }
+
+#[test]
+fn an_mqtt_receiver_gets_the_on_duty_officer_and_the_plan_steps_at_qos_1() {
+    use parkwatch_e2e::Subscriber;
+    let broker = Mosquitto::start("");
+    let config = format!(
+        r#"
+[site]
+id = "t"
+timezone = "Asia/Shanghai"
+safety_manager = "zhou"
+
+[api]
+listen = "{{api}}"
+
+[[grids]]
+id = "g1"
+name = "北区"
+supervisor = "wang"
+officers = ["zhang"]
+
+[[people]]
+id = "zhou"
+name = "周敏"
+mobile = "13800000001"
+
+[[people]]
+id = "wang"
+name = "王强"
+mobile = "13800000002"
+
+[[people]]
+id = "zhang"
+name = "张伟"
+mobile = "13800000011"
+
+[[plans]]
+id = "electrical-fire"
+title = "电气火灾应急处置"
+steps = ["到现场确认", "断开上级断路器"]
+
+[[devices]]
+id = "m1"
+name = "1号配电柜"
+grid = "g1"
+category = "electrical"
+points = [{{ name = "residual_current", unit = "mA" }}]
+
+[[mqtt.brokers]]
+id = "local"
+host = "127.0.0.1"
+port = {port}
+reconnect_min_ms = 100
+reconnect_max_ms = 500
+
+[[mqtt.subscriptions]]
+broker = "local"
+topic = "park/{{grid}}/{{device}}/{{point}}"
+format = "number"
+
+[notify]
+base_url = "http://park.lan"
+path = "notify.db"
+
+[[notify.receivers]]
+id = "screen"
+kind = "mqtt"
+broker = "local"
+topic = "notify/{{site}}/{{grid}}/{{severity}}"
+people = ["on_duty"]
+
+[[notify.routes]]
+receivers = ["screen"]
+group_wait = "0s"
+"#,
+        port = broker.port
+    );
+    let gw = Gateway::start(&config);
+    let screen = Subscriber::connect(broker.port, "control-room", "notify/#");
+    let p = Publisher::connect(broker.port, "notify-mqtt-test");
+    wait_until(Duration::from_secs(10), "the subscription", || {
+        p.publish("park/g1/m1/residual_current", 0, "100");
+        std::thread::sleep(Duration::from_millis(100));
+        gw.point("m1", "residual_current")
+    });
+    p.publish("park/g1/m1/residual_current", 0, "350");
+    let (topic, payload, retained) =
+        wait_until(Duration::from_secs(30), "the notification on MQTT", || screen.seen().into_iter().next());
+    let body: Value = serde_json::from_str(&payload).unwrap();
+    let severity = body["incidents"][0]["severity"].as_str().unwrap().to_owned();
+    assert_eq!(topic, format!("notify/t/g1/{severity}"));
+    assert!(!retained);
+    assert_eq!(body["reason"], "firing");
+    assert!(body["idempotency_key"].as_str().unwrap().starts_with("pw-t-"), "{body}");
+    // No roster: every officer of the grid is on duty.
+    assert_eq!(body["recipients"][0]["name"], "张伟", "{body}");
+    let text = body["text"].as_str().unwrap();
+    assert!(text.contains("设备：1号配电柜"), "{text}");
+    assert!(text.contains("350 mA"), "{text}");
+    assert!(text.ends_with("处置预案：电气火灾应急处置\n1. 到现场确认\n2. 断开上级断路器"), "{text}");
+    let delivered = wait_until(Duration::from_secs(10), "the delivery recorded", || {
+        deliveries(&gw).into_iter().find(|d| d["status"] == "delivered")
+    });
+    assert_eq!(delivered["receiver"], "screen");
+    assert_eq!(gw.metric("parkwatch_notify_sent_total{receiver=\"screen\"}"), Some(1.0));
+}
