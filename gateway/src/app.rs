@@ -164,9 +164,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let notifier = crate::notify::Notifier::open(planner, &path, log, clock.clone())?;
         let handle = crate::notify::NotifyHandle { path, site: config.site.id.clone(), metrics: notifier.metrics() };
         let stop = notify_stop.clone();
+        let committed = store.committed();
         let thread = std::thread::Builder::new()
             .name("notify".into())
-            .spawn(move || notifier.run(stop))
+            .spawn(move || notifier.run(stop, Some(committed)))
             .map_err(|e| AppError::Notify(crate::notify::NotifyError::Thread(e.to_string())))?;
         (Some(handle), Some(thread))
     };

@@ -86,7 +86,12 @@ impl Ledger {
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        // NORMAL: a commit survives a crash of the process; a power cut can undo the last commits,
+        // and with them the change-log cursor in the same transactions, so those changes are taken
+        // in and planned again from the incident store (which syncs fully): after a power cut a
+        // notification may go out twice, never not at all. FULL would put an fsync between every
+        // incident and its first message (p99 218 ms against 20 ms in the notify bench).
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY, route INTEGER NOT NULL, receiver TEXT NOT NULL,

@@ -641,10 +641,14 @@ impl Notifier {
         Ok(n)
     }
 
-    /// Runs until `shutdown`: a turn every 50 ms, each delivery on its own thread.
-    pub fn run(mut self, shutdown: CancellationToken) {
+    /// Runs until `shutdown`: a turn at once when `committed` (the incident store's committed head)
+    /// moves, else every 50 ms for timers; each delivery on its own thread.
+    pub fn run(mut self, shutdown: CancellationToken, committed: Option<tokio::sync::watch::Receiver<i64>>) {
         info!(receivers = self.planner.receivers.len(), routes = self.planner.routes.len(), "Notifications running.");
-        let (tx, rx) = std::sync::mpsc::channel::<(Job, Outcome)>();
+        let (tx, rx) = std::sync::mpsc::channel::<Wake>();
+        if let Some(committed) = committed {
+            wake_on_commit(committed, tx.clone());
+        }
         while !shutdown.is_cancelled() {
             match self.step() {
                 Ok(jobs) => {
@@ -654,22 +658,50 @@ impl Notifier {
                         let mqtt = self.planner.mqtt.get(&r.id).cloned();
                         std::thread::spawn(move || {
                             let outcome = channel::send(&site, &r, &key, &job.message, now, mqtt.as_ref());
-                            let _ = tx.send((job, outcome));
+                            let _ = tx.send(Wake::Done(Box::new(job), outcome));
                         });
                     }
                 }
                 Err(e) => warn!(error = %e, "Notification turn failed; will try again."),
             }
             let mut next = rx.recv_timeout(Duration::from_millis(50)).ok();
-            while let Some((job, outcome)) = next {
-                if let Err(e) = self.finish(&job, &outcome) {
-                    warn!(error = %e, "Cannot record a delivery attempt; it will be sent again.");
-                    self.in_flight.remove(&job.receiver);
+            while let Some(wake) = next {
+                if let Wake::Done(job, outcome) = wake {
+                    if let Err(e) = self.finish(&job, &outcome) {
+                        warn!(error = %e, "Cannot record a delivery attempt; it will be sent again.");
+                        self.in_flight.remove(&job.receiver);
+                    }
                 }
                 next = rx.try_recv().ok();
             }
         }
         info!("Notifications stopped.");
+    }
+}
+
+/// Why the notification thread wakes up before its 50 ms tick.
+enum Wake {
+    /// A delivery attempt ended.
+    Done(Box<Job>, Outcome),
+    /// The incident store committed changes.
+    Committed,
+}
+
+/// Forwards every move of the committed head as a wake-up, so a new incident is planned and sent
+/// without waiting for the next tick. Ends with the store or the notification thread.
+fn wake_on_commit(mut committed: tokio::sync::watch::Receiver<i64>, tx: std::sync::mpsc::Sender<Wake>) {
+    let spawned = std::thread::Builder::new().name("notify-wake".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
+        rt.block_on(async move {
+            while committed.changed().await.is_ok() {
+                if tx.send(Wake::Committed).is_err() {
+                    break;
+                }
+            }
+        });
+    });
+    if let Err(e) = spawned {
+        warn!(error = %e, "Cannot start the commit watcher; notifications go out on the 50 ms tick.");
     }
 }
 
