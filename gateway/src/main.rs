@@ -16,6 +16,8 @@ use parkwatch::config;
 
 /// The demo park's configuration, shipped in the binary.
 const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+/// The signing secret of the demo's webhook receivers (`configs/demo.toml`), checked by its inbox.
+const DEMO_WEBHOOK_SECRET: &str = "demo-webhook-secret";
 
 #[derive(Parser)]
 #[command(name = "parkwatch", version, about = "Edge gateway for smart industrial and science parks")]
@@ -542,6 +544,16 @@ fn demo(
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         stop_on_signals(shutdown.clone())?;
+        // The demo's receivers post to a local inbox that checks and prints what the officers would get.
+        let inbox = parkwatch::sim::inbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), DEMO_WEBHOOK_SECRET)
+            .await
+            .context("cannot start the demo's notification inbox")?;
+        config.notify.base_url = format!("http://{listen}");
+        for r in &mut config.notify.receivers {
+            if let Some(url) = r.url.as_mut() {
+                *url = url.replacen("127.0.0.1:9", &inbox.to_string(), 1);
+            }
+        }
         if let Some(secs) = duration {
             let token = shutdown.clone();
             tokio::spawn(async move {
@@ -567,6 +579,9 @@ fn demo(
         println!("  Stop with Ctrl-C{}.", duration.map(|d| format!(" (or wait {d} s)")).unwrap_or_default());
         println!("  Incidents  http://{listen}/api/v1/incidents   (rules: /api/v1/rules)");
         println!("  Modbus     {modbus_listen}   (simulated Modbus TCP meters and detectors, polled by the gateway)");
+        println!(
+            "  Notices    http://{listen}/api/v1/notifications   (to the officers on duty; the demo inbox on {inbox} prints them here)"
+        );
         println!("  Users      (demo only; random passwords, gone when the demo ends)");
         for (name, role, password) in &demo_auth.users {
             println!("             {name} / {password}   ({role})");

@@ -14,6 +14,7 @@
 //!
 //! Owns: the simulated park. May import: `model`, `config`, `source` (Modbus profiles and encoding).
 
+pub mod inbox;
 pub mod modbus;
 
 use std::time::Duration;
@@ -187,8 +188,9 @@ pub async fn run(
 }
 
 fn start_hazards(devices: &mut [SimDevice], rng: &mut fastrand::Rng, round: u64) {
-    // Every 90 rounds a meter's residual current rises; every 120 a sensor gets noisy; both last ~60.
-    if round % 90 == 20 {
+    // Every 90 rounds a meter's residual current rises (the first soon after start, so a newcomer sees
+    // an alarm and its notification within a minute); every 120 a sensor gets noisy; both last ~60.
+    if round % 90 == 5 {
         let meters: Vec<usize> = (0..devices.len()).filter(|&i| devices[i].category == "electrical").collect();
         if let Some(&i) = meters.get(rng.usize(..meters.len().max(1))) {
             devices[i].hazard = Hazard::ResidualRise(320.0 + rng.f64() * 130.0);

@@ -9,8 +9,10 @@ use parkwatch_e2e::{free_port, gateway_bin, http_get, http_get_as, wait_until};
 fn demo_serves_a_simulated_park_and_stops_by_itself() {
     let api = format!("127.0.0.1:{}", free_port());
     let mqtt = format!("127.0.0.1:{}", free_port());
+    // Every listener on a port of its own, so demos can run side by side.
+    let modbus = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(gateway_bin())
-        .args(["demo", "--listen", &api, "--mqtt-listen", &mqtt, "--duration", "8"])
+        .args(["demo", "--listen", &api, "--mqtt-listen", &mqtt, "--modbus-listen", &modbus, "--duration", "8"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -51,4 +53,52 @@ fn demo_serves_a_simulated_park_and_stops_by_itself() {
     assert!(status.success(), "{status}");
     std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
     assert!(out.contains(&format!("http://{api}/api/v1/points")), "{out}");
+}
+
+#[test]
+fn the_demo_inbox_prints_the_notification_of_the_first_hazard() {
+    let api = format!("127.0.0.1:{}", free_port());
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let modbus = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(gateway_bin())
+        .args(["demo", "--listen", &api, "--mqtt-listen", &mqtt, "--modbus-listen", &modbus, "--duration", "90"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(80);
+    // The first residual-current rise starts 5 s in; the duty receiver groups for 10 s.
+    let header = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no notification printed:\n{}", out.join("\n")));
+        out.push(line.clone());
+        if line.contains("通知 notification → duty") {
+            break line;
+        }
+    };
+    let mut message = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        if line.is_empty() && !message.is_empty() {
+            break;
+        }
+        message.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = message.join("\n");
+    // Addressed to the officers the roster puts on duty, signed and checked by the inbox.
+    assert!(["张伟", "李娜", "刘洋", "赵磊", "黄涛", "陈杰", "王强"].iter().any(|n| header.contains(n)), "{header}");
+    assert!(text.contains("网格：") || text.contains("汇总"), "{text}");
+    assert!(text.contains(&format!("http://{api}/#/incidents")), "{text}");
 }
