@@ -229,6 +229,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         people,
         notify: notify_handle,
         access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
+        streams: Default::default(),
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {

@@ -196,6 +196,8 @@ pub struct IncidentStore {
     tx: mpsc::Sender<Cmd>,
     committed: watch::Receiver<i64>,
     pub metrics: Arc<StoreMetrics>,
+    /// The database file, for readers of the change log (`None` for an in-memory database).
+    path: Option<PathBuf>,
 }
 
 /// Creates the schema (and brings an older one up to date) on `conn`.
@@ -286,7 +288,8 @@ pub fn spawn(conn: Connection) -> Result<(IncidentStore, std::thread::JoinHandle
     let (tx, rx) = mpsc::channel(1024);
     let (committed_tx, committed) = watch::channel(head);
     let metrics = Arc::new(StoreMetrics::default());
-    let store = IncidentStore { tx, committed, metrics: metrics.clone() };
+    let path = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from);
+    let store = IncidentStore { tx, committed, metrics: metrics.clone(), path };
     let writer = Writer {
         conn,
         clock: ChangeClock::after(last_ts),
@@ -377,6 +380,18 @@ impl IncidentStore {
     /// The sequence number of the newest committed change; sinks wait on it to read the change log.
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
+    }
+
+    /// A reading connection on this store's change log.
+    ///
+    /// # Errors
+    /// The database has no file (in memory) or cannot be opened.
+    pub fn change_log(&self) -> Result<changes::ChangeLog, StoreError> {
+        let path = self.path.as_deref().ok_or_else(|| StoreError::Open {
+            path: PathBuf::from(":memory:"),
+            source: rusqlite::Error::InvalidPath(PathBuf::from(":memory:")),
+        })?;
+        changes::ChangeLog::open(path)
     }
 }
 
