@@ -77,6 +77,10 @@ function h(tag, attrs = {}, ...kids) {
   return e;
 }
 
+/** A flex row; bare text becomes its own item so the gaps apply. */
+const row = (cls, ...kids) => h('div', { class: `row ${cls}` }, kids.flat().filter((k) => k != null && k !== false)
+  .map((k) => (k instanceof Node ? k : h('span', {}, k))));
+
 const svg = (tag, attrs = {}) => {
   const e = document.createElementNS('http://www.w3.org/2000/svg', tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
@@ -164,7 +168,7 @@ async function ensureMe() {
 }
 
 function page(title, ...kids) {
-  main.replaceChildren(h('h1', {}, title), ...kids);
+  main.replaceChildren(h('h1', {}, title), ...kids.flat().filter((k) => k != null && k !== false));
 }
 
 // ---------------------------------------------------------------- login
@@ -206,14 +210,14 @@ async function overview() {
     class: `tile sev-${c.worst || 'none'}`, href: `#/grid/${encodeURIComponent(c.id)}`, 'data-grid': c.id,
   },
   h('b', {}, c.name || c.id),
-  h('div', { class: 'row' }, c.worst ? sevTag(c.worst) : null, `${t('ov.open')} ${c.open}`, `${t('ov.unacked')} ${c.unacked}`),
+  row('', c.worst ? sevTag(c.worst) : null, `${t('ov.open')} ${c.open}`, `${t('ov.unacked')} ${c.unacked}`),
   h('div', { class: 'muted' }, `${t('ov.devices')} ${c.devices.online}/${c.devices.total} ${t('ov.online')}`,
     c.devices.offline ? h('span', { class: 'bad' }, ` · ${c.devices.offline} ${t('ov.offline')}`) : null))));
   const total = g.grids.reduce((a, c) => ({ on: a.on + c.devices.online, off: a.off + c.devices.offline }), { on: 0, off: 0 });
-  const comps = health?.components ? Object.entries(health.components) : Array.isArray(health) ? health.map((c) => [c.name || c.id, c]) : [];
+  const comps = (health?.components || []).map((c) => [c.component, c]);
   page(g.site.name || t('ov.title'), tiles,
     h('h2', {}, t('ov.health')),
-    h('div', { class: 'card row' }, h('span', { class: 'ok' }, `${total.on} ${t('ov.online')}`), h('span', { class: total.off ? 'bad' : 'muted' }, `${total.off} ${t('ov.offline')}`)),
+    row('card', h('span', { class: 'ok' }, `${total.on} ${t('ov.online')}`), h('span', { class: total.off ? 'bad' : 'muted' }, `${total.off} ${t('ov.offline')}`)),
     comps.length ? h('div', { class: 'scroll' }, h('table', {}, h('tr', {}, h('th', {}, t('ov.components')), h('th', {}, t('inc.state'))),
       comps.map(([name, c]) => h('tr', {}, h('td', {}, name), h('td', { class: c.status === 'ok' ? 'ok' : 'bad' }, c.status ?? '', c.reason ? ` — ${c.reason}` : ''))))) : null);
 }
@@ -243,8 +247,8 @@ async function incidents(params) {
     const list = [...rows.values()].filter(matches).sort((a, b) => b.id - a.id);
     ul.replaceChildren(...list.map((i) => h('li', { class: i.fresh ? 'fresh' : null, 'data-id': i.id, 'data-state': i.state, 'data-grid': i.grid },
       h('a', { href: `#/incident/${i.id}` },
-        h('div', { class: 'row' }, sevTag(i.severity), h('b', {}, i.title), stateTag(i.state)),
-        h('div', { class: 'row muted' }, `#${i.id}`, i.grid, i.device, i.value != null ? fmtNum(i.value) : null, fmtTime(i.raised_at || i.at))))));
+        row('', sevTag(i.severity), h('b', {}, i.title), stateTag(i.state)),
+        row('muted', `#${i.id}`, i.grid, i.device, i.value != null ? fmtNum(i.value) : null, fmtTime(i.raised_at || i.at))))));
     if (!list.length) ul.replaceChildren(h('li', {}, empty(t('inc.none'))));
     list.forEach((i) => { delete i.fresh; });
   };
@@ -259,7 +263,7 @@ async function incidents(params) {
     select('severity', SEVERITIES.map((s) => [s, t(`sev.${s}`)]), t('inc.severity')),
     select('category', [...categories].map((c) => [c, c]), t('inc.category')),
     select('state', ['open', 'active_unacked', 'active_acked', 'returned_unacked', 'closed'].map((s) => [s, t(`st.${s === 'closed' ? 'normal' : s}`)]), t('inc.state')));
-  page(t('inc.title'), h('div', { class: 'row' }, status), filters, ul);
+  page(t('inc.title'), row('', status), filters, ul);
 
   // The stream first: its `ready` event marks the log position the list is read after, so no change
   // between the list and the stream is missed; a change older than a listed row never replaces it.
@@ -334,7 +338,7 @@ async function incident(id) {
   const params = rule ? Object.entries(rule.params || {}).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join('; ') : null;
   page(i.title,
     h('div', { class: 'card' },
-      h('div', { class: 'row' }, sevTag(i.severity), stateTag(i.state), `#${i.id}`, i.persisted === false ? h('span', { class: 'bad' }, '(not yet on disk)') : null),
+      row('', sevTag(i.severity), stateTag(i.state), `#${i.id}`, i.persisted === false ? h('span', { class: 'bad' }, '(not yet on disk)') : null),
       kv([
         [t('det.device'), h('a', { href: `#/device/${encodeURIComponent(i.device)}` }, `${i.device} · ${i.grid}`)],
         [t('det.value'), i.point ? h('a', { href: `#/point/${encodeURIComponent(i.device)}/${encodeURIComponent(i.point)}` }, `${i.point} = ${fmtNum(i.value)}`) : fmtNum(i.value)],
@@ -365,9 +369,9 @@ async function devices() {
   const latest = new Map();
   for (const p of points || []) latest.set(`${p.device}/${p.point}`, p);
   page(t('dev.title'), h('ul', { class: 'list' }, list.map((d) => h('li', {}, h('a', { href: `#/device/${encodeURIComponent(d.id)}` },
-    h('div', { class: 'row' }, h('b', {}, d.name || d.id), h('span', { class: 'muted' }, `${d.grid} · ${d.category}`),
+    row('', h('b', {}, d.name || d.id), h('span', { class: 'muted' }, `${d.grid} · ${d.category}`),
       d.modbus ? h('span', { class: d.modbus.online ? 'ok' : 'bad' }, d.modbus.online ? t('ov.online') : t('ov.offline')) : null),
-    h('div', { class: 'row muted' }, d.points.map((p) => {
+    row('muted', d.points.map((p) => {
       const v = latest.get(`${d.id}/${p.name}`);
       return `${p.name} ${v ? fmtNum(v.value, p.unit) : '—'}`;
     })))))));
