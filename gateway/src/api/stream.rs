@@ -7,7 +7,8 @@
 //! [`PAGE`] changes) is read only once the client took the previous one, so a slow client costs one
 //! page of memory and lags, never the store. The number of streams is bounded, and each ends after
 //! [`LIFETIME`] so the browser reconnects through the gate again (a logout or an expired session
-//! ends its stream within that time).
+//! ends its stream within that time). At shutdown [`Streams::close`] ends them all, so the server's
+//! graceful stop does not wait on them.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, AppState, Principal};
 use crate::incident::changes::{ChangeLog, ChangeRow};
@@ -36,13 +38,23 @@ pub const LIFETIME: Duration = Duration::from_secs(300);
 /// Comment lines sent on an idle stream, so proxies and the browser keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// The bound on live streams, shared by the API's handlers.
+/// The bound on live streams, shared by the API's handlers, and the signal that ends them all.
 #[derive(Clone, Debug)]
-pub struct Streams(Arc<Semaphore>);
+pub struct Streams {
+    places: Arc<Semaphore>,
+    stop: CancellationToken,
+}
 
 impl Default for Streams {
     fn default() -> Self {
-        Self(Arc::new(Semaphore::new(MAX_STREAMS)))
+        Self { places: Arc::new(Semaphore::new(MAX_STREAMS)), stop: CancellationToken::new() }
+    }
+}
+
+impl Streams {
+    /// Ends every live stream (at shutdown: the server waits for open responses before it stops).
+    pub fn close(&self) {
+        self.stop.cancel();
     }
 }
 
@@ -54,6 +66,7 @@ struct Reader {
     scope: Option<Vec<String>>,
     queued: VecDeque<Event>,
     deadline: tokio::time::Instant,
+    stop: CancellationToken,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -73,6 +86,7 @@ impl Reader {
             tokio::select! {
                 changed = self.committed.changed() => changed.ok()?,
                 () = tokio::time::sleep_until(self.deadline) => return None,
+                () = self.stop.cancelled() => return None,
             }
         }
     }
@@ -108,7 +122,7 @@ pub(super) async fn incidents(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let store = st.incidents.as_ref().ok_or_else(|| ApiError::NotFound("incidents are not enabled".into()))?;
-    let permit = st.streams.0.clone().try_acquire_owned().map_err(|_| ApiError::TooMany {
+    let permit = st.streams.places.clone().try_acquire_owned().map_err(|_| ApiError::TooMany {
         message: format!("{MAX_STREAMS} live streams are open; retry later"),
         retry_after: 5,
     })?;
@@ -145,6 +159,7 @@ pub(super) async fn incidents(
         scope: who.scope(),
         queued,
         deadline: tokio::time::Instant::now() + LIFETIME,
+        stop: st.streams.stop.clone(),
         _permit: permit,
     };
     let stream = futures_util::stream::unfold(reader, Reader::next);

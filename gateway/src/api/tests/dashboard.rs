@@ -115,6 +115,7 @@ async fn the_stream_carries_only_the_callers_grids_and_resumes_after_the_last_ev
 async fn streams_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let (st, _store, _tx) = state_with_incidents(dir.path()).await;
+    let streams = st.streams.clone();
     let app = router(st);
     let admin = token(Role::Admin, &None);
     let mut open = Vec::new();
@@ -128,6 +129,17 @@ async fn streams_are_bounded() {
     drop(open.pop());
     let again = send(&app, "/api/v1/incidents/stream", &[("authorization", &admin)]).await;
     assert_eq!(again.status(), StatusCode::OK, "a closed stream frees its place");
+
+    // At shutdown every stream ends, so the server's graceful stop does not wait on them.
+    streams.close();
+    let mut body = again.into_body();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream did not end when closed");
 }
 
 #[tokio::test]
