@@ -211,7 +211,7 @@ async function overview() {
   },
   h('b', {}, c.name || c.id),
   row('', c.worst ? sevTag(c.worst) : null, `${t('ov.open')} ${c.open}`, `${t('ov.unacked')} ${c.unacked}`),
-  h('div', { class: 'muted' }, `${t('ov.devices')} ${c.devices.online}/${c.devices.total} ${t('ov.online')}`,
+  h('div', { class: 'muted' }, `${t('ov.devices')} ${c.devices.online}/${c.devices.online + c.devices.offline} ${t('ov.online')}`,
     c.devices.offline ? h('span', { class: 'bad' }, ` · ${c.devices.offline} ${t('ov.offline')}`) : null))));
   const total = g.grids.reduce((a, c) => ({ on: a.on + c.devices.online, off: a.off + c.devices.offline }), { on: 0, off: 0 });
   const comps = (health?.components || []).map((c) => [c.component, c]);

@@ -1,5 +1,7 @@
 //! `GET /api/v1/grids`: the grid cells of the caller's scope as the park overview draws them: name,
-//! open incidents by severity and the worst of them, and how many devices report.
+//! open incidents by severity and the worst of them, and how many devices report: a polled device as
+//! its poller sees it, another by a reading within 15 minutes; devices that only send events (door
+//! readers, patrol checkpoints) are counted apart, since quiet is normal for them.
 
 use std::collections::BTreeMap;
 
@@ -59,11 +61,16 @@ pub(super) async fn list(
                 worst = Some(i.severity.as_str());
             }
         }
-        let (mut online, mut offline) = (0u64, 0u64);
+        let (mut online, mut offline, mut event_only) = (0u64, 0u64, 0u64);
         for (di, d) in reg.devices.iter().enumerate().filter(|(_, d)| d.grid.0 as usize == gi) {
             let polled = st.modbus.devices.iter().find(|m| m.device == d.id);
             let up = match polled {
                 Some(m) => m.online.load(std::sync::atomic::Ordering::Relaxed),
+                // A door reader or a patrol checkpoint only sends events, and may rightly be quiet.
+                None if d.points.is_empty() => {
+                    event_only += 1;
+                    continue;
+                }
                 None => latest.get(&(di as u32)).is_some_and(|ts| now - ts <= SILENT_NS),
             };
             if up {
@@ -79,7 +86,7 @@ pub(super) async fn list(
             "unacked": unacked,
             "by_severity": by_severity,
             "worst": worst,
-            "devices": { "total": online + offline, "online": online, "offline": offline },
+            "devices": { "total": online + offline + event_only, "online": online, "offline": offline, "event_only": event_only },
         }));
     }
     let site = &reg.site;

@@ -165,6 +165,8 @@ async fn grids_show_the_callers_cells_with_counts_and_the_worst_alarm() {
     assert_eq!(grids[0]["worst"], "critical");
     assert_eq!(grids[0]["by_severity"], serde_json::json!({ "critical": 1, "minor": 1 }));
     assert_eq!(grids[0]["devices"]["total"], 1);
+    assert_eq!(grids[0]["devices"]["event_only"], 0);
+    assert_eq!(grids[0]["devices"]["offline"], 1, "m1 has sent nothing");
     let (_, all) = get(&app, "/api/v1/grids").await;
     let ids: Vec<&str> = all["grids"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["g1", "g2"]);
