@@ -358,7 +358,9 @@ async function incident(id) {
       h('td', {}, [e.who, e.note].filter(Boolean).join(': ')))))),
     h('h2', {}, t('det.deliveries')),
     (i.deliveries || []).length ? h('div', { class: 'scroll' }, h('table', {}, i.deliveries.map((d) => h('tr', {},
-      h('td', {}, fmtTime(d.created_at || d.at)), h('td', {}, d.receiver || ''), h('td', {}, d.channel || ''), h('td', {}, d.status || d.state || ''))))) : empty());
+      h('td', {}, fmtTime(d.created)), h('td', {}, `${d.receiver} · ${d.channel}`), h('td', {}, d.reason, d.step != null ? ` #${d.step}` : ''),
+      h('td', { class: d.status === 'delivered' ? 'ok' : d.status === 'failed' ? 'bad' : '' }, d.status, d.attempts > 1 ? ` ×${d.attempts}` : '', d.error ? ` — ${d.error}` : ''),
+      h('td', {}, d.done ? fmtTime(d.done) : ''))))) : empty());
 }
 
 // ---------------------------------------------------------------- devices and points
