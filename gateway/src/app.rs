@@ -217,6 +217,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let config = Arc::new(config);
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
+    let streams = api::stream::Streams::default();
     let state = AppState {
         registry: registry.clone(),
         core: handle,
@@ -232,6 +233,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         people,
         notify: notify_handle,
         access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
+        streams: streams.clone(),
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {
@@ -319,6 +321,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     if let Some(f) = forwarder {
         let _ = tokio::task::spawn_blocking(move || f.stop()).await;
     }
+    streams.close();
     api_stop.cancel();
     let served = tokio::time::timeout(Duration::from_secs(5), api).await;
     // The store thread ends once its last handle is gone; wait so every change is on disk.

@@ -568,6 +568,7 @@ fn demo(
             config.devices.len(),
             config.grids.len()
         );
+        println!("  Dashboard  http://{listen}/   (log in as one of the users below)");
         println!(
             "  API        http://{listen}/api/v1/points   (also /api/v1/events, /api/v1/devices, /metrics, /healthz)"
         );

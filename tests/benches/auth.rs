@@ -102,6 +102,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         people: Default::default(),
         notify: None,
         access: Access { auth, metrics_auth: true, cookie_secure: false },
+        streams: Default::default(),
     };
     (state, token)
 }

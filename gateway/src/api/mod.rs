@@ -5,8 +5,8 @@
 //! never touch point state directly.
 //!
 //! Deny by default: every route is declared once in [`routes`] with what it needs ([`Need`]), and the
-//! router puts the gate of `access.rs` in front of each; only `/healthz` (and `/metrics` when
-//! `api.metrics_auth = false`) is open. A grid-scoped caller's grids go into the query of every
+//! router puts the gate of `access.rs` in front of each; only `/healthz`, the dashboard's page and
+//! assets (`dashboard.rs`, no data in them) and `/metrics` when `api.metrics_auth = false` are open. A grid-scoped caller's grids go into the query of every
 //! handler that reads grid data, so other grids' ids answer 404. Logins, refusals by the gate,
 //! incident actions and rule reloads are recorded in the audit trail under the authenticated caller
 //! and the client's address.
@@ -16,10 +16,13 @@
 
 pub mod access;
 mod audit;
+pub mod dashboard;
+mod grids;
 pub mod health;
 mod incidents;
 mod metrics;
 mod people;
+pub mod stream;
 pub mod tls;
 
 use std::sync::Arc;
@@ -70,6 +73,8 @@ pub struct AppState {
     pub notify: Option<crate::notify::NotifyHandle>,
     /// Who may ask.
     pub access: Access,
+    /// The bound on live incident streams.
+    pub streams: stream::Streams,
 }
 
 /// Authentication and what the config says about it.
@@ -169,6 +174,9 @@ pub fn routes() -> Vec<Route> {
     let admin = Need::Role(Role::Admin);
     vec![
         get_r("/healthz", Open, healthz),
+        // The dashboard holds no data (it asks the API below like any client), so it is open.
+        get_r("/", Open, dashboard::page),
+        get_r("/assets/{name}", Open, dashboard::asset),
         get_r("/metrics", Metrics, metrics::render),
         post_r("/api/v1/login", Login, access::login),
         post_r("/api/v1/logout", viewer, access::logout),
@@ -181,7 +189,9 @@ pub fn routes() -> Vec<Route> {
         // Raw rejected messages of every grid, and the forwarding internals: site-wide readers only.
         get_r("/api/v1/rejects", site, rejects),
         get_r("/api/v1/forward", site, forward),
+        get_r("/api/v1/grids", viewer, grids::list),
         get_r("/api/v1/incidents", viewer, incidents::list),
+        get_r("/api/v1/incidents/stream", viewer, stream::incidents),
         get_r("/api/v1/incidents/{id}", viewer, incidents::one),
         post_r("/api/v1/incidents/{id}/ack", officer, incidents::ack),
         // Shelving a critical alarm needs a supervisor; the handler checks the severity.

@@ -90,6 +90,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         audit: auth_db().audit.clone(),
         notify: None,
         access: access(),
+        streams: Default::default(),
     };
     (state, tx)
 }
@@ -550,6 +551,7 @@ async fn metrics_text(app: &Router) -> String {
     String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
 
+mod dashboard;
 mod routes;
 
 #[tokio::test]

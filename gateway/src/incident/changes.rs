@@ -115,15 +115,38 @@ impl ChangeLog {
     /// # Errors
     /// A database error.
     pub fn after(&self, seq: i64, limit: usize) -> Result<Vec<ChangeRow>, StoreError> {
+        self.read(seq, i64::MAX, None, limit)
+    }
+
+    /// Up to `limit` changes after `seq` and up to `upto`, of incidents in `scope` (grid ids; `None` is
+    /// the whole site), oldest first: the scope is part of the query.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn after_in(
+        &self,
+        seq: i64,
+        upto: i64,
+        scope: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        self.read(seq, upto, scope, limit)
+    }
+
+    fn read(&self, seq: i64, upto: i64, scope: Option<&[String]>, limit: usize) -> Result<Vec<ChangeRow>, StoreError> {
+        // The scope travels as a JSON array so one cached statement serves every caller.
+        let grids = scope.map(|g| serde_json::Value::from(g.to_vec()).to_string());
         let mut stmt = self.conn.prepare_cached(
             "SELECT e.seq, COALESCE(e.ts, e.at), e.kind, i.id, i.rule, i.title, i.category,
                     COALESCE(e.severity, i.severity), COALESCE(e.state, i.state), i.device, i.grid, i.point,
                     COALESCE(e.value, i.value), i.message, i.plan, e.who, e.note
              FROM incident_events e JOIN incidents i ON i.id = e.incident
-             WHERE e.seq > ?1 AND e.kind != 'comment' ORDER BY e.seq LIMIT ?2",
+             WHERE e.seq > ?1 AND e.seq <= ?3 AND e.kind != 'comment'
+               AND (?4 IS NULL OR i.grid IN (SELECT value FROM json_each(?4)))
+             ORDER BY e.seq LIMIT ?2",
         )?;
         let rows = stmt
-            .query_map(params![seq, limit as i64], |r| {
+            .query_map(params![seq, limit as i64, upto, grids], |r| {
                 let ts: i64 = r.get(1)?;
                 Ok(ChangeRow {
                     seq: r.get(0)?,

@@ -197,7 +197,7 @@ pub struct IncidentStore {
     tx: mpsc::Sender<Cmd>,
     committed: watch::Receiver<i64>,
     pub metrics: Arc<StoreMetrics>,
-    /// The database file, for readers that should not queue behind the writer.
+    /// The database file, for readers that should not queue behind the writer (`None` in memory).
     path: Option<PathBuf>,
 }
 
@@ -399,6 +399,18 @@ impl IncidentStore {
     /// The sequence number of the newest committed change; sinks wait on it to read the change log.
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
+    }
+
+    /// A reading connection on this store's change log.
+    ///
+    /// # Errors
+    /// The database has no file (in memory) or cannot be opened.
+    pub fn change_log(&self) -> Result<changes::ChangeLog, StoreError> {
+        let path = self.path.as_deref().ok_or_else(|| StoreError::Open {
+            path: PathBuf::from(":memory:"),
+            source: rusqlite::Error::InvalidPath(PathBuf::from(":memory:")),
+        })?;
+        changes::ChangeLog::open(path)
     }
 }
 

@@ -49,10 +49,19 @@ fn demo_serves_a_simulated_park_and_stops_by_itself() {
     let (status, body) = parkwatch_e2e::http_post(addr, "/api/v1/login", &login).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"officer\"") && body.contains("\"g1\""), "{body}");
+    // The dashboard is served at the root, and a logged-in page sees the demo's grid cells.
+    let (status, page) = http_get(addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("/assets/app.") && page.contains("parkwatch"), "{page}");
+    let admin_grids = parkwatch_e2e::http_get_as(addr, "/api/v1/grids", Some(&token)).unwrap();
+    assert_eq!(admin_grids.0, 200, "{}", admin_grids.1);
+    let grids: serde_json::Value = serde_json::from_str(&admin_grids.1).unwrap();
+    assert_eq!(grids["grids"].as_array().map(Vec::len), Some(4), "{grids}");
     let status = wait_until(Duration::from_secs(20), "the demo to stop by itself", || child.try_wait().unwrap());
     assert!(status.success(), "{status}");
     std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
     assert!(out.contains(&format!("http://{api}/api/v1/points")), "{out}");
+    assert!(out.contains(&format!("Dashboard  http://{api}/ ")), "{out}");
 }
 
 #[test]

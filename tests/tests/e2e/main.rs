@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod config_check;
+mod dashboard;
 mod demo;
 mod durability;
 mod forward;

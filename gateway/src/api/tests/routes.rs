@@ -31,6 +31,8 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
     let officer = Need::Role(Role::Officer);
     match (method, path) {
         ("GET", "/healthz") => (Need::Open, ""),
+        ("GET", "/") => (Need::Open, ""),
+        ("GET", "/assets/{name}") => (Need::Open, ""),
         ("GET", "/metrics") => (Need::Metrics, ""),
         ("POST", "/api/v1/login") => (Need::Login, "{}"),
         ("POST", "/api/v1/logout") => (viewer, ""),
@@ -42,7 +44,9 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("GET", "/api/v1/events") => (viewer, ""),
         ("GET", "/api/v1/rejects") => (Need::Role(Role::SafetyManager), ""),
         ("GET", "/api/v1/forward") => (Need::Role(Role::SafetyManager), ""),
+        ("GET", "/api/v1/grids") => (viewer, ""),
         ("GET", "/api/v1/incidents") => (viewer, ""),
+        ("GET", "/api/v1/incidents/stream") => (viewer, ""),
         ("GET", "/api/v1/incidents/{id}") => (viewer, ""),
         ("POST", "/api/v1/incidents/{id}/ack") => (officer, "{}"),
         ("POST", "/api/v1/incidents/{id}/shelve") => (officer, r#"{"duration": "30m", "reason": "maintenance"}"#),
@@ -95,7 +99,7 @@ fn expected(method: &str, path: &str, caller: Option<&(Role, Grids)>, own: bool)
     }
 }
 
-fn incident(id: i64, grid: &str, device: &str) -> Change {
+pub(super) fn incident(id: i64, grid: &str, device: &str) -> Change {
     Change::Open(NewIncident {
         id,
         at: 1_000_000_000,
@@ -114,7 +118,7 @@ fn incident(id: i64, grid: &str, device: &str) -> Change {
 }
 
 /// A fresh state (each case may close an incident) with incidents 1 (g1) and 2 (g2).
-async fn state_with_incidents(dir: &std::path::Path) -> (AppState, IncidentStore, mpsc::Sender<Batch>) {
+pub(super) async fn state_with_incidents(dir: &std::path::Path) -> (AppState, IncidentStore, mpsc::Sender<Batch>) {
     let (mut st, tx) = state(Metrics::new(vec![], vec![], 10));
     let (conn, _, _) = crate::incident::open(&dir.join("incidents.db")).unwrap();
     let (store, _thread) = crate::incident::spawn(conn).unwrap();
@@ -124,7 +128,7 @@ async fn state_with_incidents(dir: &std::path::Path) -> (AppState, IncidentStore
     (st, store, tx)
 }
 
-fn token(role: Role, grids: &Grids) -> String {
+pub(super) fn token(role: Role, grids: &Grids) -> String {
     let conn = crate::auth::store::open(&auth_db().dir.path().join("auth.db")).unwrap();
     let known = ["g1".to_owned(), "g2".to_owned()];
     let (t, _) = admin::create_token(&conn, "table", role, grids.clone(), None, &known, by_test()).unwrap();
@@ -152,6 +156,7 @@ async fn every_route_every_role_in_and_out_of_grid() {
                     (false, false) => IN_G2.to_string(),
                 };
                 let mut uri = route.path.replace("{id}", &id);
+                uri = uri.replace("{name}", &crate::api::dashboard::asset_names()[0]);
                 // Grid-scoped reads name their grid in the query.
                 if matches!(route.path, "/api/v1/duty" | "/api/v1/patrols") {
                     uri.push_str(if own { "?grid=g1" } else { "?grid=g2" });
@@ -178,7 +183,7 @@ async fn every_route_every_role_in_and_out_of_grid() {
             }
         }
     }
-    assert!(cases >= 24 * 7 * 2, "{cases} cases");
+    assert!(cases >= 28 * 7 * 2, "{cases} cases");
     assert!(failures.is_empty(), "{} of {cases} cases differ:\n{}", failures.len(), failures.join("\n"));
 }
 
