@@ -12,6 +12,25 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 
+/// The config of a broker on loopback `port` with one subscription of bare numbers on
+/// `park/{grid}/{device}/{point}`: how most end-to-end tests feed their gateway.
+pub fn numbers_over_mqtt(port: u16) -> String {
+    format!(
+        r#"[[mqtt.brokers]]
+id = "local"
+host = "127.0.0.1"
+port = {port}
+reconnect_min_ms = 100
+reconnect_max_ms = 500
+
+[[mqtt.subscriptions]]
+broker = "local"
+topic = "park/{{grid}}/{{device}}/{{point}}"
+format = "number"
+"#
+    )
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()

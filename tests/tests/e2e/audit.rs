@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 const LI_PASSWORD: &str = "li-wei-Pa55word-e2e";
 
 fn config(mqtt: u16, store: &str) -> String {
+    let source = parkwatch_e2e::numbers_over_mqtt(mqtt);
     format!(
         r#"
 [site]
@@ -29,18 +30,7 @@ grid = "g1"
 category = "electrical"
 points = [{{ name = "residual_current", unit = "mA" }}]
 
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {mqtt}
-reconnect_min_ms = 100
-reconnect_max_ms = 500
-
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "park/{{grid}}/{{device}}/{{point}}"
-format = "number"
-
+{source}
 [rules]
 builtin = true
 

@@ -15,6 +15,7 @@ const WANG_PASSWORD: &str = "wang-Pa55word-e2e";
 const WRONG_PASSWORD: &str = "not-wangs-Pa55word";
 
 fn config(port: u16) -> String {
+    let source = parkwatch_e2e::numbers_over_mqtt(port);
     format!(
         r#"
 [site]
@@ -43,18 +44,7 @@ grid = "g2"
 category = "electrical"
 points = [{{ name = "residual_current", unit = "mA" }}]
 
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {port}
-reconnect_min_ms = 100
-reconnect_max_ms = 500
-
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "park/{{grid}}/{{device}}/{{point}}"
-format = "number"
-
+{source}
 [rules]
 builtin = true
 "#

@@ -18,6 +18,7 @@ const LI_PASSWORD: &str = "li-Pa55word-dash";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn config(port: u16) -> String {
+    let source = parkwatch_e2e::numbers_over_mqtt(port);
     format!(
         r#"
 [site]
@@ -46,18 +47,7 @@ grid = "g2"
 category = "electrical"
 points = [{{ name = "residual_current", unit = "mA" }}]
 
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {port}
-reconnect_min_ms = 100
-reconnect_max_ms = 500
-
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "park/{{grid}}/{{device}}/{{point}}"
-format = "number"
-
+{source}
 [rules]
 builtin = true
 "#

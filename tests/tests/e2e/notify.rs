@@ -69,18 +69,7 @@ grid = "g1"
 category = "electrical"
 points = [{{ name = "residual_current", unit = "mA" }}]
 
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {port}
-reconnect_min_ms = 100
-reconnect_max_ms = 500
-
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "park/{{grid}}/{{device}}/{{point}}"
-format = "number"
-
+{source}
 [notify]
 base_url = "http://park.lan"
 path = "notify.db"
@@ -94,7 +83,7 @@ url = "http://127.0.0.1:{hook}/hook"
 receivers = ["hook"]
 group_wait = "0s"
 "#,
-        port = broker.port
+        source = parkwatch_e2e::numbers_over_mqtt(broker.port)
     );
     let mut gw = Gateway::start(&config);
     let p = Publisher::connect(broker.port, "notify-test");
@@ -186,18 +175,7 @@ grid = "g1"
 category = "electrical"
 points = [{{ name = "residual_current", unit = "mA" }}]
 
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {port}
-reconnect_min_ms = 100
-reconnect_max_ms = 500
-
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "park/{{grid}}/{{device}}/{{point}}"
-format = "number"
-
+{source}
 [notify]
 base_url = "http://park.lan"
 path = "notify.db"
@@ -213,7 +191,7 @@ people = ["on_duty"]
 receivers = ["screen"]
 group_wait = "0s"
 "#,
-        port = broker.port
+        source = parkwatch_e2e::numbers_over_mqtt(broker.port)
     );
     let gw = Gateway::start(&config);
     let screen = Subscriber::connect(broker.port, "control-room", "notify/#");

@@ -6,6 +6,7 @@ use parkwatch_e2e::{now_ms, wait_until, Gateway, Mosquitto, Publisher};
 use serde_json::{json, Value};
 
 fn config(port: u16, rules: &str) -> String {
+    let source = parkwatch_e2e::numbers_over_mqtt(port);
     format!(
         r#"
 [site]
@@ -23,18 +24,7 @@ grid = "g1"
 category = "electrical"
 points = [{{ name = "residual_current", unit = "mA" }}, {{ name = "x" }}]
 
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {port}
-reconnect_min_ms = 100
-reconnect_max_ms = 500
-
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "park/{{grid}}/{{device}}/{{point}}"
-format = "number"
-
+{source}
 [rules]
 {rules}
 "#
