@@ -27,6 +27,9 @@ pub struct Person {
     /// WeCom (企业微信) user id, for `<@userid>` mentions.
     #[serde(default)]
     pub wecom_user: Option<String>,
+    /// Feishu (飞书) user id, for `<at user_id="…">` mentions.
+    #[serde(default)]
+    pub feishu_user: Option<String>,
     /// Language of the messages this person receives; the site's default (Chinese) when absent.
     #[serde(default)]
     pub lang: Option<Lang>,

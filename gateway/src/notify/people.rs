@@ -103,7 +103,7 @@ impl SiteDirectory {
             mobile: Some(p.mobile.clone()).filter(|m| !m.is_empty()),
             email: p.email.clone(),
             wecom_id: p.wecom_user.clone(),
-            feishu_id: None,
+            feishu_id: p.feishu_user.clone(),
         })
     }
 
