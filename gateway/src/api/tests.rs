@@ -89,6 +89,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         central: None,
         audit: auth_db().audit.clone(),
         notify: None,
+        history: None,
         access: access(),
     };
     (state, tx)
@@ -270,6 +271,12 @@ mod health {
             targets: vec![Arc::new(TargetMetrics { id: "central".into(), ..TargetMetrics::default() })],
         }));
         st.central = Some(Arc::new(crate::forward::central::CentralMetrics::default()));
+        st.history = Some(crate::history::HistoryReader {
+            path: "history.db".into(),
+            metrics: Default::default(),
+            minute_days: 35,
+            max_bytes: 1 << 30,
+        });
         st.notify = Some(crate::notify::NotifyHandle {
             path: "notify.db".into(),
             site: "park1".into(),
@@ -455,6 +462,7 @@ mod health {
         ("DeviceStatus", "parkwatch_modbus_"),
         ("CentralMetrics", "parkwatch_central_mqtt_"),
         ("ReceiverMetrics", "parkwatch_notify_"),
+        ("HistoryMetrics", "parkwatch_history_"),
     ];
     const RENAMED: &[(&str, &str, &str)] = &[
         ("TargetMetrics", "last_latency_us", "parkwatch_forward_write_latency_seconds"),
@@ -505,8 +513,14 @@ mod health {
         let text = metrics_text(&router(st.clone())).await;
         let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         let debug = format!(
-            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
-            st.metrics, st.forward, store.metrics, st.modbus, st.central, st.notify
+            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
+            st.metrics,
+            st.forward,
+            store.metrics,
+            st.modbus,
+            st.central,
+            st.notify,
+            st.history.as_ref().map(|h| &h.metrics)
         );
         let fields = counter_fields(&debug);
         for ty in [
@@ -519,6 +533,7 @@ mod health {
             "DeviceStatus",
             "CentralMetrics",
             "ReceiverMetrics",
+            "HistoryMetrics",
         ] {
             assert!(fields.iter().any(|(t, _)| t == ty), "no counters of {ty} found in:\n{debug}");
         }

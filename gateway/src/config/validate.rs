@@ -412,6 +412,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     let grids: Vec<String> = config.grids.iter().map(|g| g.id.clone()).collect();
     let grids: Vec<&str> = grids.iter().map(String::as_str).collect();
     p.0.extend(super::notify::validate(&mut config.notify, &grids, base));
+    p.0.extend(super::history::validate(&mut config.history, base));
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",
