@@ -7,6 +7,7 @@ mod demo;
 mod durability;
 mod forward;
 mod health;
+mod history;
 mod modbus;
 mod mqtt;
 mod notify;
