@@ -171,11 +171,29 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
             .map_err(|e| AppError::Notify(crate::notify::NotifyError::Thread(e.to_string())))?;
         (Some(handle), Some(thread))
     };
+    // The edge history takes a copy of every applied batch's samples on its own thread; the core
+    // never waits for it.
+    let (history, history_thread) = match crate::history::Settings::from_config(&config) {
+        // A history that cannot open stays off: trends are not worth the ingestion and alarms.
+        Some(s) => match crate::history::start(&s, &registry, clock.clone()) {
+            Ok((tap, reader, thread)) => (Some((tap, reader)), Some(thread)),
+            Err(e) => {
+                tracing::error!(error = %e, "Edge history cannot open; running without it.");
+                health.set("history", crate::model::health::Status::Degraded, &format!("cannot open: {e}"));
+                (None, None)
+            }
+        },
+        None => (None, None),
+    };
     let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), config.core.events_kept)
         .with_clock(clock)
         .with_engine(engine, pack_names)
         .with_load_errors(pack_errors)
         .with_patrols(tracker);
+    let (core, history) = match history {
+        Some((tap, reader)) => (core.with_tap(Box::new(move |s| tap.offer(s))), Some(reader)),
+        None => (core, None),
+    };
     let forwarding = !config.forward.targets.is_empty();
     let (fwd_tx, fwd_rx) = mpsc::channel(config.core.channel_batches);
     let (handle, core_task) = core::spawn(core, rx, Some(store.clone()), forwarding.then(|| fwd_tx.clone()));
@@ -232,6 +250,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         audit: audit.clone(),
         people,
         notify: notify_handle,
+        history,
         access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
         streams: streams.clone(),
     };
@@ -306,6 +325,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     }
     // Every sender is gone now: the core drains what is queued, persists its incident changes, stops.
     let _ = core_task.await;
+    // With the core gone the history's channel closes: the writer writes what it holds and ends.
+    if let Some(t) = history_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     // The last incident changes are committed before the sinks read them one last time.
     let _ = store.sync().await;
     central_stop.cancel();

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod config;
 pub mod core;
 pub mod forward;
+pub mod history;
 pub mod incident;
 pub mod metrics;
 pub mod model;

@@ -101,6 +101,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         audit,
         people: Default::default(),
         notify: None,
+        history: None,
         access: Access { auth, metrics_auth: true, cookie_secure: false },
         streams: Default::default(),
     };

@@ -12,6 +12,9 @@
 //! - `outbox`, `incidents`: the last write failed → failed `cannot write: <error>`, ok after the next
 //!   successful one.
 //! - `rules`: packs that did not load → degraded naming them.
+//! - `history`: writes failing → degraded `cannot write: <error>` (history never fails readiness: it
+//!   is not on the way of ingestion or alarms); samples dropped since the last look (the writer fell
+//!   behind) → degraded with the count; else ok with the disk use.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,6 +52,10 @@ pub struct Evaluator {
     metrics: Arc<Metrics>,
     forward: Option<Arc<ForwardMetrics>>,
     incidents: Option<Arc<StoreMetrics>>,
+    /// The history writer's counters and its disk bound.
+    history: Option<(Arc<crate::history::HistoryMetrics>, u64)>,
+    /// Samples the history had dropped at the last look.
+    history_dropped: u64,
     /// Modbus devices by connection id.
     modbus: BTreeMap<String, Vec<Arc<DeviceStatus>>>,
     core: CoreHandle,
@@ -84,6 +91,8 @@ impl Evaluator {
             metrics: state.metrics.clone(),
             forward,
             incidents: state.incidents.as_ref().map(|s| s.metrics.clone()),
+            history: state.history.as_ref().map(|h| (h.metrics.clone(), h.max_bytes)),
+            history_dropped: 0,
             modbus,
             core: state.core.clone(),
             failing_since: vec![None; targets],
@@ -109,6 +118,9 @@ impl Evaluator {
         }
         if self.incidents.is_some() {
             h.set("incidents", Status::Ok, "");
+        }
+        if self.history.is_some() {
+            h.set("history", Status::Ok, "");
         }
         h.set("rules", Status::Ok, "");
     }
@@ -172,6 +184,25 @@ impl Evaluator {
             } else {
                 h.set("incidents", Status::Ok, "");
             }
+        }
+        self.history();
+    }
+
+    fn history(&mut self) {
+        let Some((m, max_bytes)) = &self.history else { return };
+        let dropped = m.dropped_samples.load(Relaxed);
+        let new_drops = dropped - self.history_dropped.min(dropped);
+        self.history_dropped = dropped;
+        let h = &self.health;
+        if m.failing.load(Relaxed) {
+            let error = m.last_error.lock().map(|e| e.clone()).unwrap_or_default();
+            h.set("history", Status::Degraded, &format!("cannot write: {error}"));
+        } else if new_drops > 0 {
+            h.set("history", Status::Degraded, &format!("{new_drops} samples dropped: the writer is behind"));
+        } else {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            let used = m.disk_bytes.load(Relaxed);
+            h.set("history", Status::Ok, &format!("{:.1} MiB of {:.1} MiB on disk", mib(used), mib(*max_bytes)));
         }
     }
 

@@ -131,6 +131,9 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     if let Some(store) = &st.incidents {
         incident_store(&mut out, &store.metrics);
     }
+    if let Some(h) = &st.history {
+        history(&mut out, &h.metrics);
+    }
     if let Some(c) = &st.central {
         for (name, kind, help, v) in [
             (
@@ -535,5 +538,64 @@ async fn grids(out: &mut String, st: &AppState) {
         if let Some(c) = c {
             let _ = writeln!(out, "parkwatch_grid_patrol_missed{{grid=\"{}\"}} {}", label(g), c.missed);
         }
+    }
+}
+
+fn history(out: &mut String, m: &crate::history::HistoryMetrics) {
+    for (name, kind, help, v) in [
+        ("parkwatch_history_samples_total", "counter", "Samples taken into the edge history.", m.samples.load(Relaxed)),
+        (
+            "parkwatch_history_dropped_samples_total",
+            "counter",
+            "Samples not rolled up because the history writer's channel was full.",
+            m.dropped_samples.load(Relaxed),
+        ),
+        (
+            "parkwatch_history_bad_samples_total",
+            "counter",
+            "Samples of quality other than good (or not finite) kept out of the rollups.",
+            m.bad_samples.load(Relaxed),
+        ),
+        (
+            "parkwatch_history_out_of_order_samples_total",
+            "counter",
+            "Samples older than their point's newest, not rolled up.",
+            m.out_of_order_samples.load(Relaxed),
+        ),
+        ("parkwatch_history_rows_written_total", "counter", "Rollup rows written.", m.rows_written.load(Relaxed)),
+        ("parkwatch_history_commits_total", "counter", "History transactions committed.", m.commits.load(Relaxed)),
+        (
+            "parkwatch_history_write_errors_total",
+            "counter",
+            "History writes that failed (each is retried).",
+            m.write_errors.load(Relaxed),
+        ),
+        (
+            "parkwatch_history_lost_rows_total",
+            "counter",
+            "Rollup rows dropped from memory while writes kept failing.",
+            m.lost_rows.load(Relaxed),
+        ),
+        (
+            "parkwatch_history_pruned_rows_total",
+            "counter",
+            "Rollup rows removed after their retention.",
+            m.pruned_rows.load(Relaxed),
+        ),
+        (
+            "parkwatch_history_pruned_for_space_total",
+            "counter",
+            "Rollup rows removed to stay under history.max_bytes.",
+            m.pruned_for_space.load(Relaxed),
+        ),
+        (
+            "parkwatch_history_disk_bytes",
+            "gauge",
+            "Bytes history.db takes on disk (pages and write-ahead log).",
+            m.disk_bytes.load(Relaxed),
+        ),
+        ("parkwatch_history_failing", "gauge", "1 while history writes fail.", u64::from(m.failing.load(Relaxed))),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
 }

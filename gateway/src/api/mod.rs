@@ -1,4 +1,4 @@
-//! The HTTP API (axum): liveness, readiness and component health, latest point values, recent events and rejects,
+//! The HTTP API (axum): liveness, readiness and component health, latest point values and their history, recent events and rejects,
 //! incidents and their notifications, the audit trail, Prometheus metrics; served over plain TCP or in-process TLS (`tls.rs`).
 //!
 //! Only this module knows HTTP. Handlers read shared counters or ask the core through its handle; they
@@ -19,6 +19,7 @@ mod audit;
 pub mod dashboard;
 mod grids;
 pub mod health;
+mod history;
 mod incidents;
 mod metrics;
 mod people;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub people: Arc<crate::people::Directory>,
     /// The notification ledger and counters, when receivers are configured.
     pub notify: Option<crate::notify::NotifyHandle>,
+    /// The edge history, when `[history]` is enabled.
+    pub history: Option<crate::history::HistoryReader>,
     /// Who may ask.
     pub access: Access,
     /// The bound on live incident streams.
@@ -184,6 +187,8 @@ pub fn routes() -> Vec<Route> {
         get_r("/readyz", viewer, health::readyz),
         get_r("/api/v1/health", viewer, health::health),
         get_r("/api/v1/points", viewer, points),
+        // Grid-scoped like the points: another grid's point answers 404.
+        get_r("/api/v1/points/{device}/{point}/history", viewer, history::point_history),
         get_r("/api/v1/devices", viewer, devices),
         get_r("/api/v1/events", viewer, events),
         // Raw rejected messages of every grid, and the forwarding internals: site-wide readers only.

@@ -89,6 +89,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         central: None,
         audit: auth_db().audit.clone(),
         notify: None,
+        history: None,
         access: access(),
         streams: Default::default(),
     };
@@ -271,6 +272,12 @@ mod health {
             targets: vec![Arc::new(TargetMetrics { id: "central".into(), ..TargetMetrics::default() })],
         }));
         st.central = Some(Arc::new(crate::forward::central::CentralMetrics::default()));
+        st.history = Some(crate::history::HistoryReader {
+            path: "history.db".into(),
+            metrics: Default::default(),
+            minute_days: 35,
+            max_bytes: 1 << 30,
+        });
         st.notify = Some(crate::notify::NotifyHandle {
             path: "notify.db".into(),
             site: "park1".into(),
@@ -456,6 +463,7 @@ mod health {
         ("DeviceStatus", "parkwatch_modbus_"),
         ("CentralMetrics", "parkwatch_central_mqtt_"),
         ("ReceiverMetrics", "parkwatch_notify_"),
+        ("HistoryMetrics", "parkwatch_history_"),
     ];
     const RENAMED: &[(&str, &str, &str)] = &[
         ("TargetMetrics", "last_latency_us", "parkwatch_forward_write_latency_seconds"),
@@ -506,8 +514,14 @@ mod health {
         let text = metrics_text(&router(st.clone())).await;
         let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         let debug = format!(
-            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
-            st.metrics, st.forward, store.metrics, st.modbus, st.central, st.notify
+            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
+            st.metrics,
+            st.forward,
+            store.metrics,
+            st.modbus,
+            st.central,
+            st.notify,
+            st.history.as_ref().map(|h| &h.metrics)
         );
         let fields = counter_fields(&debug);
         for ty in [
@@ -520,6 +534,7 @@ mod health {
             "DeviceStatus",
             "CentralMetrics",
             "ReceiverMetrics",
+            "HistoryMetrics",
         ] {
             assert!(fields.iter().any(|(t, _)| t == ty), "no counters of {ty} found in:\n{debug}");
         }
@@ -596,4 +611,87 @@ async fn patrols_answer_per_grid_without_a_tracker_as_nothing_due() {
         get(&app, "/api/v1/patrols?from=2026-06-04T08:00:00Z&to=2026-06-03T08:00:00Z").await.0,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// The history endpoint: the exact JSON shape the dashboard reads, the step rule, the site's time
+/// zone, and clear refusals.
+#[tokio::test]
+async fn history_answers_rows_in_the_agreed_shape() {
+    use crate::model::time::ManualClock;
+    const S: i64 = 1_000_000_000;
+    // 2025-12-01T00:00:00Z.
+    const T0: i64 = 1_764_547_200 * S;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut st, _tx) = state(Metrics::new(vec![], vec![], 10));
+    let settings = crate::history::Settings {
+        path: dir.path().join("history.db"),
+        minute_days: 35,
+        hour_days: 400,
+        max_bytes: 1 << 30,
+    };
+    let clock = Arc::new(ManualClock::new(T0 + 3_600 * S, 0));
+    let (tap, reader, thread) = crate::history::start(&settings, &st.registry, clock).unwrap();
+    // Two minutes of ua (p0) and noise (p2) at 1 Hz, then a reading that ends the last hold.
+    let mut batch = Vec::new();
+    for i in 0..=120 {
+        let ts = T0 + i * S;
+        batch.push(Sample { point: PointId(0), quality: Quality::Good, ts, value: 220.0 + (i % 2) as f64 });
+        batch.push(Sample {
+            point: PointId(2),
+            quality: Quality::Good,
+            ts,
+            value: if i % 2 == 0 { 50.0 } else { 60.0 },
+        });
+    }
+    tap.offer(&batch);
+    drop(tap);
+    tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
+    st.history = Some(reader);
+    let app = router(st);
+
+    let (status, body) =
+        get(&app, "/api/v1/points/m1/ua/history?from=2025-12-01T00:00:00Z&to=2025-12-01T00:02:00Z").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "device": "m1", "point": "ua", "unit": "V", "step": "1m",
+            "from": "2025-12-01T00:00:00.000Z", "to": "2025-12-01T00:02:00.000Z",
+            "rows": [
+                { "t": "2025-12-01T00:00:00.000Z", "t_ms": 1_764_547_200_000_i64, "avg": 220.5, "min": 220.0,
+                  "max": 221.0, "count": 60, "last": 221.0, "leq": null },
+                { "t": "2025-12-01T00:01:00.000Z", "t_ms": 1_764_547_260_000_i64, "avg": 220.5, "min": 220.0,
+                  "max": 221.0, "count": 60, "last": 221.0, "leq": null },
+            ]
+        })
+    );
+    // Noise keeps its Leq (50 and 60 dB(A), a second each: 57.40 per limits.md); epoch ms work too.
+    let (status, body) = get(&app, "/api/v1/points/e1/noise/history?from=1764547200000&to=1764547260000&tz=site").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let row = &body["rows"][0];
+    assert_eq!(((row["leq"].as_f64().unwrap() * 100.0).round()) / 100.0, 57.40);
+    assert_eq!(row["avg"], 55.0);
+    assert_eq!(row["t"], "2025-12-01T08:00:00.000+08:00", "the site's time zone");
+    assert_eq!(body["from"], "2025-12-01T08:00:00.000+08:00");
+    // auto: hours beyond two days.
+    let (_, body) = get(&app, "/api/v1/points/m1/ua/history?from=2025-11-28T00:00:00Z&to=2025-12-02T00:00:00Z").await;
+    assert_eq!((body["step"].as_str(), body["rows"].as_array().map(Vec::len)), (Some("1h"), Some(1)));
+    assert_eq!(body["rows"][0]["count"], 121);
+    for (uri, status) in [
+        ("/api/v1/points/m1/ua/history?step=5m", StatusCode::BAD_REQUEST),
+        ("/api/v1/points/m1/ua/history?from=yesterday", StatusCode::BAD_REQUEST),
+        ("/api/v1/points/m1/ua/history?from=2025-12-02T00:00:00Z&to=2025-12-01T00:00:00Z", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/points/m1/ua/history?from=2020-01-01T00:00:00Z&to=2025-12-01T00:00:00Z&step=1m",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/points/m1/ua/history?tz=mars", StatusCode::BAD_REQUEST),
+        ("/api/v1/points/m1/ua/history?limit=5", StatusCode::BAD_REQUEST),
+        ("/api/v1/points/m1/nope/history", StatusCode::NOT_FOUND),
+        ("/api/v1/points/nope/ua/history", StatusCode::NOT_FOUND),
+    ] {
+        let (got, body) = get(&app, uri).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{uri}: {body}");
+    }
 }

@@ -6,6 +6,7 @@
 //! Owns: the TOML model and its validation. May import: `model`; validation still reaches into
 //! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
+pub mod history;
 pub mod notify;
 pub mod people;
 pub mod validate;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use history::History;
 pub use notify::Notify;
 pub use people::{Checkpoint, DutyOverride, Lang, PatrolWindow, Person, Plan, Roster, Shift, WeeklyDuty, WEEKDAYS};
 pub use validate::{expand_env, Problem};
@@ -68,6 +70,9 @@ pub struct Config {
     /// Notifications to people: receivers, routes, grouping, escalation.
     #[serde(default)]
     pub notify: Notify,
+    /// Rollups of every point kept on the edge box for trends.
+    #[serde(default)]
+    pub history: History,
 }
 
 impl Config {

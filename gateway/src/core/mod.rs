@@ -224,7 +224,12 @@ pub struct Core {
     clock: Arc<dyn Clock>,
     /// Missed patrols, raised through the engine's incident ids and changes.
     patrols: Option<Tracker>,
+    /// Sees every applied batch's samples (the edge history); must not wait.
+    tap: Option<SampleTap>,
 }
+
+/// Something that sees the samples of every applied batch, on the core task: it must return at once.
+pub type SampleTap = Box<dyn FnMut(&[crate::model::Sample]) + Send>;
 
 impl Core {
     /// A core for every point of `registry`, keeping `events_kept` recent events.
@@ -242,7 +247,14 @@ impl Core {
             loaded_at: 0,
             clock: Arc::new(SystemClock::new()),
             patrols: None,
+            tap: None,
         }
+    }
+
+    /// Shows every applied batch's samples to `tap` (which must not wait).
+    pub fn with_tap(mut self, tap: SampleTap) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Watches patrol checkpoints with `tracker` (its incidents need an engine).
@@ -333,6 +345,9 @@ impl Core {
                     e.push_changes(&mut out);
                 }
             }
+        }
+        if let Some(tap) = &mut self.tap {
+            tap(&batch.samples);
         }
         let m = &self.metrics.core;
         add(&m.batches, 1);

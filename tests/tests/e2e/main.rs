@@ -8,6 +8,7 @@ mod demo;
 mod durability;
 mod forward;
 mod health;
+mod history;
 mod modbus;
 mod mqtt;
 mod notify;

@@ -40,6 +40,7 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("GET", "/readyz") => (viewer, ""),
         ("GET", "/api/v1/health") => (viewer, ""),
         ("GET", "/api/v1/points") => (viewer, ""),
+        ("GET", "/api/v1/points/{device}/{point}/history") => (viewer, ""),
         ("GET", "/api/v1/devices") => (viewer, ""),
         ("GET", "/api/v1/events") => (viewer, ""),
         ("GET", "/api/v1/rejects") => (Need::Role(Role::SafetyManager), ""),
@@ -89,6 +90,8 @@ fn expected(method: &str, path: &str, caller: Option<&(Role, Grids)>, own: bool)
         "/api/v1/incidents/{id}/shelve" if !visible => StatusCode::NOT_FOUND,
         // Asked about g2 (another grid's) by a g1 caller.
         "/api/v1/duty" | "/api/v1/patrols" | "/api/v1/grids/{id}/kpis" if !visible => StatusCode::NOT_FOUND,
+        // A point of another grid is as unknown as one that does not exist.
+        "/api/v1/points/{device}/{point}/history" if !visible => StatusCode::NOT_FOUND,
         // The incidents are critical: an officer may not shelve them; above, the store has no live
         // alarm to shelve (the test runs no rules), which is past every access check.
         "/api/v1/incidents/{id}/shelve" if role < Role::Supervisor => StatusCode::FORBIDDEN,
@@ -125,6 +128,10 @@ pub(super) async fn state_with_incidents(dir: &std::path::Path) -> (AppState, In
     store.apply(vec![incident(IN_G1, "g1", "m1"), incident(IN_G2, "g2", "e1")], None).await.unwrap();
     store.sync().await.unwrap();
     st.incidents = Some(store.clone());
+    let path = dir.join("history.db");
+    crate::history::store::open(&path, 1 << 30).unwrap();
+    st.history =
+        Some(crate::history::HistoryReader { path, metrics: Default::default(), minute_days: 35, max_bytes: 1 << 30 });
     (st, store, tx)
 }
 
@@ -157,6 +164,8 @@ async fn every_route_every_role_in_and_out_of_grid() {
                 };
                 let mut uri = route.path.replace("{id}", &id);
                 uri = uri.replace("{name}", &crate::api::dashboard::asset_names()[0]);
+                // m1 is in g1, e1 in g2.
+                uri = uri.replace("{device}/{point}", if own { "m1/ua" } else { "e1/noise" });
                 // Grid-scoped reads name their grid in the query.
                 if matches!(route.path, "/api/v1/duty" | "/api/v1/patrols") {
                     uri.push_str(if own { "?grid=g1" } else { "?grid=g2" });
@@ -183,7 +192,7 @@ async fn every_route_every_role_in_and_out_of_grid() {
             }
         }
     }
-    assert!(cases >= 28 * 7 * 2, "{cases} cases");
+    assert!(cases >= 29 * 7 * 2, "{cases} cases");
     assert!(failures.is_empty(), "{} of {cases} cases differ:\n{}", failures.len(), failures.join("\n"));
 }
 
