@@ -17,7 +17,7 @@ use crate::model::time::now_ns;
 
 /// A device that sent nothing for this long is counted offline (the longest a reading is carried
 /// forward by the rule windows).
-const SILENT_NS: i64 = 15 * 60 * 1_000_000_000;
+const SILENT_NS: i64 = crate::model::MAX_HOLD_NS;
 
 /// Open incidents counted per answer at most; the overview needs counts, not every row.
 const COUNTED: usize = 10_000;

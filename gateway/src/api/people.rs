@@ -115,12 +115,8 @@ pub(super) async fn patrols(
     for grid in grids {
         let roster = st.people.roster(&grid).cloned();
         let coverage = st.core.patrols(grid.clone(), roster, from, to).await?;
-        let mut v = match coverage {
-            Some(c) => serde_json::to_value(&c).map_err(|e| ApiError::Internal(e.to_string()))?,
-            None => {
-                json!({ "due": 0, "scanned": 0, "missed": 0, "coverage_pct": null, "checkpoints": {}, "shifts": [] })
-            }
-        };
+        let mut v =
+            serde_json::to_value(coverage.unwrap_or_default()).map_err(|e| ApiError::Internal(e.to_string()))?;
         if let Some(shifts) = v.get_mut("shifts").and_then(Value::as_array_mut) {
             for s in shifts {
                 for key in ["start", "end"] {
@@ -172,10 +168,7 @@ pub(super) async fn kpis(
     let mut all = store.kpis(vec![grid.clone()], from, to).await?;
     let k = all.remove(&grid).unwrap_or_default();
     let roster = st.people.roster(&grid).cloned();
-    let patrol = match st.core.patrols(grid.clone(), roster, from, to).await? {
-        Some(c) => serde_json::to_value(c.total).map_err(|e| ApiError::Internal(e.to_string()))?,
-        None => json!({ "due": 0, "scanned": 0, "missed": 0, "coverage_pct": null }),
-    };
+    let patrol = st.core.patrols(grid.clone(), roster, from, to).await?.unwrap_or_default().total;
     let standing: Vec<Value> = k
         .standing
         .iter()

@@ -759,10 +759,7 @@ fn register_ctx(e: &mut Engine) {
     // Energy average of levels given directly, for scripts that combine points.
     e.register_fn("leq_of", |a: rhai::Array| -> f64 {
         let v: Vec<f64> = a.into_iter().filter_map(|x| x.as_float().ok()).collect();
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        10.0 * (v.iter().map(|l| 10f64.powf(l / 10.0)).sum::<f64>() / v.len() as f64).log10()
+        crate::model::sound::leq(&v).unwrap_or(f64::NAN)
     });
 }
 

@@ -38,7 +38,7 @@ const HOUR: i64 = 3_600 * S;
 const DAY: i64 = 24 * HOUR;
 
 /// How long a valid sample covers time when no later sample follows: longer gaps are missing data.
-pub const MAX_HOLD: i64 = 15 * 60 * S;
+pub const MAX_HOLD: i64 = crate::model::MAX_HOLD_NS;
 
 /// Aggregates a rule can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ impl Stats {
     fn add_hold(&mut self, secs: f64, v: f64) {
         self.held += secs;
         self.tw_sum += v * secs;
-        self.tw_energy += 10f64.powf(v / 10.0) * secs;
+        self.tw_energy += crate::model::sound::energy(v) * secs;
     }
 }
 
@@ -223,7 +223,7 @@ impl Ring {
 
     /// Spreads a value in force over `[t0, t1)` across the buckets it touches.
     fn hold(&mut self, t0: i64, t1: i64, v: f64) {
-        let energy = 10f64.powf(v / 10.0);
+        let energy = crate::model::sound::energy(v);
         let mut t = t0;
         while t < t1 {
             let k = t.div_euclid(self.res);
@@ -418,7 +418,7 @@ impl Window {
         }
         match agg {
             Agg::Avg => st.mean(),
-            Agg::Leq if st.held > 0.0 => 10.0 * (st.tw_energy / st.held).log10(),
+            Agg::Leq if st.held > 0.0 => crate::model::sound::level(st.tw_energy / st.held),
             Agg::Min | Agg::Max if st.count == 0 => f64::NAN,
             Agg::Min => st.min,
             Agg::Max => st.max,

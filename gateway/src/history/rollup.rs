@@ -20,6 +20,8 @@
 //! that the store adds to what it holds, so a bucket written early (a sweep, a stop) and completed
 //! later is still exact.
 
+use crate::model::sound;
+
 /// Nanoseconds per millisecond.
 const MS: i64 = 1_000_000;
 /// Nanoseconds per second.
@@ -28,8 +30,8 @@ const S: i64 = 1_000_000_000;
 pub const MINUTE_MS: i64 = 60_000;
 /// One hour in ms.
 pub const HOUR_MS: i64 = 3_600_000;
-/// How long a reading is in force without a later one (ns): as `core::window::MAX_HOLD`.
-pub const MAX_HOLD: i64 = 15 * 60 * S;
+/// How long a reading is in force without a later one (ns): as in the rules' windows.
+pub const MAX_HOLD: i64 = crate::model::MAX_HOLD_NS;
 
 /// How a point rolls up, from its unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,14 +145,14 @@ impl Agg {
 
     /// Leq over the bucket (noise points with covered time).
     pub fn leq(&self, kind: Kind) -> Option<f64> {
-        (kind == Kind::Noise && self.held > 0.0).then(|| 10.0 * (self.energy / self.held).log10())
+        (kind == Kind::Noise && self.held > 0.0).then(|| sound::level(self.energy / self.held))
     }
 
     fn hold(&mut self, secs: f64, v: f64, noise: bool) {
         self.held += secs;
         self.sum += v * secs;
         if noise {
-            self.energy += 10f64.powf(v / 10.0) * secs;
+            self.energy += sound::energy(v) * secs;
         }
     }
 
@@ -162,20 +164,11 @@ impl Agg {
     }
 }
 
-/// Energy average of levels held for equal times: `10·log10(mean(10^(L/10)))` (limits.md).
-pub fn leq_of(levels: &[f64]) -> Option<f64> {
-    if levels.is_empty() {
-        return None;
-    }
-    let e: f64 = levels.iter().map(|l| 10f64.powf(l / 10.0)).sum::<f64>() / levels.len() as f64;
-    Some(10.0 * e.log10())
-}
-
 /// Leq over several buckets (a day or night period), from their stored aggregates: exact, since each
 /// bucket keeps its sound energy and covered time, not just its Leq.
 pub fn leq_over<'a>(buckets: impl IntoIterator<Item = &'a Agg>) -> Option<f64> {
     let (e, h) = buckets.into_iter().fold((0.0, 0.0), |(e, h), b| (e + b.energy, h + b.held));
-    (h > 0.0).then(|| 10.0 * (e / h).log10())
+    (h > 0.0).then(|| sound::level(e / h))
 }
 
 /// One aggregate to write: the point (index into the registry), resolution and the delta.
@@ -358,6 +351,7 @@ fn close_minute(p: &mut PointRoll, point: u32, rows: &mut Vec<Row>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::sound::leq as leq_of;
 
     const T0: i64 = 1_764_547_200 * S; // 2025-12-01T00:00:00Z
 

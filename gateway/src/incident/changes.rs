@@ -115,7 +115,7 @@ impl ChangeLog {
     /// # Errors
     /// A database error.
     pub fn after(&self, seq: i64, limit: usize) -> Result<Vec<ChangeRow>, StoreError> {
-        self.read(seq, i64::MAX, None, limit)
+        self.after_in(seq, i64::MAX, None, limit)
     }
 
     /// Up to `limit` changes after `seq` and up to `upto`, of incidents in `scope` (grid ids; `None` is
@@ -130,10 +130,6 @@ impl ChangeLog {
         scope: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<ChangeRow>, StoreError> {
-        self.read(seq, upto, scope, limit)
-    }
-
-    fn read(&self, seq: i64, upto: i64, scope: Option<&[String]>, limit: usize) -> Result<Vec<ChangeRow>, StoreError> {
         // The scope travels as a JSON array so one cached statement serves every caller.
         let grids = scope.map(|g| serde_json::Value::from(g.to_vec()).to_string());
         let mut stmt = self.conn.prepare_cached(

@@ -146,20 +146,20 @@ pub fn compute(
     to: i64,
 ) -> Result<BTreeMap<String, GridKpis>, StoreError> {
     let mut out: BTreeMap<String, GridKpis> = grids.iter().map(|g| (g.clone(), GridKpis::default())).collect();
-    let wanted = |g: &str| grids.is_empty() || grids.iter().any(|x| x == g);
+    // The grids travel as a JSON array (NULL: all), so the filter is part of every query and a
+    // supervisor's page reads its own grid's rows only.
+    let only = (!grids.is_empty()).then(|| serde_json::Value::from(grids.to_vec()).to_string());
 
     let mut stmt = conn.prepare_cached(
         "SELECT grid, severity, state IN ('active_unacked', 'returned_unacked'), COUNT(*) FROM incidents
-         WHERE state != 'normal' GROUP BY grid, severity, 3",
+         WHERE state != 'normal' AND (?1 IS NULL OR grid IN (SELECT value FROM json_each(?1)))
+         GROUP BY grid, severity, 3",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([&only], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, u64>(3)?))
     })?;
     for row in rows {
         let (g, severity, unacked, n) = row?;
-        if !wanted(&g) {
-            continue;
-        }
         let k = out.entry(g).or_default();
         k.open.total += n;
         if unacked {
@@ -170,16 +170,15 @@ pub fn compute(
 
     for (column, ack) in [("acked_at", true), ("closed_at", false)] {
         let sql = format!(
-            "SELECT grid, {column} - raised_at FROM incidents WHERE {column} >= ?1 AND {column} < ?2 AND {column} >= raised_at"
+            "SELECT grid, {column} - raised_at FROM incidents WHERE {column} >= ?1 AND {column} < ?2
+             AND {column} >= raised_at AND (?3 IS NULL OR grid IN (SELECT value FROM json_each(?3)))"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![from, to], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map(params![from, to, only], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         let mut per: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for row in rows {
             let (g, ns) = row?;
-            if wanted(&g) {
-                per.entry(g).or_default().push(ns as f64 / 1e9);
-            }
+            per.entry(g).or_default().push(ns as f64 / 1e9);
         }
         for (g, secs) in per {
             let k = out.entry(g).or_default();
@@ -196,17 +195,17 @@ pub fn compute(
     // minute, with at most one row per grid and minute in memory whatever the storm.
     let mut stmt = conn.prepare_cached(
         "SELECT i.grid, e.at / ?3, COUNT(*) FROM incident_events e JOIN incidents i ON i.id = e.incident
-         WHERE e.kind IN ('raised', 'reactivated') AND e.at >= ?1 AND e.at < ?2 GROUP BY i.grid, 2 ORDER BY i.grid, 2",
+         WHERE e.kind IN ('raised', 'reactivated') AND e.at >= ?1 AND e.at < ?2
+           AND (?4 IS NULL OR i.grid IN (SELECT value FROM json_each(?4)))
+         GROUP BY i.grid, 2 ORDER BY i.grid, 2",
     )?;
-    let rows = stmt.query_map(params![from, to, MINUTE_NS], |r| {
+    let rows = stmt.query_map(params![from, to, MINUTE_NS, only], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, u64>(2)?))
     })?;
     let mut minutes: BTreeMap<String, Vec<(i64, u64)>> = BTreeMap::new();
     for row in rows {
         let (g, minute, n) = row?;
-        if wanted(&g) {
-            minutes.entry(g).or_default().push((minute, n));
-        }
+        minutes.entry(g).or_default().push((minute, n));
     }
     for (g, per_minute) in minutes {
         let k = out.entry(g).or_default();
@@ -225,9 +224,10 @@ pub fn compute(
         "SELECT i.grid, i.rule, i.device, COUNT(*) AS n, MAX(i.chattering) FROM incident_events e
          JOIN incidents i ON i.id = e.incident
          WHERE e.kind IN ('raised', 'reactivated') AND e.at >= ?1 AND e.at < ?2
+           AND (?3 IS NULL OR i.grid IN (SELECT value FROM json_each(?3)))
          GROUP BY i.grid, i.rule, i.device HAVING n >= 2 ORDER BY i.grid, n DESC, i.rule, i.device",
     )?;
-    let rows = stmt.query_map(params![from, to], |r| {
+    let rows = stmt.query_map(params![from, to, only], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
@@ -238,9 +238,6 @@ pub fn compute(
     })?;
     for row in rows {
         let (g, rule, device, count, chattering) = row?;
-        if !wanted(&g) {
-            continue;
-        }
         let k = out.entry(g).or_default();
         if k.chattering.len() < LISTED {
             k.chattering.push(Frequent { rule, device, count, chattering });
@@ -249,9 +246,11 @@ pub fn compute(
 
     let mut stmt = conn.prepare_cached(
         "SELECT id, grid, rule, device, title, severity, raised_at FROM incidents
-         WHERE state IN ('active_unacked', 'active_acked') AND raised_at <= ?1 ORDER BY grid, raised_at, id",
+         WHERE state IN ('active_unacked', 'active_acked') AND raised_at <= ?1
+           AND (?2 IS NULL OR grid IN (SELECT value FROM json_each(?2)))
+         ORDER BY grid, raised_at, id",
     )?;
-    let rows = stmt.query_map([to - STANDING_NS], |r| {
+    let rows = stmt.query_map(params![to - STANDING_NS, only], |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
@@ -264,9 +263,6 @@ pub fn compute(
     })?;
     for row in rows {
         let (id, g, rule, device, title, severity, since) = row?;
-        if !wanted(&g) {
-            continue;
-        }
         let k = out.entry(g).or_default();
         k.standing_total += 1;
         if k.standing.len() < LISTED {

@@ -18,6 +18,7 @@ use crate::config::{Config, PointKind};
 
 pub mod pool;
 pub mod reject;
+pub mod sound;
 pub mod time;
 
 /// Index of a point in [`Registry::points`].
@@ -44,6 +45,10 @@ pub enum Quality {
     /// The source failed to produce a value; the last value is kept but must not be trusted.
     Bad,
 }
+
+/// How long a valid sample is in force (ns) when no later sample follows: longer gaps are missing
+/// data for the rules' windows and the history alike.
+pub const MAX_HOLD_NS: i64 = 15 * 60 * 1_000_000_000;
 
 /// One numeric or boolean sample; booleans are carried as 0.0 / 1.0 and typed by the point.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -434,8 +434,8 @@ pub struct ShiftCoverage {
     pub officers: BTreeMap<String, OfficerCounts>,
 }
 
-/// Patrol coverage of a grid over a period.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Patrol coverage of a grid over a period; the default is a grid with no checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Coverage {
     #[serde(flatten)]
     pub total: Counts,
