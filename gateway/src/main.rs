@@ -195,6 +195,9 @@ enum NotifyCommand {
         /// Id of a `[[notify.receivers]]`.
         #[arg(long, value_name = "ID")]
         receiver: String,
+        /// Language of the answer.
+        #[arg(long, value_enum, default_value_t = Lang::Zh)]
+        lang: Lang,
     },
 }
 
@@ -270,8 +273,8 @@ fn main() -> ExitCode {
         Command::Forward { command: ForwardCommand::Replay { config, target, dry_run } } => {
             report(replay(&config, target.as_deref(), dry_run))
         }
-        Command::Notify { command: NotifyCommand::Test { config, receiver } } => {
-            report(notify_test(&config, &receiver))
+        Command::Notify { command: NotifyCommand::Test { config, receiver, lang } } => {
+            report(notify_test(&config, &receiver, lang))
         }
         Command::Status { url, lang } => status(&url, lang),
         Command::Audit { command: AuditCommand::Verify { config, lang } } => audit_verify(&config, lang),
@@ -735,27 +738,32 @@ fn rules_test(files: &[PathBuf], dir: Option<&Path>) -> ExitCode {
     }
 }
 
-fn notify_test(file: &Path, receiver: &str) -> anyhow::Result<()> {
+fn notify_test(file: &Path, receiver: &str, lang: Lang) -> anyhow::Result<()> {
     use parkwatch::notify::channel::Outcome;
     let config = config::load(file)?;
     let known: Vec<&str> = config.notify.receivers.iter().map(|r| r.id.as_str()).collect();
     if !known.contains(&receiver) {
-        anyhow::bail!("receiver \"{receiver}\" is not in {} (configured receivers: {})", file.display(), {
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        });
+        let list = if known.is_empty() { say(lang, "无", "none") } else { known.join(", ") };
+        anyhow::bail!(say(
+            lang,
+            &format!("{} 中没有接收方 \"{receiver}\"（已配置：{list}）", file.display()),
+            &format!("receiver \"{receiver}\" is not in {} (configured receivers: {list})", file.display()),
+        ));
     }
     let mqtt = parkwatch::app::notify_mqtt_options(&config)?;
     match parkwatch::notify::test_receiver(&config, receiver, parkwatch::model::time::now_ns(), mqtt)? {
         Outcome::Delivered => {
-            println!("{receiver}: delivered");
+            println!("{}", say(lang, &format!("{receiver}：测试消息已送达"), &format!("{receiver}: delivered")));
             Ok(())
         }
-        Outcome::Temporary(e) => anyhow::bail!("{receiver}: not delivered, try again later: {e}"),
-        Outcome::Permanent(e) => anyhow::bail!("{receiver}: refused: {e}"),
+        Outcome::Temporary(e) => anyhow::bail!(say(
+            lang,
+            &format!("{receiver}：未送达，可稍后重试：{e}"),
+            &format!("{receiver}: not delivered, try again later: {e}")
+        )),
+        Outcome::Permanent(e) => {
+            anyhow::bail!(say(lang, &format!("{receiver}：被拒收：{e}"), &format!("{receiver}: refused: {e}")))
+        }
     }
 }
 

@@ -222,3 +222,39 @@ group_wait = "0s"
     assert_eq!(delivered["receiver"], "screen");
     assert_eq!(gw.metric("parkwatch_notify_sent_total{receiver=\"screen\"}"), Some(1.0));
 }
+
+#[test]
+fn notify_test_sends_through_the_real_channel_and_answers_in_chinese_first() {
+    let hook = free_port();
+    let seen = receiver(hook);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("site.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[site]\nid = \"t\"\nname = \"测试园区\"\n[[grids]]\nid = \"g1\"\n[notify]\n[[notify.receivers]]\nid = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{hook}/hook\"\n[[notify.receivers]]\nid = \"down\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let out = parkwatch_e2e::parkwatch_cli(&["notify", "test", "-c", config, "--receiver", "hook"], "");
+    assert_eq!(out.trim(), "hook：测试消息已送达");
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1["reason"], "test");
+    assert!(got[0].1["text"].as_str().unwrap().contains("测试园区 通知通道工作正常"), "{:?}", got[0].1);
+    let out = parkwatch_e2e::parkwatch_cli(&["notify", "test", "-c", config, "--receiver", "hook", "--lang", "en"], "");
+    assert_eq!(out.trim(), "hook: delivered");
+    // A receiver that does not answer, and one that is not configured: exit 1 with the reason.
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(parkwatch_e2e::gateway_bin()).args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = run(&["notify", "test", "-c", config, "--receiver", "down"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("down：未送达，可稍后重试"), "{err}");
+    let (code, err) = run(&["notify", "test", "-c", config, "--receiver", "ghost", "--lang", "en"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("receiver \"ghost\" is not in") && err.contains("configured receivers: hook, down"), "{err}");
+}
