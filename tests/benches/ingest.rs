@@ -4,7 +4,8 @@
 //! CPU seconds, messages per gateway CPU-second and peak RSS.
 //!
 //! `cargo bench -p parkwatch-e2e --bench ingest`; `PARKWATCH_BENCH_MESSAGES` and `PARKWATCH_BENCH_ROUNDS`
-//! change the load; `PARKWATCH_BENCH_RULES=1` also runs the built-in rule packs.
+//! change the load; `PARKWATCH_BENCH_RULES=1` also runs the built-in rule packs; `PARKWATCH_BENCH_HISTORY=0`
+//! turns the edge history (on by default, as in a park) off, to see its share.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -149,11 +150,13 @@ fn peak_rss_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-/// Ingestion alone by default; `PARKWATCH_BENCH_RULES=1` runs the built-in rule packs on the same load.
+/// Ingestion alone by default; `PARKWATCH_BENCH_RULES=1` runs the built-in rule packs on the same load,
+/// `PARKWATCH_BENCH_HISTORY=0` leaves the edge history out.
 fn gateway_config(port: u16) -> String {
     let rules = std::env::var("PARKWATCH_BENCH_RULES").is_ok_and(|v| v == "1");
+    let history = std::env::var("PARKWATCH_BENCH_HISTORY").map_or(true, |v| v != "0");
     let mut c = format!(
-        "[site]\nid = \"bench\"\n[api]\nlisten = \"{{api}}\"\n[rules]\nbuiltin = {rules}\n[[grids]]\nid = \"g1\"\n\
+        "[site]\nid = \"bench\"\n[api]\nlisten = \"{{api}}\"\n[rules]\nbuiltin = {rules}\n[history]\nenabled = {history}\n[[grids]]\nid = \"g1\"\n\
          [[mqtt.brokers]]\nid = \"b\"\nhost = \"127.0.0.1\"\nport = {port}\npersistent_session = false\n\
          [[mqtt.subscriptions]]\nbroker = \"b\"\ntopic = \"park/{{grid}}/meter/{{device}}/telemetry\"\nqos = 0\n"
     );
