@@ -16,6 +16,8 @@ use parkwatch::config;
 
 /// The demo park's configuration, shipped in the binary.
 const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+/// The demo park's site plan, which `configs/demo.toml` outlines its grids on.
+const DEMO_PLAN: &[u8] = include_bytes!("../../configs/demo-plan.svg");
 /// The signing secret of the demo's webhook receivers (`configs/demo.toml`), checked by its inbox.
 const DEMO_WEBHOOK_SECRET: &str = "demo-webhook-secret";
 
@@ -526,13 +528,17 @@ fn demo(
     modbus_listen: SocketAddr,
     duration: Option<u64>,
 ) -> anyhow::Result<()> {
-    let mut config = config::from_str(DEMO_CONFIG, Path::new("configs/demo.toml"), Path::new("."))
+    // Demo state lives in a directory of their own, removed when the demo ends; the site plan the
+    // config names is written there, since the demo runs from anywhere on embedded defaults.
+    let state_dir = std::env::temp_dir().join(format!("parkwatch-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    std::fs::write(state_dir.join("demo-plan.svg"), DEMO_PLAN)
+        .with_context(|| format!("cannot write the demo's site plan into {}", state_dir.display()))?;
+    let mut config = config::from_str(DEMO_CONFIG, Path::new("configs/demo.toml"), &state_dir)
         .context("the built-in demo config is invalid")?;
     site_timezone(&config);
     config.api.listen = listen;
     config.broker.listen = mqtt_listen;
-    // Demo incidents live in a directory of their own, removed when the demo ends.
-    let state_dir = std::env::temp_dir().join(format!("parkwatch-demo-{}", std::process::id()));
     config.incidents.path = state_dir.join("incidents.db");
     for b in &mut config.mqtt.brokers {
         b.host = mqtt_listen.ip().to_string();

@@ -215,11 +215,29 @@ async function overview() {
     c.devices.offline ? h('span', { class: 'bad' }, ` · ${c.devices.offline} ${t('ov.offline')}`) : null))));
   const total = g.grids.reduce((a, c) => ({ on: a.on + c.devices.online, off: a.off + c.devices.offline }), { on: 0, off: 0 });
   const comps = (health?.components || []).map((c) => [c.component, c]);
-  page(g.site.name || t('ov.title'), tiles,
+  page(g.site.name || t('ov.title'), g.plan ? planMap(g.plan, g.grids) : null, tiles,
     h('h2', {}, t('ov.health')),
     row('card', h('span', { class: 'ok' }, `${total.on} ${t('ov.online')}`), h('span', { class: total.off ? 'bad' : 'muted' }, `${total.off} ${t('ov.offline')}`)),
     comps.length ? h('div', { class: 'scroll' }, h('table', {}, h('tr', {}, h('th', {}, t('ov.components')), h('th', {}, t('inc.state'))),
       comps.map(([name, c]) => h('tr', {}, h('td', {}, name), h('td', { class: c.status === 'ok' ? 'ok' : 'bad' }, c.status ?? '', c.reason ? ` — ${c.reason}` : ''))))) : null);
+}
+
+/** The site plan with each outlined cell drawn over it, coloured by its worst alarm; a cell is a link. */
+function planMap(plan, grids) {
+  const map = svg('svg', { viewBox: `0 0 ${plan.width} ${plan.height}`, class: 'plan', id: 'plan', role: 'img', 'aria-label': t('ov.title') });
+  map.append(svg('image', { href: plan.image, x: 0, y: 0, width: plan.width, height: plan.height, preserveAspectRatio: 'none' }));
+  for (const c of grids.filter((c) => c.outline.length >= 3)) {
+    const link = svg('a', { href: `#/grid/${encodeURIComponent(c.id)}`, class: `cell sev-${c.worst || 'none'}`, 'data-grid': c.id });
+    link.append(svg('polygon', { points: c.outline.map(([x, y]) => `${x},${y}`).join(' ') }));
+    // The label sits at the corners' mean: good enough for the convex cells of a site plan.
+    const cx = c.outline.reduce((a, [x]) => a + x, 0) / c.outline.length;
+    const cy = c.outline.reduce((a, [, y]) => a + y, 0) / c.outline.length;
+    const label = svg('text', { x: cx, y: cy, 'text-anchor': 'middle', 'font-size': Math.max(plan.width, plan.height) / 40 });
+    label.textContent = c.open ? `${c.name || c.id} · ${c.open}` : (c.name || c.id);
+    link.append(label);
+    map.append(link);
+  }
+  return h('div', { class: 'planbox' }, map);
 }
 
 // ---------------------------------------------------------------- incidents

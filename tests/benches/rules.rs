@@ -12,7 +12,8 @@
 //! with 1 h and 24 h windows keep real windows in the engine; the report gives their bytes per window.
 //!
 //! `cargo bench -p parkwatch-e2e --bench rules`; `PARKWATCH_BENCH_SECS` (default 20) and
-//! `PARKWATCH_BENCH_RATE` (default 50000) change the load.
+//! `PARKWATCH_BENCH_RATE` (default 50000) change the load; `PARKWATCH_BENCH_HISTORY=1` runs the edge
+//! history writer on the core's samples, as the gateway does by default, to compare the latencies.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -154,9 +155,25 @@ fn main() {
     // on the very monotonic clock the core's timers run on (`SystemClock` is a copy of one `Instant`
     // origin), so no conversion between clocks is involved there.
     let clock = SystemClock::new();
-    let core = Core::new(registry.clone(), metrics.clone(), pool.clone(), 100)
+    let mut core = Core::new(registry.clone(), metrics.clone(), pool.clone(), 100)
         .with_clock(Arc::new(clock))
         .with_engine(engine, vec!["bench".into()]);
+    let with_history = std::env::var("PARKWATCH_BENCH_HISTORY").is_ok_and(|v| v == "1");
+    let mut history_thread = None;
+    let mut history_metrics = None;
+    if with_history {
+        let settings = parkwatch::history::Settings {
+            path: dir.path().join("history.db"),
+            minute_days: 35,
+            hour_days: 400,
+            max_bytes: 8 << 30,
+        };
+        let (tap, reader, thread) = parkwatch::history::start(&settings, &registry, Arc::new(SystemClock::new()))
+            .unwrap_or_else(|e| panic!("history: {e}"));
+        core = core.with_tap(Box::new(move |s| tap.offer(s)));
+        history_thread = Some(thread);
+        history_metrics = Some(reader.metrics);
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(64);
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let store2 = store.clone();
@@ -317,6 +334,18 @@ fn main() {
     drop(tx);
     drop(handle);
     let core_cpu = core_thread.join().unwrap();
+    if let (Some(thread), Some(m)) = (history_thread, history_metrics) {
+        // The tap went with the core: the writer drains what it holds and ends.
+        let _ = thread.join();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "history on: {} samples rolled up, {} dropped (channel full), {} rows written in {} commits",
+            load(&m.samples),
+            load(&m.dropped_samples),
+            load(&m.rows_written),
+            load(&m.commits)
+        );
+    }
     rt.block_on(store.sync()).unwrap();
     let raised = rt.block_on(store.list(Filter { limit: 1000, ..Filter::default() })).unwrap();
     drop(store);

@@ -1,11 +1,14 @@
 //! `GET /api/v1/grids`: the grid cells of the caller's scope as the park overview draws them: name,
 //! open incidents by severity and the worst of them, and how many devices report: a polled device as
 //! its poller sees it, another by a reading within 15 minutes; devices that only send events (door
-//! readers, patrol checkpoints) are counted apart, since quiet is normal for them.
+//! readers, patrol checkpoints) are counted apart, since quiet is normal for them. A device whose
+//! `quality.device_silent` alarm is active counts offline too: that rule knows each category's limit.
+//! `GET /api/v1/site/plan` serves the site plan image the cells are outlined on.
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
@@ -21,6 +24,9 @@ const SILENT_NS: i64 = crate::model::MAX_HOLD_NS;
 
 /// Open incidents counted per answer at most; the overview needs counts, not every row.
 const COUNTED: usize = 10_000;
+
+/// The built-in rule that knows how long each category of device may stay quiet.
+const SILENT_RULE: &str = "quality.device_silent";
 
 pub(super) async fn list(
     State(st): State<AppState>,
@@ -44,6 +50,11 @@ pub(super) async fn list(
         let e = latest.entry(d).or_insert(i64::MIN);
         *e = (*e).max(s.ts);
     }
+    let silent: std::collections::HashSet<&str> = open
+        .iter()
+        .filter(|i| i.rule == SILENT_RULE && i.state.starts_with("active"))
+        .map(|i| i.device.as_str())
+        .collect();
     let mut grids = Vec::new();
     for (gi, g) in reg.grids.iter().enumerate() {
         if !who.identity.sees(&g.id) {
@@ -64,15 +75,16 @@ pub(super) async fn list(
         let (mut online, mut offline, mut event_only) = (0u64, 0u64, 0u64);
         for (di, d) in reg.devices.iter().enumerate().filter(|(_, d)| d.grid.0 as usize == gi) {
             let polled = st.modbus.devices.iter().find(|m| m.device == d.id);
-            let up = match polled {
-                Some(m) => m.online.load(std::sync::atomic::Ordering::Relaxed),
-                // A door reader or a patrol checkpoint only sends events, and may rightly be quiet.
-                None if d.points.is_empty() => {
-                    event_only += 1;
-                    continue;
-                }
-                None => latest.get(&(di as u32)).is_some_and(|ts| now - ts <= SILENT_NS),
-            };
+            let up = !silent.contains(d.id.as_str())
+                && match polled {
+                    Some(m) => m.online.load(std::sync::atomic::Ordering::Relaxed),
+                    // A door reader or a patrol checkpoint only sends events, and may rightly be quiet.
+                    None if d.points.is_empty() => {
+                        event_only += 1;
+                        continue;
+                    }
+                    None => latest.get(&(di as u32)).is_some_and(|ts| now - ts <= SILENT_NS),
+                };
             if up {
                 online += 1;
             } else {
@@ -86,15 +98,39 @@ pub(super) async fn list(
             "unacked": unacked,
             "by_severity": by_severity,
             "worst": worst,
+            "outline": g.outline,
             "devices": { "total": online + offline + event_only, "online": online, "offline": offline, "event_only": event_only },
         }));
     }
     let site = &reg.site;
     Ok(Json(json!({
         "site": { "id": site.id, "name": site.name, "timezone": site.timezone.name() },
-        // No site plan is configured: the page lays the cells out as tiles.
-        "plan": Value::Null,
+        // Without a site plan the page lays the cells out as tiles.
+        "plan": site.plan.as_ref().map_or(Value::Null, |p| json!({
+            "image": "/api/v1/site/plan",
+            "width": p.width,
+            "height": p.height,
+        })),
         "grids": grids,
     }))
     .into_response())
+}
+
+/// The site plan image; 404 when none is configured.
+pub(super) async fn plan(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let Some(plan) = st.registry.site.plan.clone() else {
+        return Err(ApiError::NotFound("no site plan is configured (site.plan)".into()));
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, plan.content_type),
+            // The plan changes only with the config; it is the park's layout, so no shared caches.
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // An SVG plan opened on its own runs no script.
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'; sandbox"),
+        ],
+        plan.bytes.clone(),
+    )
+        .into_response())
 }

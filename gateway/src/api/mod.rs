@@ -195,6 +195,8 @@ pub fn routes() -> Vec<Route> {
         get_r("/api/v1/rejects", site, rejects),
         get_r("/api/v1/forward", site, forward),
         get_r("/api/v1/grids", viewer, grids::list),
+        // The park's layout is not for strangers: the page fetches it with the session like any read.
+        get_r("/api/v1/site/plan", viewer, grids::plan),
         get_r("/api/v1/incidents", viewer, incidents::list),
         get_r("/api/v1/incidents/stream", viewer, stream::incidents),
         get_r("/api/v1/incidents/{id}", viewer, incidents::one),

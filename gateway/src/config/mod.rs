@@ -108,7 +108,32 @@ pub struct Site {
     /// Person id of the site's safety manager (安全负责人), the last step of escalation.
     #[serde(default)]
     pub safety_manager: Option<String>,
+    /// The site plan the dashboard draws the grid cells on; without it the cells are tiles.
+    #[serde(default)]
+    pub plan: Option<SitePlan>,
 }
+
+/// A site plan image and the coordinate space the grids' `outline`s are given in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitePlan {
+    /// PNG, JPEG, WebP or SVG file (relative to the config file), at most 2 MiB: the dashboard is
+    /// read over weak mobile links.
+    pub image: PathBuf,
+    /// Width of the plan in outline units (usually the image's pixels); the image is scaled to it.
+    pub width: f64,
+    /// Height of the plan in outline units.
+    pub height: f64,
+    /// The image's bytes, read while the config is validated.
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    /// The image's content type, from its extension.
+    #[serde(skip)]
+    pub content_type: &'static str,
+}
+
+/// The largest site plan image accepted.
+pub const MAX_PLAN_BYTES: u64 = 2 * 1024 * 1024;
 
 fn default_timezone() -> String {
     "Asia/Shanghai".into()
@@ -129,6 +154,9 @@ pub struct Grid {
     /// Patrol checkpoints of the grid and how often each must be scanned.
     #[serde(default)]
     pub checkpoints: Vec<Checkpoint>,
+    /// The cell's outline on the site plan, `[[x, y], …]` in `site.plan` units (at least 3 corners).
+    #[serde(default)]
+    pub outline: Vec<[f64; 2]>,
 }
 
 /// A field device: a meter, detector, sensor or reader.

@@ -200,3 +200,50 @@ fn auth_defaults_and_problems_name_their_keys() {
         ["auth.session_max_secs", "auth.user_failures", "auth.source_failures", "auth.lockout_secs"]
     );
 }
+
+#[test]
+fn a_site_plan_is_read_and_outlines_must_lie_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 400 200"/>"#;
+    std::fs::write(dir.path().join("plan.svg"), svg).unwrap();
+    let with = |plan: &str, outline: &str| {
+        BASE.replacen("[[grids]]\nid = \"g1\"\n", &format!("{plan}\n[[grids]]\nid = \"g1\"\n{outline}\n"), 1)
+    };
+    let good = with(
+        "[site.plan]\nimage = \"plan.svg\"\nwidth = 400\nheight = 200",
+        "outline = [[0, 0], [200, 0], [200, 200]]",
+    );
+    let c = from_str(&good, Path::new("t.toml"), dir.path()).unwrap();
+    let plan = c.site.plan.as_ref().unwrap();
+    assert_eq!(plan.bytes, svg);
+    assert_eq!(plan.content_type, "image/svg+xml");
+    assert_eq!(c.grids[0].outline.len(), 3);
+
+    let problems = |text: &str| -> Vec<(String, String)> {
+        from_str(text, Path::new("t.toml"), dir.path()).expect_err("refused").problems()
+    };
+    let off = with(
+        "[site.plan]\nimage = \"plan.svg\"\nwidth = 400\nheight = 200",
+        "outline = [[0, 0], [500, 0], [200, 200]]",
+    );
+    let p = problems(&off);
+    assert_eq!(p[0].0, "grids[0].outline[1]", "{p:?}");
+    assert!(p[0].1.contains("off the plan"), "{p:?}");
+    let two = with("[site.plan]\nimage = \"plan.svg\"\nwidth = 400\nheight = 200", "outline = [[0, 0], [5, 0]]");
+    assert_eq!(problems(&two)[0].0, "grids[0].outline");
+    let no_plan = with("", "outline = [[0, 0], [5, 0], [5, 5]]");
+    let p = problems(&no_plan);
+    assert_eq!(p[0].0, "grids[0].outline");
+    assert!(p[0].1.contains("[site.plan]"), "{p:?}");
+    let missing = with("[site.plan]\nimage = \"nowhere.png\"\nwidth = 400\nheight = 200", "");
+    let p = problems(&missing);
+    assert_eq!(p[0].0, "site.plan.image");
+    assert!(p[0].1.contains("nowhere.png"), "{p:?}");
+    let kind = with("[site.plan]\nimage = \"plan.gif\"\nwidth = 0\nheight = 200", "");
+    let keys: Vec<String> = problems(&kind).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["site.plan.width", "site.plan.image"]);
+    std::fs::write(dir.path().join("huge.png"), vec![0u8; MAX_PLAN_BYTES as usize + 1]).unwrap();
+    let huge = with("[site.plan]\nimage = \"huge.png\"\nwidth = 400\nheight = 200", "");
+    let p = problems(&huge);
+    assert!(p[0].1.contains("at most"), "{p:?}");
+}

@@ -89,6 +89,84 @@ fn expand_in_place(slot: &mut Option<String>, path: &str, problems: &mut Problem
     }
 }
 
+/// The content type of a site plan image, by its file extension.
+fn plan_content_type(image: &Path) -> Option<&'static str> {
+    let ext = image.extension()?.to_str()?.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        _ => return None,
+    })
+}
+
+/// Reads the site plan image and checks the grid outlines against the plan's size.
+fn validate_plan(config: &mut Config, base: &Path, p: &mut Problems) {
+    let size = match config.site.plan.as_mut() {
+        Some(plan) => {
+            let mut ok = true;
+            for (key, v) in [("width", plan.width), ("height", plan.height)] {
+                if !(v.is_finite() && v > 0.0) {
+                    p.push(format!("site.plan.{key}"), format!("{v} is not a size; expected a positive number"));
+                    ok = false;
+                }
+            }
+            plan.image = base.join(&plan.image);
+            if let Some(t) = plan_content_type(&plan.image) {
+                plan.content_type = t;
+                match std::fs::metadata(&plan.image) {
+                    Ok(m) if m.len() > super::MAX_PLAN_BYTES => p.push(
+                        "site.plan.image",
+                        format!(
+                            "{} is {} bytes; expected at most {} (the dashboard is read over mobile links)",
+                            plan.image.display(),
+                            m.len(),
+                            super::MAX_PLAN_BYTES
+                        ),
+                    ),
+                    Ok(_) => match std::fs::read(&plan.image) {
+                        Ok(bytes) => plan.bytes = bytes,
+                        Err(e) => p.push("site.plan.image", format!("cannot read {}: {e}", plan.image.display())),
+                    },
+                    Err(e) => p.push("site.plan.image", format!("cannot read {}: {e}", plan.image.display())),
+                }
+            } else {
+                p.push(
+                    "site.plan.image",
+                    format!("{}: expected a .png, .jpg, .webp or .svg file", plan.image.display()),
+                );
+            }
+            ok.then_some((plan.width, plan.height))
+        }
+        None => None,
+    };
+    for (i, g) in config.grids.iter().enumerate() {
+        if g.outline.is_empty() {
+            continue;
+        }
+        let key = format!("grids[{i}].outline");
+        if config.site.plan.is_none() {
+            p.push(key, "an outline needs a site plan; expected [site.plan] with image, width and height");
+            continue;
+        }
+        if g.outline.len() < 3 {
+            p.push(key, format!("{} corners; expected at least 3 [x, y] pairs", g.outline.len()));
+            continue;
+        }
+        if let Some((w, h)) = size {
+            if let Some((j, c)) =
+                g.outline.iter().enumerate().find(|(_, [x, y])| !(0.0..=w).contains(x) || !(0.0..=h).contains(y))
+            {
+                p.push(
+                    format!("{key}[{j}]"),
+                    format!("[{}, {}] is off the plan; expected 0 <= x <= {w} and 0 <= y <= {h}", c[0], c[1]),
+                );
+            }
+        }
+    }
+}
+
 pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     let mut p = Problems(Vec::new());
 
@@ -105,6 +183,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
         );
     }
 
+    validate_plan(config, base, &mut p);
     let mut grid_ids = HashSet::new();
     for (i, g) in config.grids.iter().enumerate() {
         if !is_identifier(&g.id) {

@@ -166,13 +166,26 @@ pub fn start(
     let series = store::series(&mut conn, &names)?;
     let metrics = Arc::new(HistoryMetrics::default());
     metrics.disk_bytes.store(store::disk_bytes(&conn, &settings.path), Relaxed);
+    let mut roller = rollup::Roller::new(registry.points.iter().map(|p| Kind::of_unit(&p.unit)));
+    let now_ms = clock.wall_ns() / 1_000_000;
+    for (i, p) in registry.points.iter().enumerate() {
+        if Kind::of_unit(&p.unit) != Kind::Energy {
+            continue;
+        }
+        if let Some((t, counter)) = store::last_reading(&conn, series[i])? {
+            // The stored minute starts up to a minute before its last reading.
+            if now_ms - t <= rollup::MAX_HOLD / 1_000_000 + 60_000 {
+                roller.resume_counter(i as u32, counter);
+            }
+        }
+    }
     let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
     let pool = Arc::new(SamplePool::default());
     let writer = Writer {
         conn,
         path: settings.path.clone(),
         series,
-        roller: rollup::Roller::new(registry.points.iter().map(|p| Kind::of_unit(&p.unit))),
+        roller,
         pending: Vec::new(),
         metrics: metrics.clone(),
         clock,

@@ -14,7 +14,9 @@
 //! - Energy counters ([`Kind::Energy`]) roll up as increments: each good reading adds its increase
 //!   over the previous good reading to `sum` (a decrease is a counter reset: the increase is the new
 //!   reading itself); `min`/`max` are the smallest and largest single increments, `last` the counter.
-//!   The first reading after a start only sets the baseline.
+//!   The first reading after a start only sets the baseline, unless the last stored counter is at
+//!   most [`MAX_HOLD`] old (a restart): then the increment since it counts in the first minute back.
+//!   Over a longer outage the increment is not spread into one minute; the stored counters show it.
 //!
 //! An aggregate is additive ([`Agg::merge`]): the unwritten part of a bucket is written as a delta
 //! that the store adds to what it holds, so a bucket written early (a sweep, a stop) and completed
@@ -225,6 +227,14 @@ impl Roller {
             })
             .collect();
         Self { points, rows: Vec::new() }
+    }
+
+    /// Continues an energy counter from its last stored reading, so the consumption between the
+    /// last reading before a restart and the first after it is not lost.
+    pub fn resume_counter(&mut self, point: u32, counter: f64) {
+        if let Some(p) = self.points.get_mut(point as usize).filter(|p| p.kind == Kind::Energy) {
+            p.baseline = Some(counter);
+        }
     }
 
     /// The kind of point `point`.

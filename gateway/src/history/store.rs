@@ -144,6 +144,21 @@ pub fn write(conn: &mut Connection, series: &[i64], rows: &[Row]) -> Result<(), 
     Ok(())
 }
 
+/// The newest minute of a series that kept a last reading: its start (ms) and that reading.
+///
+/// # Errors
+/// The query fails.
+pub fn last_reading(conn: &Connection, series: i64) -> Result<Option<(i64, f64)>, HistoryError> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT t, vlast FROM m1 WHERE series = ?1 AND vlast IS NOT NULL ORDER BY t DESC LIMIT 1",
+            [series],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+}
+
 /// Removes rollups older than the cutoffs (UTC ms), series by series along the primary key; returns
 /// the rows removed.
 ///

@@ -310,3 +310,39 @@ fn the_bound_makes_room_by_removing_the_oldest_minutes() {
     assert_eq!(rows.last().map(|a| a.t), Some((T0 + 19 * DAY + 43 * MIN) / 1_000_000), "the newest minutes are kept");
     assert!(rows.first().unwrap().t > T0 / 1_000_000, "the oldest went first");
 }
+
+/// A restart within the longest hold continues an energy counter from its last stored reading: the
+/// consumption across the restart lands in the first minute back. After a longer outage it is not
+/// spread into one minute; the stored counters keep it.
+#[test]
+fn an_energy_counter_continues_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(r#"{ name = "ep", unit = "kWh" }"#);
+    let s = settings(dir.path(), 1 << 30);
+    let kwh = |ts: i64, value: f64| Sample { point: PointId(0), quality: Quality::Good, ts, value };
+    let run = |now: i64, samples: &[Sample]| {
+        let clock = Arc::new(ManualClock::new(now, 0));
+        let (history, _, thread) = start(&s, &reg, clock).unwrap();
+        history.offer(samples);
+        drop(history);
+        thread.join().unwrap();
+    };
+    let reader =
+        HistoryReader { path: s.path.clone(), metrics: Default::default(), minute_days: 35, max_bytes: 1 << 30 };
+    let minutes = || -> Vec<(i64, f64)> {
+        reader
+            .read("m1", "ep", Res::Minute, 0, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| ((r.t - T0 / 1_000_000) / 60_000, r.sum))
+            .collect()
+    };
+    run(T0 + MIN, &[kwh(T0, 100.0), kwh(T0 + 30 * S, 100.5)]);
+    assert_eq!(minutes(), [(0, 0.5)]);
+    // Back five minutes later: the 2 kWh used while down count in the first minute back.
+    run(T0 + 6 * MIN, &[kwh(T0 + 5 * MIN, 102.5), kwh(T0 + 5 * MIN + 30 * S, 103.0)]);
+    assert_eq!(minutes(), [(0, 0.5), (5, 2.5)]);
+    // Back after two hours: the first reading only sets the baseline again.
+    run(T0 + 126 * MIN, &[kwh(T0 + 125 * MIN, 110.0), kwh(T0 + 125 * MIN + 30 * S, 110.25)]);
+    assert_eq!(minutes(), [(0, 0.5), (5, 2.5), (125, 0.25)]);
+}

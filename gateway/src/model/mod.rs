@@ -169,6 +169,18 @@ pub struct SiteInfo {
     pub id: String,
     pub name: String,
     pub timezone: chrono_tz::Tz,
+    /// The site plan image, when configured.
+    pub plan: Option<std::sync::Arc<PlanInfo>>,
+}
+
+/// A site plan: its image and the coordinate space of the grid outlines.
+#[derive(Debug)]
+pub struct PlanInfo {
+    /// Shared, so serving the image copies nothing.
+    pub bytes: bytes::Bytes,
+    pub content_type: &'static str,
+    pub width: f64,
+    pub height: f64,
 }
 
 /// A grid cell of the park (网格).
@@ -176,6 +188,8 @@ pub struct SiteInfo {
 pub struct GridInfo {
     pub id: String,
     pub name: String,
+    /// The cell's outline on the site plan (empty without one).
+    pub outline: Vec<[f64; 2]>,
 }
 
 /// A configured device with its points, which occupy a contiguous range of [`PointId`]s.
@@ -225,7 +239,11 @@ impl Registry {
         let grids: Vec<GridInfo> = config
             .grids
             .iter()
-            .map(|g| GridInfo { id: g.id.clone(), name: g.name.clone().unwrap_or_else(|| g.id.clone()) })
+            .map(|g| GridInfo {
+                id: g.id.clone(),
+                name: g.name.clone().unwrap_or_else(|| g.id.clone()),
+                outline: g.outline.clone(),
+            })
             .collect();
         let grid_index: HashMap<String, GridId> =
             grids.iter().enumerate().map(|(i, g)| (g.id.clone(), GridId(i as u32))).collect();
@@ -264,6 +282,14 @@ impl Registry {
                 id: config.site.id.clone(),
                 name: config.site.name.clone().unwrap_or_else(|| config.site.id.clone()),
                 timezone,
+                plan: config.site.plan.as_ref().map(|p| {
+                    std::sync::Arc::new(PlanInfo {
+                        bytes: bytes::Bytes::from(p.bytes.clone()),
+                        content_type: p.content_type,
+                        width: p.width,
+                        height: p.height,
+                    })
+                }),
             },
             grids,
             devices,

@@ -186,8 +186,12 @@ mod tests {
     #[test]
     fn the_site_directory_follows_the_roster_and_falls_back_to_contacts() {
         let text = include_str!("../../../configs/demo.toml");
-        let config =
-            crate::config::from_str(text, std::path::Path::new("demo.toml"), std::path::Path::new(".")).unwrap();
+        let config = crate::config::from_str(
+            text,
+            std::path::Path::new("demo.toml"),
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs")),
+        )
+        .unwrap();
         let site = Arc::new(crate::people::Directory::from_config(&config));
         let d = SiteDirectory::new(site, vec![contact("backup", ContactRole::Officer, &["g9"])]);
         let names = |v: Vec<Person>| v.into_iter().map(|p| p.name).collect::<Vec<_>>();

@@ -19,11 +19,17 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn config(port: u16) -> String {
     let source = parkwatch_e2e::numbers_over_mqtt(port);
+    // The demo park's plan, which the overview draws the cells on.
+    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/demo-plan.svg");
     format!(
         r#"
 [site]
 id = "t"
 timezone = "Asia/Shanghai"
+[site.plan]
+image = "{plan}"
+width = 800
+height = 500
 
 [api]
 listen = "{{api}}"
@@ -31,9 +37,11 @@ listen = "{{api}}"
 [[grids]]
 id = "g1"
 name = "一号网格"
+outline = [[20, 20], [780, 20], [780, 160], [20, 160]]
 [[grids]]
 id = "g2"
 name = "二号网格"
+outline = [[500, 182], [780, 182], [780, 330], [500, 330]]
 
 [[devices]]
 id = "m1"
@@ -222,6 +230,15 @@ fn an_officer_sees_an_incident_arrive_live_and_acknowledges_it_in_chromium() {
     b.find("#tiles a[data-grid='g1']");
     let tiles = b.js("return [...document.querySelectorAll('#tiles a')].map(a => a.dataset.grid);", json!([]));
     assert_eq!(tiles, json!(["g1"]));
+    // The site plan, with the officer's cell outlined on it and no other.
+    let cells = b.js("return [...document.querySelectorAll('#plan a.cell')].map(a => a.dataset.grid);", json!([]));
+    assert_eq!(cells, json!(["g1"]));
+    let plan = b.js(
+        "const x = new XMLHttpRequest(); x.open('GET', document.querySelector('#plan image').getAttribute('href'), false); \
+         x.send(); return [x.status, x.getResponseHeader('content-type')];",
+        json!([]),
+    );
+    assert_eq!(plan, json!([200, "image/svg+xml"]));
 
     // The live list, empty, with its stream open.
     b.click("#nav a[href='#/incidents']");
@@ -337,6 +354,7 @@ fn an_officer_sees_an_incident_arrive_live_and_acknowledges_it_in_chromium() {
     b.viewport(1366, 768);
     b.open(&format!("{base}/#/"));
     b.find("#tiles a.sev-critical[data-grid='g1']");
+    b.find("#plan a.cell.sev-critical[data-grid='g1']");
     b.screenshot(&artifacts.join("overview-1366x768.png"), 1366);
     println!("screenshots in {}; the incident reached the list {seen:?} after its commit", artifacts.display());
 }

@@ -172,3 +172,42 @@ async fn grids_show_the_callers_cells_with_counts_and_the_worst_alarm() {
     assert_eq!(ids, ["g1", "g2"]);
     assert_eq!(all["grids"][1]["worst"], "critical");
 }
+
+#[tokio::test]
+async fn the_site_plan_is_served_to_callers_and_the_cells_carry_their_outlines() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg =
+        br#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 400 200"><rect width="400" height="200"/></svg>"#;
+    std::fs::write(dir.path().join("plan.svg"), svg).unwrap();
+    let text = super::CONFIG.replacen(
+        "[[grids]]\nid = \"g1\"\n",
+        "[site.plan]\nimage = \"plan.svg\"\nwidth = 400\nheight = 200\n[[grids]]\nid = \"g1\"\noutline = [[0, 0], [200, 0], [200, 200], [0, 200]]\n",
+        1,
+    );
+    let config = crate::config::from_str(&text, "t.toml".as_ref(), dir.path()).unwrap();
+    let (mut st, store, _tx) = state_with_incidents(dir.path()).await;
+    st.registry = Arc::new(Registry::from_config(&config));
+    // e1 (g2) is silent past its category's limit: the overview counts it offline.
+    let Change::Open(mut silent) = incident(3, "g2", "e1") else { unreachable!() };
+    silent.rule = "quality.device_silent".into();
+    silent.severity = Severity::Major;
+    store.apply(vec![Change::Open(silent)], None).await.unwrap();
+    store.sync().await.unwrap();
+    let app = router(st);
+
+    let (status, v) = get(&app, "/api/v1/grids").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["plan"], serde_json::json!({ "image": "/api/v1/site/plan", "width": 400.0, "height": 200.0 }));
+    assert_eq!(v["grids"][0]["outline"], serde_json::json!([[0.0, 0.0], [200.0, 0.0], [200.0, 200.0], [0.0, 200.0]]));
+    assert_eq!(v["grids"][1]["outline"], serde_json::json!([]));
+    assert_eq!(v["grids"][1]["devices"]["offline"], 1, "{v}");
+
+    let officer = token(Role::Officer, &Some(vec!["g1".into()]));
+    let resp = send(&app, "/api/v1/site/plan", &[("authorization", &officer)]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "image/svg+xml");
+    assert!(resp.headers()["content-security-policy"].to_str().unwrap().contains("sandbox"));
+    assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], svg);
+    let stranger = send(&app, "/api/v1/site/plan", &[]).await;
+    assert_eq!(stranger.status(), StatusCode::UNAUTHORIZED);
+}
