@@ -8,46 +8,12 @@
 //! turns the edge history (on by default, as in a park) off, to see its share.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use parkwatch_e2e::bench::{connect, env_or, frame_len, median, peak_rss_mb, proc_cpu_secs, remaining_length};
 use parkwatch_e2e::{wait_until, Gateway, Mosquitto};
 
 const DEVICES: usize = 100;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn connect(port: u16, client_id: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut pkt = vec![0x10];
-    remaining_length(body.len(), &mut pkt);
-    pkt.extend_from_slice(&body);
-    s.write_all(&pkt).unwrap();
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).unwrap();
-    assert_eq!(connack[0], 0x20, "no CONNACK");
-    s
-}
 
 /// QoS 0 PUBLISH frames, prepared before timing so the publisher costs little.
 fn frames(n: usize) -> Vec<u8> {
@@ -120,36 +86,6 @@ fn ceiling(port: u16, n: usize, data: &[u8]) -> f64 {
     n as f64 / publisher.as_secs_f64()
 }
 
-fn frame_len(b: &[u8]) -> Option<(usize, usize)> {
-    let mut len = 0usize;
-    for i in 0..4 {
-        let byte = *b.get(1 + i)?;
-        len |= ((byte & 0x7f) as usize) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((len, 2 + i));
-        }
-    }
-    None
-}
-
-fn proc_cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb / 1024.0
-}
-
 /// Ingestion alone by default; `PARKWATCH_BENCH_RULES=1` runs the built-in rule packs on the same load,
 /// `PARKWATCH_BENCH_HISTORY=0` leaves the edge history out.
 fn gateway_config(port: u16) -> String {
@@ -205,15 +141,10 @@ fn gateway_run(port: u16, n: usize, data: &[u8]) -> GatewayRun {
     GatewayRun { rate: n as f64 / elapsed.as_secs_f64(), cpu, rss_mb: peak_rss_mb(pid) }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     // `cargo bench` passes --bench; a plain `cargo test` of benches passes nothing useful: run small.
-    let n = env_usize("PARKWATCH_BENCH_MESSAGES", 1_000_000);
-    let rounds = env_usize("PARKWATCH_BENCH_ROUNDS", 3);
+    let n = env_or("PARKWATCH_BENCH_MESSAGES", 1_000_000usize);
+    let rounds = env_or("PARKWATCH_BENCH_ROUNDS", 3usize);
     let broker = Mosquitto::start("max_queued_messages 0\nmax_inflight_messages 0\nmax_queued_bytes 0");
     let data = frames(n);
     println!("ingest: {n} messages × {rounds} rounds, {} bytes of PUBLISH frames, {DEVICES} devices", data.len());
@@ -234,10 +165,10 @@ fn main() {
         ceilings.push(c);
         runs.push(g);
     }
-    let c = median(ceilings.clone());
-    let rate = median(runs.iter().map(|r| r.rate).collect());
-    let ratio = median(runs.iter().zip(&ceilings).map(|(r, c)| r.rate / c).collect());
-    let per_cpu = median(runs.iter().map(|r| n as f64 / r.cpu).collect());
+    let c = median(&ceilings);
+    let rate = median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>());
+    let ratio = median(&runs.iter().zip(&ceilings).map(|(r, c)| r.rate / c).collect::<Vec<_>>());
+    let per_cpu = median(&runs.iter().map(|r| n as f64 / r.cpu).collect::<Vec<_>>());
     let rss = runs.iter().map(|r| r.rss_mb).fold(0.0, f64::max);
     println!("median: ceiling {c:.0} msg/s, gateway {rate:.0} msg/s, ratio {:.1} %, {per_cpu:.0} msg per gateway CPU-s, max peak RSS {rss:.1} MB", 100.0 * ratio);
     println!("targets: ratio >= 90 %, >= 250000 msg per CPU-s, peak RSS <= 40 MB");

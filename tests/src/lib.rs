@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: real peers (Mosquitto, the gateway binary) on free loopback ports,
 //! each test in its own temporary directory, and waits on conditions instead of sleeps.
 
+pub mod bench;
+
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

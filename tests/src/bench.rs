@@ -1,0 +1,185 @@
+//! What the benchmarks share: a bare MQTT 3.1.1 client over a blocking socket (cheap enough not to be
+//! the bottleneck it measures), process CPU and memory from `/proc`, and order statistics.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// An environment variable parsed as `T`, or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// MQTT's variable-length "remaining length".
+pub fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// (remaining length, header bytes) of the packet at the start of `b`, once its header is complete.
+pub fn frame_len(b: &[u8]) -> Option<(usize, usize)> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let byte = *b.get(1 + i)?;
+        len |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((len, 2 + i));
+        }
+    }
+    None
+}
+
+/// A clean-session MQTT connection, CONNACK read.
+pub fn connect(port: u16, client_id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut pkt = vec![0x10];
+    remaining_length(body.len(), &mut pkt);
+    pkt.extend_from_slice(&body);
+    s.write_all(&pkt).unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).unwrap();
+    assert_eq!(connack[0], 0x20, "no CONNACK");
+    s
+}
+
+/// Subscribes to `filters` at `qos` (packet id 1) and reads the SUBACK.
+pub fn subscribe(s: &mut TcpStream, filters: &[&str], qos: u8) {
+    let mut body = vec![0, 1];
+    for f in filters {
+        body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        body.extend_from_slice(f.as_bytes());
+        body.push(qos);
+    }
+    let mut pkt = vec![0x82];
+    remaining_length(body.len(), &mut pkt);
+    pkt.extend_from_slice(&body);
+    s.write_all(&pkt).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "broker closed before SUBACK");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some((len, header)) = frame_len(&buf) {
+            if buf.len() >= header + len {
+                assert_eq!(buf[0], 0x90, "no SUBACK");
+                assert!(buf[header + 2..header + len].iter().all(|&c| c != 0x80), "subscription refused");
+                return;
+            }
+        }
+    }
+}
+
+/// Appends a PUBLISH (QoS 0, or QoS 1 with `packet_id`) to `out`.
+pub fn publish_frame(out: &mut Vec<u8>, topic: &str, payload: &[u8], qos: u8, packet_id: u16) {
+    out.push(if qos == 0 { 0x30 } else { 0x32 });
+    let id_len = if qos == 0 { 0 } else { 2 };
+    remaining_length(2 + topic.len() + id_len + payload.len(), out);
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        out.extend_from_slice(&packet_id.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// One incoming PUBLISH.
+pub struct Incoming<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+}
+
+/// Reads packets from `s` until `stop` is set or the connection ends: each PUBLISH is handed to `f`
+/// (and acknowledged when it is QoS 1); other packets are skipped.
+pub fn read_publishes(s: &mut TcpStream, stop: &AtomicBool, mut f: impl FnMut(Incoming<'_>)) {
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut acks: Vec<u8> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let got = match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        };
+        pending.extend_from_slice(&buf[..got]);
+        let mut pos = 0;
+        while let Some((len, header)) = frame_len(&pending[pos..]) {
+            if pending.len() - pos < header + len {
+                break;
+            }
+            let p = &pending[pos..pos + header + len];
+            if p[0] >> 4 == 3 && len >= 2 {
+                let qos = (p[0] >> 1) & 3;
+                let body = &p[header..];
+                let tlen = (u16::from_be_bytes([body[0], body[1]]) as usize).min(body.len() - 2);
+                let topic = std::str::from_utf8(&body[2..2 + tlen]).unwrap_or("");
+                let mut rest = &body[2 + tlen..];
+                if qos > 0 && rest.len() >= 2 {
+                    acks.extend_from_slice(&[0x40, 2, rest[0], rest[1]]);
+                    rest = &rest[2..];
+                }
+                f(Incoming { topic, payload: rest });
+            }
+            pos += header + len;
+        }
+        pending.drain(..pos);
+        if !acks.is_empty() {
+            if s.write_all(&acks).is_err() {
+                return;
+            }
+            acks.clear();
+        }
+    }
+}
+
+/// CPU seconds (user + system) of process `pid` so far.
+pub fn proc_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Peak resident memory of process `pid`, MB.
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// The median of `v` (nearest rank: the lower middle for an even count); NaN when empty.
+pub fn median(v: &[f64]) -> f64 {
+    percentile(v, 50.0)
+}
+
+/// The nearest-rank percentile `p` (0–100) of `v`; NaN when empty.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
