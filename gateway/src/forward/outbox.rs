@@ -67,6 +67,10 @@ pub struct Stored {
     pub created: i64,
     pub lines: i64,
     pub body: Vec<u8>,
+    /// Batches joined into this one.
+    pub batches: u64,
+    /// Their bytes as the outbox counts them.
+    pub bytes: u64,
 }
 
 fn connect(path: &Path) -> Result<Connection, OutboxError> {
@@ -392,7 +396,12 @@ impl Cursor {
     /// # Errors
     /// The file cannot be opened.
     pub fn open(path: &Path, target: &str) -> Result<Self, OutboxError> {
-        Ok(Self { conn: connect(path)?, target: target.to_owned() })
+        let conn = connect(path)?;
+        // A cursor move lost to a power cut sends its batches again, which the store takes as the
+        // same points: it need not wait for the disk (one fsync per delivered batch otherwise).
+        conn.execute_batch("PRAGMA synchronous=NORMAL")
+            .map_err(|source| OutboxError::Open { path: path.to_owned(), source })?;
+        Ok(Self { conn, target: target.to_owned() })
     }
 
     /// The last sequence this target confirmed.
@@ -407,21 +416,47 @@ impl Cursor {
             .unwrap_or(0))
     }
 
-    /// The next batch after `seq` meant for this target (addressed to all, or to it), if any.
+    /// The batches after `seq` up to `upto` meant for this target (addressed to all, or to it),
+    /// joined into one while they fit in `max_bytes` (the first always comes): many small commits go
+    /// to the store as one request. The result carries the last batch's `seq` and the first one's
+    /// `created`.
     ///
     /// # Errors
     /// A database error.
-    pub fn next_after(&self, seq: i64) -> Result<Option<Stored>, OutboxError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT seq, created, lines, body FROM batches
-                 WHERE seq > ?1 AND (target IS NULL OR target = ?2) ORDER BY seq LIMIT 1",
-            )?
-            .query_row(params![seq, self.target], |r| {
-                Ok(Stored { seq: r.get(0)?, created: r.get(1)?, lines: r.get(2)?, body: r.get(3)? })
-            })
-            .optional()?)
+    pub fn next_after(&self, seq: i64, upto: i64, max_bytes: usize) -> Result<Option<Stored>, OutboxError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, created, lines, body FROM batches
+             WHERE seq > ?1 AND seq <= ?3 AND (target IS NULL OR target = ?2) ORDER BY seq LIMIT 256",
+        )?;
+        let mut rows = stmt.query(params![seq, self.target, upto])?;
+        let mut joined: Option<Stored> = None;
+        while let Some(r) = rows.next()? {
+            let body: Vec<u8> = r.get(3)?;
+            match joined.as_mut() {
+                None => {
+                    joined = Some(Stored {
+                        seq: r.get(0)?,
+                        created: r.get(1)?,
+                        lines: r.get(2)?,
+                        bytes: body.len() as u64,
+                        body,
+                        batches: 1,
+                    });
+                }
+                Some(j) if j.body.len() + body.len() < max_bytes => {
+                    if j.body.last().is_some_and(|&c| c != b'\n') {
+                        j.body.push(b'\n');
+                    }
+                    j.body.extend_from_slice(&body);
+                    j.seq = r.get(0)?;
+                    j.lines += r.get::<_, i64>(2)?;
+                    j.batches += 1;
+                    j.bytes += body.len() as u64;
+                }
+                Some(_) => break,
+            }
+        }
+        Ok(joined)
     }
 
     /// Records that the target confirmed everything up to `seq`.
@@ -461,17 +496,35 @@ impl Cursor {
         Ok(dropped)
     }
 
-    /// What is waiting for this target: (batches, bytes, creation time of the oldest).
+    /// The batches meant for this target after `after`: (batches, bytes, the last one's seq or
+    /// `after`). Reads only those rows: called with the last seq counted, it costs what is new.
     ///
     /// # Errors
     /// A database error.
-    pub fn backlog(&self, after: i64) -> Result<(u64, u64, Option<i64>), OutboxError> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(created) FROM batches
+    pub fn waiting_after(&self, after: i64) -> Result<(u64, u64, i64), OutboxError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(MAX(seq), ?1) FROM batches
              WHERE seq > ?1 AND (target IS NULL OR target = ?2)",
-            params![after, self.target],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
-        )?)
+            )?
+            .query_row(params![after, self.target], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })?)
+    }
+
+    /// Creation time of the first batch after `after` meant for this target.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn oldest_after(&self, after: i64) -> Result<Option<i64>, OutboxError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT created FROM batches WHERE seq > ?1 AND (target IS NULL OR target = ?2) ORDER BY seq LIMIT 1",
+            )?
+            .query_row(params![after, self.target], |r| r.get(0))
+            .optional()?)
     }
 
     /// Dead letters of this target, newest first: (seq, at, status, message).
@@ -651,7 +704,7 @@ mod tests {
         let o = Outbox::open(&path, &["a".to_string()], 0, 10).unwrap();
         assert_eq!((o.incident_cursor().unwrap(), o.audit_cursor().unwrap()), (7, 2));
         let c = Cursor::open(&path, "a").unwrap();
-        assert_eq!(c.next_after(0).unwrap().unwrap().body, b"audit seq=1i 1\naudit seq=2i 2\n");
+        assert_eq!(c.next_after(0, i64::MAX, 0).unwrap().unwrap().body, b"audit seq=1i 1\naudit seq=2i 2\n");
     }
 
     #[test]
@@ -664,13 +717,13 @@ mod tests {
         let (s2, _) = o.append(Kind::Telemetry, 1, b"m f=2 2\n", 2).unwrap();
         let a = Cursor::open(&path, "a").unwrap();
         let b = Cursor::open(&path, "b").unwrap();
-        assert_eq!(a.next_after(a.position().unwrap()).unwrap().unwrap().seq, s1);
+        assert_eq!(a.next_after(a.position().unwrap(), i64::MAX, 0).unwrap().unwrap().seq, s1);
         a.advance(s2).unwrap();
         assert_eq!(o.prune().unwrap(), 0, "b has not confirmed");
         b.advance(s1).unwrap();
         assert_eq!(o.prune().unwrap(), 1);
-        assert_eq!(b.next_after(b.position().unwrap()).unwrap().unwrap().seq, s2);
-        assert!(a.next_after(a.position().unwrap()).unwrap().is_none());
+        assert_eq!(b.next_after(b.position().unwrap(), i64::MAX, 0).unwrap().unwrap().seq, s2);
+        assert!(a.next_after(a.position().unwrap(), i64::MAX, 0).unwrap().is_none());
         // Reopen: the state is on disk.
         drop(o);
         let o = Outbox::open(&path, &targets, 0, 0).unwrap();
@@ -691,7 +744,7 @@ mod tests {
         assert_eq!(d, Dropped { batches: 2, bytes: 200, incidents: 0 });
         assert!(o.bytes() <= 1000);
         let c = Cursor::open(&path, "a").unwrap();
-        assert_eq!(c.next_after(0).unwrap().unwrap().body[0], b'i', "the incident is still first");
+        assert_eq!(c.next_after(0, i64::MAX, 0).unwrap().unwrap().body[0], b'i', "the incident is still first");
     }
 
     #[test]
@@ -704,13 +757,35 @@ mod tests {
         let (seq, d) = o.append(Kind::Telemetry, 1, b"new\n", 500).unwrap();
         assert_eq!(d, Dropped { batches: 1, bytes: 11, incidents: 0 });
         let c = Cursor::open(&path, "a").unwrap();
-        let first = c.next_after(c.position().unwrap()).unwrap().unwrap();
+        let first = c.next_after(c.position().unwrap(), i64::MAX, 0).unwrap().unwrap();
         assert_eq!((first.seq, first.body.as_slice()), (incident, &b"old incident\n"[..]));
-        assert_eq!(c.next_after(first.seq).unwrap().unwrap().seq, seq);
+        assert_eq!(c.next_after(first.seq, i64::MAX, 0).unwrap().unwrap().seq, seq);
         // Much later still: the incident waits for its confirmation.
         let (_, d) = o.append(Kind::Telemetry, 1, b"later\n", 10_000).unwrap();
         assert_eq!(d.batches, 1, "only the sample went");
-        assert_eq!(c.next_after(0).unwrap().unwrap().seq, incident);
+        assert_eq!(c.next_after(0, i64::MAX, 0).unwrap().unwrap().seq, incident);
+    }
+
+    #[test]
+    fn small_batches_are_joined_into_one_delivery_up_to_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let mut o = Outbox::open(&path, &["a".to_string()], 0, 0).unwrap();
+        let (s1, _) = o.append(Kind::Telemetry, 1, b"m f=1 1\n", 1).unwrap();
+        let (s2, _) = o.append_incidents(2, b"incident id=1i 2\nincident id=2i 3", 2, 9).unwrap();
+        let (s3, _) = o.append(Kind::Telemetry, 1, b"m f=3 4\n", 3).unwrap();
+        let c = Cursor::open(&path, "a").unwrap();
+        let all = c.next_after(0, i64::MAX, 1 << 20).unwrap().unwrap();
+        assert_eq!((all.seq, all.created, all.lines, all.batches), (s3, 1, 4, 3));
+        assert_eq!(all.body, b"m f=1 1\nincident id=1i 2\nincident id=2i 3\nm f=3 4\n", "a missing newline is put in");
+        assert_eq!(all.bytes, 8 + 33 + 8);
+        let upto = c.next_after(0, s2, 1 << 20).unwrap().unwrap();
+        assert_eq!((upto.seq, upto.batches), (s2, 2), "nothing past the bound");
+        let one = c.next_after(0, i64::MAX, 20).unwrap().unwrap();
+        assert_eq!((one.seq, one.batches, one.body.as_slice()), (s1, 1, &b"m f=1 1\n"[..]), "the next does not fit");
+        assert_eq!(c.waiting_after(0).unwrap(), (3, 49, s3));
+        assert_eq!(c.waiting_after(s2).unwrap(), (1, 8, s3), "counts only what is after");
+        assert_eq!(c.oldest_after(s1).unwrap(), Some(2));
     }
 
     #[test]
@@ -804,16 +879,16 @@ mod tests {
             ]
         );
         assert_eq!(a.dead_letters(10).unwrap().len(), 2, "a dry run changes nothing");
-        assert!(a.next_after(s2).unwrap().is_none());
+        assert!(a.next_after(s2, i64::MAX, 0).unwrap().is_none());
 
         assert_eq!(replay(&path, &targets, false, 5).unwrap(), dry);
         assert!(a.dead_letters(10).unwrap().is_empty());
-        let r1 = a.next_after(s2).unwrap().unwrap();
-        let r2 = a.next_after(r1.seq).unwrap().unwrap();
+        let r1 = a.next_after(s2, i64::MAX, 0).unwrap().unwrap();
+        let r2 = a.next_after(r1.seq, i64::MAX, 0).unwrap().unwrap();
         assert_eq!((r1.body.as_slice(), r1.lines), (&b"bad 1\n"[..], 1));
         assert_eq!(r2.body, b"incident bad\n");
-        assert!(b.next_after(s2).unwrap().is_none(), "b never sees what only a rejected");
-        assert_eq!(b.backlog(s2).unwrap().0, 0);
+        assert!(b.next_after(s2, i64::MAX, 0).unwrap().is_none(), "b never sees what only a rejected");
+        assert_eq!(b.waiting_after(s2).unwrap().0, 0);
         // The replayed incident is still an incident: the age limit does not take it.
         let kinds: Vec<i64> = a
             .conn

@@ -268,10 +268,12 @@ pub fn run(spec: TargetSpec, cursor: Cursor, metrics: Arc<TargetMetrics>, stop: 
     let mut w =
         Writer { backoff: spec.retry_min, pause: spec.pause_min, paused: false, agent, spec, metrics, stop, cursor };
     let mut seen_wake = u64::MAX;
+    let mut waiting = Waiting::default();
     info!(target = %w.spec.id, url = %w.spec.write_url, from = position, "Writer started.");
     while !w.stop.load(Ordering::Relaxed) {
-        update_backlog(&w.cursor, position, &w.metrics);
-        let next = match w.cursor.next_after(position) {
+        waiting.update(&w.cursor, position, &w.metrics);
+        // Only counted batches: what is delivered is taken off the count.
+        let next = match w.cursor.next_after(position, waiting.counted_to, JOIN_BYTES) {
             Ok(n) => n,
             Err(e) => {
                 warn!(target = %w.spec.id, error = %e, "Cannot read the outbox.");
@@ -292,6 +294,7 @@ pub fn run(spec: TargetSpec, cursor: Cursor, metrics: Arc<TargetMetrics>, stop: 
         let Some(rejected) = w.deliver(&batch) else { break };
         if w.settle(&batch, &rejected) {
             position = batch.seq;
+            waiting.delivered(&batch);
         }
     }
     info!(target = %w.spec.id, "Writer stopped.");
@@ -454,11 +457,45 @@ fn sleep(stop: &AtomicBool, d: Duration) {
     }
 }
 
-fn update_backlog(cursor: &Cursor, position: i64, m: &TargetMetrics) {
-    if let Ok((batches, bytes, oldest)) = cursor.backlog(position) {
-        m.backlog_batches.store(batches, Ordering::Relaxed);
-        m.backlog_bytes.store(bytes, Ordering::Relaxed);
+/// Small batches after the cursor are joined into one request up to this size.
+const JOIN_BYTES: usize = 1 << 20;
+
+/// Every this often the backlog is counted in full, catching batches the outbox's bounds dropped.
+const FULL_COUNT_EVERY: Duration = Duration::from_secs(30);
+
+/// What waits for the target, kept without reading the whole backlog for every batch delivered
+/// (which made each delivery cost more the longer the backlog): new batches are counted as they
+/// appear, delivered ones taken off.
+#[derive(Default)]
+struct Waiting {
+    counted_to: i64,
+    batches: u64,
+    bytes: u64,
+    full_at: Option<Instant>,
+}
+
+impl Waiting {
+    fn update(&mut self, cursor: &Cursor, position: i64, m: &TargetMetrics) {
+        let full = self.full_at.is_none_or(|t| t.elapsed() >= FULL_COUNT_EVERY);
+        let from = if full { position } else { self.counted_to.max(position) };
+        let Ok((batches, bytes, last)) = cursor.waiting_after(from) else { return };
+        if full {
+            (self.batches, self.bytes) = (batches, bytes);
+            self.full_at = Some(Instant::now());
+        } else {
+            self.batches += batches;
+            self.bytes += bytes;
+        }
+        self.counted_to = last;
+        m.backlog_batches.store(self.batches, Ordering::Relaxed);
+        m.backlog_bytes.store(self.bytes, Ordering::Relaxed);
+        let oldest = if self.batches == 0 { None } else { cursor.oldest_after(position).ok().flatten() };
         m.oldest_ns.store(oldest.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn delivered(&mut self, batch: &Stored) {
+        self.batches = self.batches.saturating_sub(batch.batches);
+        self.bytes = self.bytes.saturating_sub(batch.bytes);
     }
 }
 

@@ -389,7 +389,7 @@ fn a_full_outbox_drops_the_oldest_telemetry_and_keeps_incidents() {
     let outbox = gw.dir.path().join("outbox.db");
     let cursor = parkwatch::forward::outbox::Cursor::open(&outbox, "central").unwrap();
     let (mut seq, mut incident_lines, mut telemetry_lines) = (0, 0, 0);
-    while let Some(b) = cursor.next_after(seq).unwrap() {
+    while let Some(b) = cursor.next_after(seq, i64::MAX, 1 << 20).unwrap() {
         seq = b.seq;
         for l in String::from_utf8(b.body).unwrap().lines() {
             if l.starts_with("incident,") {
