@@ -230,6 +230,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         None => None,
     };
     let (pollers, modbus_status) = crate::source::modbus::pollers(&config, &registry)?;
+    let (meter_pollers, dlt645_status) = crate::source::dlt645::pollers(&config, &registry);
     let auth =
         crate::auth::Auth::open(&crate::auth::db_path(&config.incidents.path), auth_settings(&config), audit.clone())?;
     let config = Arc::new(config);
@@ -245,6 +246,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         reloader: Some(reloader),
         forward: forwarder.as_ref().map(|f| f.metrics.clone()),
         modbus: modbus_status,
+        dlt645: dlt645_status,
         health,
         central: central_metrics,
         audit: audit.clone(),
@@ -264,6 +266,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     };
     let mut sources = Vec::new();
     for p in pollers {
+        sources.push(tokio::spawn(p.run(ctx.tx.clone(), shutdown.clone())));
+    }
+    for p in meter_pollers {
         sources.push(tokio::spawn(p.run(ctx.tx.clone(), shutdown.clone())));
     }
     for i in 0..config.mqtt.brokers.len() {
