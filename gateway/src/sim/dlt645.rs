@@ -82,6 +82,46 @@ pub fn answer(meters: &[SimMeter], request: &codec::Frame) -> Option<codec::Fram
     }
 }
 
+/// Moves the meters' readings like a running load every `period`: voltages and currents wander
+/// within plausible bounds, power follows, the energy counter advances.
+pub async fn walk(meters: Meters, period: std::time::Duration, shutdown: CancellationToken) {
+    let mut rng = fastrand::Rng::with_seed(0x0645);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(mut meters) = meters.lock() else { return };
+        for m in meters.iter_mut().filter(|m| !m.dead) {
+            let mut step = |di: u32, by: f64, lo: f64, hi: f64| {
+                if let Some((_, v)) = m.values.get_mut(&Di(di)) {
+                    *v = (*v + (rng.f64() * 2.0 - 1.0) * by).clamp(lo, hi);
+                }
+            };
+            for di in [0x0201_0100, 0x0201_0200, 0x0201_0300] {
+                step(di, 0.4, 215.0, 235.0);
+            }
+            for di in [0x0202_0100, 0x0202_0200, 0x0202_0300] {
+                step(di, 0.3, 2.0, 40.0);
+            }
+            let get = |di: u32| m.values.get(&Di(di)).map_or(0.0, |(_, v)| *v);
+            // kW from the phase values and the power factor; kWh over the period.
+            let kw = (get(0x0201_0100) * get(0x0202_0100)
+                + get(0x0201_0200) * get(0x0202_0200)
+                + get(0x0201_0300) * get(0x0202_0300))
+                * get(0x0206_0000)
+                / 1000.0;
+            if let Some((_, v)) = m.values.get_mut(&Di(0x0203_0000)) {
+                *v = kw.min(79.9999);
+            }
+            if let Some((_, v)) = m.values.get_mut(&Di(0x0001_0000)) {
+                *v += kw * period.as_secs_f64() / 3600.0;
+            }
+        }
+    }
+}
+
 /// Serves the meters on one byte stream until it closes or `shutdown`.
 ///
 /// # Errors
