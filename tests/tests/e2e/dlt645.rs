@@ -168,6 +168,10 @@ dlt645 = {{ bus = "rs485a", address = "000000000999", interval_ms = {INTERVAL_MS
     });
     let offline = gw.json("/api/v1/events?limit=500");
     assert!(offline.as_array().unwrap().iter().any(|e| e["kind"] == "offline" && e["device"] == "m9"), "{offline}");
+    let health = gw.json("/api/v1/health");
+    let bus = health["components"].as_array().unwrap().iter().find(|c| c["component"] == "dlt645:rs485a").cloned();
+    let bus = bus.unwrap_or_else(|| panic!("no dlt645:rs485a in {health}"));
+    assert_eq!((bus["status"].as_str(), bus["reason"].as_str()), (Some("degraded"), Some("offline: m9")), "{bus}");
     let t0 = Instant::now();
     let dead0 = status(&gw, "m9")["errors"]["timeout"].as_u64().unwrap();
     let live0 = status(&gw, "m1")["values"].as_u64().unwrap();

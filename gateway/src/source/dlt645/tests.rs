@@ -151,3 +151,70 @@ dlt645 = { bus = "rs485a", interval_ms = 100 }
     let pf = values(&batches, &registry, "m1", "pf");
     assert!(pf.iter().all(|&(_, v)| (v - 0.962).abs() < 1e-9), "{pf:?}");
 }
+
+/// A line with everything a real RS-485 segment throws at a reader before each answer: noise with a
+/// stray 68H, the echo of the request, a damaged copy of the answer, another meter's answer for the
+/// same identifier with another value; the answer itself comes last, split in two writes.
+#[tokio::test]
+async fn answers_are_found_among_echoes_noise_and_other_meters() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Address::parse("000000000161").unwrap();
+    let other = Address::parse("000000000162").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let meters = [SimMeter::typical(a)];
+        let mut impostor = SimMeter::typical(other);
+        impostor.values.insert(Di(0x0201_0100), (codec::known(Di(0x0201_0100)).unwrap().format, 111.1));
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        loop {
+            let Ok(n) = s.read(&mut chunk).await else { return };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Scan::Frame { frame, end, .. } = codec::scan(&buf) {
+                let echo = buf[..end].to_vec();
+                buf.drain(..end);
+                let Some(answer) = crate::sim::dlt645::answer(&meters, &frame) else { continue };
+                let good = codec::encode(&answer, 2);
+                let mut damaged = good.clone();
+                let n = damaged.len();
+                damaged[n - 3] ^= 0x10;
+                let mut wrong = frame.clone();
+                wrong.address = other;
+                let theirs = crate::sim::dlt645::answer(&[impostor.clone()], &wrong).map(|f| codec::encode(&f, 0));
+                let mut out = vec![0x00, 0x68, 0xFF];
+                out.extend(&echo);
+                out.extend(&damaged);
+                out.extend(theirs.unwrap_or_default());
+                out.extend(&good[..5]);
+                s.write_all(&out).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                s.write_all(&good[5..]).await.unwrap();
+            }
+        }
+    });
+    let c = config(
+        port,
+        r#"
+[[devices]]
+id = "m1"
+grid = "g1"
+category = "electrical"
+dlt645 = { bus = "rs485a", address = "000000000161", interval_ms = 100, points = [{ di = "02 01 01 00" }, { di = "00 01 00 00" }] }
+"#,
+    );
+    let (batches, status, registry) = poll(&c, 1.0).await;
+    let ua = values(&batches, &registry, "m1", "ua");
+    assert!(ua.len() >= 5, "{ua:?}");
+    assert!(ua.iter().all(|&(q, v)| q == Quality::Good && (v - 229.8).abs() < 1e-9), "{ua:?}");
+    let e = values(&batches, &registry, "m1", "energy");
+    assert!(e.iter().all(|&(q, v)| q == Quality::Good && (v - 12_345.67).abs() < 1e-9), "{e:?}");
+    let m = &status.meters[0];
+    assert_eq!(m.timeouts.load(Relaxed) + m.bad_values.load(Relaxed) + m.transport_errors.load(Relaxed), 0);
+    assert!(m.noise_bytes.load(Relaxed) > 30 * ua.len() as u64, "{}", m.noise_bytes.load(Relaxed));
+}
