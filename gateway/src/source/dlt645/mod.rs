@@ -16,6 +16,8 @@
 //! follow (B1) is used for the value it carries (every identifier read here fits in one frame) and
 //! counted. Answers are matched to the request by address and identifier; anything else on the line
 //! (echoes, late answers, noise, broken frames) is skipped and counted, never taken for a value.
+//! A serial server's TCP connection on which no meter answered for `offline_after` cycles in a row is
+//! opened again (such a connection can die without a word); a serial port is kept.
 
 pub mod codec;
 
@@ -156,6 +158,9 @@ impl Poller {
         let backoff_max = Duration::from_millis(self.bus.backoff_max_ms);
         let mut link: Option<Link> = None;
         let mut reconnect_wait = Duration::from_millis(200);
+        // Cycles in a row in which no meter answered: a serial server's TCP connection can die without
+        // a word, so after `offline_after` of them it is opened again (a serial port is kept).
+        let mut silent = 0u32;
         info!(bus = %self.bus.id, meters = self.meters.len(), "DL/T 645 poller started.");
         loop {
             let Some(i) = (0..self.meters.len()).min_by_key(|&i| self.meters[i].next_due) else { return };
@@ -168,6 +173,7 @@ impl Poller {
                 match tokio::time::timeout(timeout, connect(&self.bus)).await {
                     Ok(Ok(io)) => {
                         link = Some(Link { io, buf: Vec::new() });
+                        silent = 0;
                         reconnect_wait = Duration::from_millis(200);
                     }
                     other => {
@@ -195,8 +201,13 @@ impl Poller {
             }
             let Some(l) = link.as_mut() else { continue };
             let (samples, events, keep) = cycle(&self.bus, &mut self.meters[i], l, backoff_max).await;
-            if !keep {
+            silent = if self.meters[i].failures == 0 { 0 } else { silent + 1 };
+            if !keep || (self.bus.kind == BusKind::Tcp && silent >= self.bus.offline_after.max(1)) {
+                if keep {
+                    debug!(bus = %self.bus.id, cycles = silent, "No meter answers: opening the connection again.");
+                }
                 link = None;
+                silent = 0;
             }
             send(&tx, samples, events).await;
         }
@@ -374,11 +385,13 @@ async fn transact(
     let mut stale = l.buf.len();
     l.buf.clear();
     let mut scratch = [0u8; 256];
-    while let Ok(r) = tokio::time::timeout(Duration::ZERO, l.io.read(&mut scratch)).await {
-        match r {
-            Ok(0) => return Outcome::Transport("connection closed".into()),
-            Ok(n) => stale += n,
-            Err(e) => return Outcome::Transport(e.to_string()),
+    // Bounded, so a line that never stops chattering still gets its request.
+    while stale < 16 * codec::MAX_FRAME {
+        match tokio::time::timeout(Duration::ZERO, l.io.read(&mut scratch)).await {
+            Err(_) => break,
+            Ok(Ok(0)) => return Outcome::Transport("connection closed".into()),
+            Ok(Ok(n)) => stale += n,
+            Ok(Err(e)) => return Outcome::Transport(e.to_string()),
         }
     }
     status.noise_bytes.fetch_add(stale as u64, Ordering::Relaxed);

@@ -218,3 +218,44 @@ dlt645 = { bus = "rs485a", address = "000000000161", interval_ms = 100, points =
     assert_eq!(m.timeouts.load(Relaxed) + m.bad_values.load(Relaxed) + m.transport_errors.load(Relaxed), 0);
     assert!(m.noise_bytes.load(Relaxed) > 30 * ua.len() as u64, "{}", m.noise_bytes.load(Relaxed));
 }
+
+/// A serial server whose first connection goes silent (open, never answering): the poller opens a
+/// new one and reads the meter there.
+#[tokio::test]
+async fn a_silent_serial_server_connection_is_opened_again() {
+    let a = Address::parse("000000000161").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    let meters = Arc::new(Mutex::new(vec![SimMeter::typical(a)]));
+    let (silent_tx, silent_rx) = tokio::sync::oneshot::channel();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            // Held open and never read: the first connection is dead air.
+            let (first, _) = listener.accept().await.unwrap();
+            let _ = silent_tx.send(first);
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(crate::sim::dlt645::serve(s, meters.clone(), stop.clone()));
+            }
+        });
+    }
+    let c = config(
+        port,
+        r#"
+[[devices]]
+id = "m1"
+grid = "g1"
+category = "electrical"
+dlt645 = { bus = "rs485a", address = "000000000161", interval_ms = 100, points = [{ di = "02 01 01 00" }] }
+"#,
+    );
+    let (batches, status, registry) = poll(&c, 2.5).await;
+    stop.cancel();
+    drop(silent_rx);
+    let ua = values(&batches, &registry, "m1", "ua");
+    assert!(!ua.is_empty() && ua.iter().all(|&(q, v)| q == Quality::Good && (v - 229.8).abs() < 1e-9), "{ua:?}");
+    // offline_after = 2: two timeouts on the dead connection, then the new one answers.
+    assert_eq!(status.meters[0].timeouts.load(Relaxed), 2);
+    assert!(status.meters[0].online.load(Relaxed));
+}
