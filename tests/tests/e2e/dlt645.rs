@@ -218,3 +218,43 @@ dlt645 = {{ bus = "rs485a", address = "000000000999", interval_ms = {INTERVAL_MS
     );
     stop.cancel();
 }
+
+#[test]
+fn a_meter_alone_on_its_line_is_found_by_its_address() {
+    let line = Line::open();
+    let stop = CancellationToken::new();
+    meters_on(&line.b, vec![SimMeter::typical(Address::parse("201901020304").unwrap())], stop.clone());
+    let config = format!(
+        r#"
+[site]
+id = "t"
+[api]
+listen = "{{api}}"
+[rules]
+builtin = false
+[[grids]]
+id = "g1"
+[[dlt645.buses]]
+id = "p2p"
+kind = "serial"
+path = {path:?}
+timeout_ms = 300
+[[devices]]
+id = "m1"
+grid = "g1"
+category = "electrical"
+dlt645 = {{ bus = "p2p", interval_ms = 300 }}
+"#,
+        path = line.a.display().to_string()
+    );
+    let gw = Gateway::start(&config);
+    let v = wait_until(Duration::from_secs(10), "the discovered meter's values", || {
+        let v = points(&gw, "m1");
+        (v.get("pf")?["quality"] == "good").then_some(v)
+    });
+    assert_eq!(v["ub"]["value"], 230.4);
+    assert_eq!(v["ia"]["value"], 12.345);
+    assert_eq!(status(&gw, "m1")["address"], "201901020304");
+    assert!(gw.log().contains("DL/T 645 meter address read."), "{}", gw.log());
+    stop.cancel();
+}
