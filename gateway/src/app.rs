@@ -60,6 +60,9 @@ pub struct Extras {
     pub simulate: Option<(String, u16, Duration)>,
     /// Serve the config's Modbus devices from a simulated Modbus TCP server on this address.
     pub modbus_sim: Option<SocketAddr>,
+    /// Serve the config's DL/T 645 meters as simulated meters behind a transparent serial server on
+    /// this address (port 0: any free port); the config's TCP buses are pointed at it.
+    pub dlt645_sim: Option<SocketAddr>,
 }
 
 /// Session and throttling limits from `[auth]`.
@@ -79,7 +82,27 @@ pub fn auth_settings(config: &Config) -> crate::auth::Settings {
 ///
 /// # Errors
 /// Start-up failures: a port already taken, unreadable TLS files, an audit log that cannot be opened.
-pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) -> Result<(), AppError> {
+pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras) -> Result<(), AppError> {
+    // Bound before the pollers are built, so they are pointed at the port it got.
+    let dlt645_sim = match extras.dlt645_sim {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
+            let local = listener.local_addr().map_err(|source| AppError::Bind { addr, source })?;
+            for b in config.dlt645.buses.iter_mut().filter(|b| b.kind == crate::config::dlt645::BusKind::Tcp) {
+                b.host = Some(local.ip().to_string());
+                b.port = Some(local.port());
+            }
+            let meters: Vec<sim::dlt645::SimMeter> = config
+                .devices
+                .iter()
+                .filter_map(|d| d.dlt645.as_ref()?.resolved_address)
+                .map(sim::dlt645::SimMeter::typical)
+                .collect();
+            Some((listener, std::sync::Arc::new(std::sync::Mutex::new(meters))))
+        }
+        None => None,
+    };
     let registry = Arc::new(Registry::from_config(&config));
     if config.broker.embedded {
         let cfg = config.broker.clone();
@@ -230,6 +253,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         None => None,
     };
     let (pollers, modbus_status) = crate::source::modbus::pollers(&config, &registry)?;
+    let (meter_pollers, dlt645_status) = crate::source::dlt645::pollers(&config, &registry);
     let auth =
         crate::auth::Auth::open(&crate::auth::db_path(&config.incidents.path), auth_settings(&config), audit.clone())?;
     let config = Arc::new(config);
@@ -245,6 +269,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         reloader: Some(reloader),
         forward: forwarder.as_ref().map(|f| f.metrics.clone()),
         modbus: modbus_status,
+        dlt645: dlt645_status,
         health,
         central: central_metrics,
         audit: audit.clone(),
@@ -266,6 +291,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     for p in pollers {
         sources.push(tokio::spawn(p.run(ctx.tx.clone(), shutdown.clone())));
     }
+    for p in meter_pollers {
+        sources.push(tokio::spawn(p.run(ctx.tx.clone(), shutdown.clone())));
+    }
     for i in 0..config.mqtt.brokers.len() {
         let source = MqttSource::new(&config, i, ctx.clone())?;
         sources.push(tokio::spawn(source.run(shutdown.clone())));
@@ -285,8 +313,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let tls_task = tls.map(|t| tokio::spawn(t.reload_on_sighup(shutdown.clone())));
     info!(api = %config.api.listen, https = tls_task.is_some(), brokers = config.mqtt.brokers.len(), devices = registry.devices.len(), points = registry.points.len(), "parkwatch running.");
 
+    // Polled devices are not published over MQTT by the simulated park.
     let modbus_devices: std::collections::HashSet<String> =
-        config.devices.iter().filter(|d| d.modbus.is_some()).map(|d| d.id.clone()).collect();
+        config.devices.iter().filter(|d| d.modbus.is_some() || d.dlt645.is_some()).map(|d| d.id.clone()).collect();
     let modbus_sim = match extras.modbus_sim {
         Some(addr) => {
             let profiles = crate::source::modbus::profile::load_all(&config.modbus.profile_dirs).unwrap_or_default();
@@ -302,6 +331,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         }
         None => None,
     };
+    let dlt645_sim = dlt645_sim.map(|(listener, meters)| {
+        tokio::spawn(sim::dlt645::run_tcp(listener, meters.clone(), shutdown.clone()));
+        tokio::spawn(sim::dlt645::walk(meters, Duration::from_secs(1), shutdown.clone()))
+    });
     let sim_task = extras.simulate.map(|(host, port, period)| {
         let officers = config.grids.iter().map(|g| (g.id.clone(), g.officers.clone())).collect();
         tokio::spawn(sim::run(registry.clone(), modbus_devices, officers, host, port, period, shutdown.clone()))
@@ -317,6 +350,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let _ = t.await;
     }
     if let Some(t) = modbus_sim {
+        let _ = t.await;
+    }
+    if let Some(t) = dlt645_sim {
         let _ = t.await;
     }
     let _ = reload_task.await;

@@ -51,6 +51,9 @@ enum Command {
         /// Address of the simulated Modbus TCP devices.
         #[arg(long, default_value = "127.0.0.1:15020")]
         modbus_listen: SocketAddr,
+        /// Address of the simulated DL/T 645 meters' serial server (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        dlt645_listen: SocketAddr,
         /// Stop by itself after this many seconds.
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
@@ -267,8 +270,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => report(run(&config)),
-        Command::Demo { listen, mqtt_listen, modbus_listen, duration } => {
-            report(demo(listen, mqtt_listen, modbus_listen, duration))
+        Command::Demo { listen, mqtt_listen, modbus_listen, dlt645_listen, duration } => {
+            report(demo(listen, mqtt_listen, modbus_listen, dlt645_listen, duration))
         }
         Command::Rules { command: RulesCommand::Test { files, rules } } => rules_test(&files, rules.as_deref()),
         Command::Rules { command: RulesCommand::Coverage { config, lang } } => rules_coverage(&config, lang),
@@ -526,6 +529,7 @@ fn demo(
     listen: SocketAddr,
     mqtt_listen: SocketAddr,
     modbus_listen: SocketAddr,
+    dlt645_listen: SocketAddr,
     duration: Option<u64>,
 ) -> anyhow::Result<()> {
     // Demo state lives in a directory of their own, removed when the demo ends; the site plan the
@@ -590,6 +594,9 @@ fn demo(
         println!("  Incidents  http://{listen}/api/v1/incidents   (rules: /api/v1/rules)");
         println!("  Modbus     {modbus_listen}   (simulated Modbus TCP meters and detectors, polled by the gateway)");
         println!(
+            "  DL/T 645   {dlt645_listen}   (a simulated meter behind a transparent serial server, read by the gateway; see /api/v1/devices)"
+        );
+        println!(
             "  Notices    http://{listen}/api/v1/notifications   (to the officers on duty; the demo inbox on {inbox} prints them here)"
         );
         println!("  Users      (demo only; random passwords, gone when the demo ends)");
@@ -601,6 +608,7 @@ fn demo(
         let extras = Extras {
             simulate: Some((mqtt_listen.ip().to_string(), mqtt_listen.port(), Duration::from_secs(1))),
             modbus_sim: Some(modbus_listen),
+            dlt645_sim: Some(dlt645_listen),
         };
         let result = app::run(config, shutdown, extras).await;
         let _ = std::fs::remove_dir_all(&state_dir);

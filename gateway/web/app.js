@@ -16,7 +16,7 @@ const T = {
     'det.note': '关闭说明', 'det.text': '备注内容', 'det.raised': '发生时间', 'det.device': '设备', 'det.rule': '规则', 'det.message': '说明',
     'det.acked_by': '确认人', 'det.shelved_until': '搁置至', 'det.peak': '峰值',
     'dev.title': '设备', 'dev.points': '测点', 'dev.value': '最新值', 'dev.quality': '质量', 'dev.time': '时间', 'dev.status': '通信状态',
-    'dev.events': '上下线记录', 'dev.polled': 'Modbus 轮询', 'dev.mqtt': 'MQTT 上报', 'pt.trend': '趋势',
+    'dev.events': '上下线记录', 'dev.polled': 'Modbus 轮询', 'dev.dlt645': 'DL/T 645 抄表', 'dev.mqtt': 'MQTT 上报', 'pt.trend': '趋势',
     'grid.title': '网格', 'grid.duty': '当前值班', 'grid.patrol': '巡检覆盖', 'grid.kpis': '指标（24 小时）', 'grid.rate': '报警率（ISA-18.2）',
     'grid.per_hour': '每小时', 'grid.per_10min': '10 分钟最多', 'grid.target': '目标', 'grid.ack_time': '确认用时', 'grid.close_time': '关闭用时',
     'grid.chattering': '频繁报警', 'grid.standing': '长期报警', 'grid.supervisor': '网格长', 'grid.manager': '安全负责人',
@@ -39,7 +39,7 @@ const T = {
     'det.note': 'Why closed', 'det.text': 'Comment', 'det.raised': 'Raised', 'det.device': 'Device', 'det.rule': 'Rule', 'det.message': 'Message',
     'det.acked_by': 'Acknowledged by', 'det.shelved_until': 'Shelved until', 'det.peak': 'Peak',
     'dev.title': 'Devices', 'dev.points': 'Points', 'dev.value': 'Latest', 'dev.quality': 'Quality', 'dev.time': 'Time', 'dev.status': 'Link status',
-    'dev.events': 'Online/offline history', 'dev.polled': 'Modbus polling', 'dev.mqtt': 'MQTT', 'pt.trend': 'Trend',
+    'dev.events': 'Online/offline history', 'dev.polled': 'Modbus polling', 'dev.dlt645': 'DL/T 645 reading', 'dev.mqtt': 'MQTT', 'pt.trend': 'Trend',
     'grid.title': 'Grid', 'grid.duty': 'On duty now', 'grid.patrol': 'Patrol coverage', 'grid.kpis': 'KPIs (24 h)', 'grid.rate': 'Alarm rate (ISA-18.2)',
     'grid.per_hour': 'per hour', 'grid.per_10min': 'max per 10 min', 'grid.target': 'target', 'grid.ack_time': 'Time to acknowledge', 'grid.close_time': 'Time to close',
     'grid.chattering': 'Chattering', 'grid.standing': 'Standing alarms', 'grid.supervisor': 'Supervisor', 'grid.manager': 'Safety manager',
@@ -390,7 +390,7 @@ async function devices() {
   for (const p of points || []) latest.set(`${p.device}/${p.point}`, p);
   page(t('dev.title'), h('ul', { class: 'list' }, list.map((d) => h('li', {}, h('a', { href: `#/device/${encodeURIComponent(d.id)}` },
     row('', h('b', {}, d.name || d.id), h('span', { class: 'muted' }, `${d.grid} · ${d.category}`),
-      d.modbus ? h('span', { class: d.modbus.online ? 'ok' : 'bad' }, d.modbus.online ? t('ov.online') : t('ov.offline')) : null),
+      (d.modbus || d.dlt645) ? h('span', { class: (d.modbus || d.dlt645).online ? 'ok' : 'bad' }, (d.modbus || d.dlt645).online ? t('ov.online') : t('ov.offline')) : null),
     row('muted', d.points.map((p) => {
       const v = latest.get(`${d.id}/${p.name}`);
       return `${p.name} ${v ? fmtNum(v.value, p.unit) : '—'}`;
@@ -402,13 +402,15 @@ async function device(id) {
   const d = list?.find((x) => x.id === id);
   if (!d) return page(id, empty());
   const latest = new Map((points || []).map((p) => [p.point, p]));
-  const onoff = (events || []).filter((e) => e.device === id && /online|offline|modbus/.test(e.kind));
+  const onoff = (events || []).filter((e) => e.device === id && /online|offline|modbus|dlt645/.test(e.kind));
   const m = d.modbus;
+  const k = d.dlt645;
   page(d.name || d.id,
     h('div', { class: 'card' }, h('dl', { class: 'kv' },
       h('dt', {}, t('inc.grid')), h('dd', {}, d.grid), h('dt', {}, t('inc.category')), h('dd', {}, d.category),
       h('dt', {}, t('dev.status')), h('dd', {}, m
         ? h('span', { class: m.online ? 'ok' : 'bad' }, `${t('dev.polled')} ${m.connection}: ${m.online ? t('ov.online') : t('ov.offline')} · ${m.latency_ms} ms${m.last_error ? ` · ${m.last_error}` : ''}`)
+        : k ? h('span', { class: k.online ? 'ok' : 'bad' }, `${t('dev.dlt645')} ${k.bus} ${k.address || ''}: ${k.online ? t('ov.online') : t('ov.offline')} · ${k.latency_ms} ms${k.last_error ? ` · ${k.last_error}` : ''}`)
         : `${t('dev.mqtt')}${latest.size ? ` · ${fmtTime(Math.max(...[...latest.values()].map((p) => Date.parse(p.ts))))}` : ''}`))),
     h('h2', {}, t('dev.points')),
     h('div', { class: 'scroll' }, h('table', {}, h('tr', {}, ['dev.points', 'dev.value', 'dev.quality', 'dev.time'].map((k) => h('th', {}, t(k)))),

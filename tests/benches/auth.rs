@@ -96,6 +96,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         reloader: None,
         forward: None,
         modbus: Default::default(),
+        dlt645: Default::default(),
         health: Default::default(),
         central: None,
         audit,

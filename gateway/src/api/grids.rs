@@ -74,10 +74,11 @@ pub(super) async fn list(
         }
         let (mut online, mut offline, mut event_only) = (0u64, 0u64, 0u64);
         for (di, d) in reg.devices.iter().enumerate().filter(|(_, d)| d.grid.0 as usize == gi) {
-            let polled = st.modbus.devices.iter().find(|m| m.device == d.id);
+            let polled = st.modbus.devices.iter().find(|m| m.device == d.id).map(|m| &m.online);
+            let polled = polled.or_else(|| st.dlt645.meters.iter().find(|m| m.device == d.id).map(|m| &m.online));
             let up = !silent.contains(d.id.as_str())
                 && match polled {
-                    Some(m) => m.online.load(std::sync::atomic::Ordering::Relaxed),
+                    Some(online) => online.load(std::sync::atomic::Ordering::Relaxed),
                     // A door reader or a patrol checkpoint only sends events, and may rightly be quiet.
                     None if d.points.is_empty() => {
                         event_only += 1;

@@ -7,6 +7,7 @@
 //!   the error.
 //! - `modbus:<connection>`: every device answers → ok; some do not → degraded naming them; none does →
 //!   failed with the last error.
+//! - `dlt645:<bus>`: likewise from its meters (an abnormal answer is an answer: the meter is there).
 //! - `target:<id>`: last write ok (or nothing to write yet) → ok; retrying → degraded with the error;
 //!   no successful write for longer than [`TARGET_FAILED_AFTER`] → failed.
 //! - `outbox`, `incidents`: the last write failed → failed `cannot write: <error>`, ok after the next
@@ -34,6 +35,7 @@ use crate::forward::ForwardMetrics;
 use crate::incident::StoreMetrics;
 use crate::metrics::Metrics;
 use crate::model::health::{Health, Status};
+use crate::source::dlt645::MeterStatus;
 use crate::source::modbus::DeviceStatus;
 
 /// A target with no successful write for this long is failed, not just degraded.
@@ -58,6 +60,8 @@ pub struct Evaluator {
     history_dropped: u64,
     /// Modbus devices by connection id.
     modbus: BTreeMap<String, Vec<Arc<DeviceStatus>>>,
+    /// DL/T 645 meters by bus id.
+    dlt645: BTreeMap<String, Vec<Arc<MeterStatus>>>,
     core: CoreHandle,
     /// Per target: when it was first seen failing (UTC ns), until it writes again.
     failing_since: Vec<Option<i64>>,
@@ -68,6 +72,7 @@ pub struct Evaluator {
 struct Names {
     brokers: Vec<String>,
     modbus: Vec<String>,
+    dlt645: Vec<String>,
     targets: Vec<String>,
 }
 
@@ -79,11 +84,16 @@ impl Evaluator {
         for d in &state.modbus.devices {
             modbus.entry(d.connection.clone()).or_default().push(d.clone());
         }
+        let mut dlt645: BTreeMap<String, Vec<Arc<MeterStatus>>> = BTreeMap::new();
+        for m in &state.dlt645.meters {
+            dlt645.entry(m.bus.clone()).or_default().push(m.clone());
+        }
         let forward = state.forward.clone();
         let targets = forward.as_ref().map_or(0, |f| f.targets.len());
         let names = Names {
             brokers: state.metrics.brokers.iter().map(|b| format!("broker:{}", b.id)).collect(),
             modbus: modbus.keys().map(|c| format!("modbus:{c}")).collect(),
+            dlt645: dlt645.keys().map(|b| format!("dlt645:{b}")).collect(),
             targets: forward.iter().flat_map(|f| f.targets.iter().map(|t| format!("target:{}", t.id))).collect(),
         };
         let e = Self {
@@ -94,6 +104,7 @@ impl Evaluator {
             history: state.history.as_ref().map(|h| (h.metrics.clone(), h.max_bytes)),
             history_dropped: 0,
             modbus,
+            dlt645,
             core: state.core.clone(),
             failing_since: vec![None; targets],
             names,
@@ -107,7 +118,7 @@ impl Evaluator {
         for b in &self.names.brokers {
             h.set(b, Status::Failed, "not connected yet");
         }
-        for m in &self.names.modbus {
+        for m in self.names.modbus.iter().chain(&self.names.dlt645) {
             h.set(m, Status::Degraded, "not polled yet");
         }
         for t in &self.names.targets {
@@ -144,6 +155,10 @@ impl Evaluator {
         }
         for ((_, devices), name) in self.modbus.iter().zip(&self.names.modbus) {
             let (status, reason) = modbus_health(devices);
+            h.set(name, status, &reason);
+        }
+        for ((_, meters), name) in self.dlt645.iter().zip(&self.names.dlt645) {
+            let (status, reason) = dlt645_health(meters);
             h.set(name, status, &reason);
         }
         if let Some(f) = &self.forward {
@@ -260,6 +275,26 @@ fn modbus_health(devices: &[Arc<DeviceStatus>]) -> (Status, String) {
     (Status::Failed, format!("no device answers: {error}"))
 }
 
+/// The status of one DL/T 645 bus from its meters.
+fn dlt645_health(meters: &[Arc<MeterStatus>]) -> (Status, String) {
+    let offline: Vec<&MeterStatus> = meters.iter().map(|m| &**m).filter(|m| !m.online.load(Relaxed)).collect();
+    if offline.is_empty() {
+        return (Status::Ok, String::new());
+    }
+    if offline.len() < meters.len() {
+        let names: Vec<&str> = offline.iter().map(|m| m.device.as_str()).collect();
+        return (Status::Degraded, format!("offline: {}", names.join(", ")));
+    }
+    if !offline.iter().any(|m| m.requests.load(Relaxed) + m.transport_errors.load(Relaxed) > 0) {
+        return (Status::Degraded, "not polled yet".to_owned());
+    }
+    let error = offline
+        .iter()
+        .find_map(|m| m.last_error.lock().ok().filter(|e| !e.is_empty()).map(|e| e.clone()))
+        .unwrap_or_else(|| "no answer".to_owned());
+    (Status::Failed, format!("no meter answers: {error}"))
+}
+
 /// A UTC nanosecond time as RFC 3339 in the site's time zone, with its offset.
 fn local_time(ns: i64, tz: chrono_tz::Tz) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).with_timezone(&tz).to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
@@ -328,6 +363,23 @@ mod tests {
         assert_eq!(modbus_health(&none), (Status::Failed, "no device answers: connect: refused".into()));
         let fresh = [device("m1", false, 0, "")];
         assert_eq!(modbus_health(&fresh), (Status::Degraded, "not polled yet".into()));
+    }
+
+    #[test]
+    fn dlt645_bus_status_follows_its_meters() {
+        let meter = |name: &str, online: bool, requests: u64, error: &str| {
+            let m = MeterStatus { device: name.into(), bus: "rs485a".into(), ..MeterStatus::default() };
+            m.online.store(online, Relaxed);
+            m.requests.store(requests, Relaxed);
+            *m.last_error.lock().unwrap() = error.into();
+            Arc::new(m)
+        };
+        assert_eq!(dlt645_health(&[meter("m1", true, 5, "")]), (Status::Ok, String::new()));
+        let some = [meter("m1", true, 5, ""), meter("m9", false, 5, "02 01 01 00 (ua): no answer within 300 ms")];
+        assert_eq!(dlt645_health(&some), (Status::Degraded, "offline: m9".into()));
+        let none = [meter("m1", false, 5, "connect: no such file")];
+        assert_eq!(dlt645_health(&none), (Status::Failed, "no meter answers: connect: no such file".into()));
+        assert_eq!(dlt645_health(&[meter("m1", false, 0, "")]), (Status::Degraded, "not polled yet".into()));
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
         notify(&mut out, &n.metrics);
     }
     modbus(&mut out, &st.modbus);
+    dlt645(&mut out, &st.dlt645);
     grids(&mut out, &st).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
@@ -441,6 +442,60 @@ fn modbus(out: &mut String, m: &crate::source::modbus::ModbusStatus) {
                 label(&d.connection),
                 get(d)
             );
+        }
+    }
+}
+
+fn dlt645(out: &mut String, m: &crate::source::dlt645::Dlt645Status) {
+    if m.meters.is_empty() {
+        return;
+    }
+    type Get = fn(&crate::source::dlt645::MeterStatus) -> f64;
+    let series: [(&str, &str, &str, Get); 12] = [
+        ("parkwatch_dlt645_online", "gauge", "1 while the meter answers.", |d| {
+            f64::from(u8::from(d.online.load(Relaxed)))
+        }),
+        ("parkwatch_dlt645_requests_total", "counter", "Requests sent to the meter.", |d| {
+            d.requests.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_values_total", "counter", "Values read (normal answers).", |d| {
+            d.values.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_timeouts_total", "counter", "Requests without an answer.", |d| {
+            d.timeouts.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_abnormal_total", "counter", "Abnormal answers (D1: the meter refused).", |d| {
+            d.abnormal.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_bad_values_total", "counter", "Answers whose value is not BCD or not of its length.", |d| {
+            d.bad_values.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_followups_total", "counter", "Answers saying more frames follow (B1).", |d| {
+            d.followups.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_noise_bytes_total", "counter", "Bytes on the line that answered nothing asked.", |d| {
+            d.noise_bytes.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_transport_errors_total", "counter", "Connection or line errors.", |d| {
+            d.transport_errors.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_overruns_total", "counter", "Cycles not finished before the next was due.", |d| {
+            d.overruns.load(Relaxed) as f64
+        }),
+        ("parkwatch_dlt645_latency_seconds", "gauge", "Latency of the last answer.", |d| {
+            d.last_latency_us.load(Relaxed) as f64 / 1e6
+        }),
+        (
+            "parkwatch_dlt645_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last cycle with an answer (0: never).",
+            |d| d.last_success_ns.load(Relaxed) as f64 / 1e9,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for d in &m.meters {
+            let _ = writeln!(out, "{name}{{device=\"{}\",bus=\"{}\"}} {}", label(&d.device), label(&d.bus), get(d));
         }
     }
 }

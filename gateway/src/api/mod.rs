@@ -62,6 +62,8 @@ pub struct AppState {
     pub forward: Option<Arc<crate::forward::ForwardMetrics>>,
     /// Health of Modbus-polled devices.
     pub modbus: Arc<crate::source::modbus::ModbusStatus>,
+    /// Health of DL/T 645 meters.
+    pub dlt645: Arc<crate::source::dlt645::Dlt645Status>,
     /// Component health, for `/readyz`, `/api/v1/health` and `/metrics`.
     pub health: crate::model::health::Health,
     /// The central MQTT publisher's counters, when incidents go to a central broker.
@@ -347,6 +349,9 @@ async fn devices(State(st): State<AppState>, Extension(who): Extension<Principal
             if let Some(m) = st.modbus.devices.iter().find(|m| m.device == d.id) {
                 v["modbus"] = modbus_status(m);
             }
+            if let Some(m) = st.dlt645.meters.iter().find(|m| m.device == d.id) {
+                v["dlt645"] = dlt645_status(m);
+            }
             v
         })
         .collect();
@@ -367,6 +372,31 @@ fn modbus_status(m: &crate::source::modbus::DeviceStatus) -> Value {
             "exception": m.exceptions.load(Relaxed),
             "transport": m.transport_errors.load(Relaxed),
         },
+        "overruns": m.overruns.load(Relaxed),
+        "latency_ms": m.last_latency_us.load(Relaxed) as f64 / 1e3,
+        "last_error": m.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+    })
+}
+
+fn dlt645_status(m: &crate::source::dlt645::MeterStatus) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let last = m.last_success_ns.load(Relaxed);
+    let address = m.address.lock().map(|a| a.clone()).unwrap_or_default();
+    json!({
+        "bus": m.bus,
+        "address": if address.is_empty() { Value::Null } else { Value::String(address) },
+        "online": m.online.load(Relaxed),
+        "last_success": if last > 0 { Value::String(fmt_ns(last)) } else { Value::Null },
+        "requests": m.requests.load(Relaxed),
+        "values": m.values.load(Relaxed),
+        "followups": m.followups.load(Relaxed),
+        "errors": {
+            "timeout": m.timeouts.load(Relaxed),
+            "abnormal": m.abnormal.load(Relaxed),
+            "bad_value": m.bad_values.load(Relaxed),
+            "transport": m.transport_errors.load(Relaxed),
+        },
+        "noise_bytes": m.noise_bytes.load(Relaxed),
         "overruns": m.overruns.load(Relaxed),
         "latency_ms": m.last_latency_us.load(Relaxed) as f64 / 1e3,
         "last_error": m.last_error.lock().map(|e| e.clone()).unwrap_or_default(),

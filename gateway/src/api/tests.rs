@@ -85,6 +85,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         reloader: None,
         forward: None,
         modbus: Default::default(),
+        dlt645: Default::default(),
         health: Default::default(),
         central: None,
         audit: auth_db().audit.clone(),
@@ -285,6 +286,13 @@ mod health {
                 receivers: vec![Arc::new(crate::notify::ReceiverMetrics { id: "wx".into(), ..Default::default() })],
             }),
         });
+        st.dlt645 = Arc::new(crate::source::dlt645::Dlt645Status {
+            meters: vec![Arc::new(crate::source::dlt645::MeterStatus {
+                device: "e1".into(),
+                bus: "rs485a".into(),
+                ..Default::default()
+            })],
+        });
         st.modbus = Arc::new(ModbusStatus {
             devices: vec![Arc::new(DeviceStatus {
                 device: "m1".into(),
@@ -461,6 +469,7 @@ mod health {
         ("TargetMetrics", "parkwatch_forward_"),
         ("StoreMetrics", "parkwatch_incident_store_"),
         ("DeviceStatus", "parkwatch_modbus_"),
+        ("MeterStatus", "parkwatch_dlt645_"),
         ("CentralMetrics", "parkwatch_central_mqtt_"),
         ("ReceiverMetrics", "parkwatch_notify_"),
         ("HistoryMetrics", "parkwatch_history_"),
@@ -472,6 +481,8 @@ mod health {
         ("TargetMetrics", "state", "parkwatch_forward_paused"),
         ("DeviceStatus", "last_latency_us", "parkwatch_modbus_latency_seconds"),
         ("DeviceStatus", "last_success_ns", "parkwatch_modbus_last_success_timestamp_seconds"),
+        ("MeterStatus", "last_latency_us", "parkwatch_dlt645_latency_seconds"),
+        ("MeterStatus", "last_success_ns", "parkwatch_dlt645_last_success_timestamp_seconds"),
     ];
     /// Debug structs that hold no counters of ours: the clock, locks, and the reject log's settings.
     const NOT_COUNTERS: &[&str] = &["Instant", "Mutex", "RejectLog"];
@@ -514,11 +525,12 @@ mod health {
         let text = metrics_text(&router(st.clone())).await;
         let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         let debug = format!(
-            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
+            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
             st.metrics,
             st.forward,
             store.metrics,
             st.modbus,
+            st.dlt645,
             st.central,
             st.notify,
             st.history.as_ref().map(|h| &h.metrics)
@@ -532,6 +544,7 @@ mod health {
             "TargetMetrics",
             "StoreMetrics",
             "DeviceStatus",
+            "MeterStatus",
             "CentralMetrics",
             "ReceiverMetrics",
             "HistoryMetrics",

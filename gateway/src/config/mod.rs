@@ -6,6 +6,7 @@
 //! Owns: the TOML model and its validation. May import: `model`; validation still reaches into
 //! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
+pub mod dlt645;
 pub mod history;
 pub mod notify;
 pub mod people;
@@ -73,6 +74,9 @@ pub struct Config {
     /// Rollups of every point kept on the edge box for trends.
     #[serde(default)]
     pub history: History,
+    /// DL/T 645-2007 meter buses read for the devices that name them.
+    #[serde(default)]
+    pub dlt645: dlt645::Dlt645,
 }
 
 impl Config {
@@ -177,6 +181,9 @@ pub struct Device {
     /// Polled over Modbus: connection, unit id, profile, interval. The profile's points are added to
     /// `points`.
     pub modbus: Option<DeviceModbus>,
+    /// Read over DL/T 645-2007: bus, meter address, identifiers, interval. The identifiers' points
+    /// are added to `points`.
+    pub dlt645: Option<dlt645::DeviceDlt645>,
 }
 
 /// How a device is polled.

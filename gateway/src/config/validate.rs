@@ -474,6 +474,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     validate_rules(config, base, &mut p);
     validate_forward(config, base, &mut p);
     validate_modbus(config, base, &mut p);
+    p.0.extend(super::dlt645::validate(config));
     if config.core.channel_batches == 0 {
         p.push("core.channel_batches", "0; expected at least 1");
     }

@@ -201,7 +201,7 @@ pub struct DeviceInfo {
     pub category: String,
     pub tags: BTreeMap<String, String>,
     pub points: Range<u32>,
-    /// Modbus poll interval (ms); 0 for devices that send on their own.
+    /// Poll interval (ms) of a Modbus or DL/T 645 device; 0 for devices that send on their own.
     pub poll_ms: u64,
 }
 
@@ -274,7 +274,12 @@ impl Registry {
                 category: d.category.clone(),
                 tags: d.tags.clone(),
                 points: start..points.len() as u32,
-                poll_ms: d.modbus.as_ref().map_or(0, |m| m.interval_ms),
+                poll_ms: d
+                    .modbus
+                    .as_ref()
+                    .map(|m| m.interval_ms)
+                    .or(d.dlt645.as_ref().map(|m| m.interval_ms))
+                    .unwrap_or(0),
             });
         }
         Self {

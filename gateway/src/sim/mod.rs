@@ -12,8 +12,10 @@
 //! Hazards: a residual-current rise past 300 mA on one meter for about a minute, a noisy night episode on
 //! one environment sensor, a forced door; each appears every few minutes.
 //!
-//! Owns: the simulated park. May import: `model`, `config`, `source` (Modbus profiles and encoding).
+//! Owns: the simulated park. May import: `model`, `config`, `source` (Modbus profiles and encoding,
+//! the DL/T 645 codec).
 
+pub mod dlt645;
 pub mod inbox;
 pub mod modbus;
 

@@ -41,6 +41,13 @@ fn demo_serves_a_simulated_park_and_stops_by_itself() {
     });
     let rc = points.as_array().unwrap().iter().find(|p| p["point"] == "residual_current").unwrap();
     assert_eq!(rc["unit"], "mA");
+    // The DL/T 645 meter behind the simulated serial server is read too.
+    let ua = wait_until(Duration::from_secs(10), "the demo's DL/T 645 meter", || {
+        let (_, body) = http_get_as(addr, "/api/v1/points?device=dlt-g3", Some(&token)).ok()?;
+        let points: serde_json::Value = serde_json::from_str(&body).ok()?;
+        points.as_array()?.iter().find(|p| p["point"] == "ua" && p["quality"] == "good").cloned()
+    });
+    assert!((215.0..=235.0).contains(&ua["value"].as_f64().unwrap()), "{ua}");
     assert_eq!(http_get(addr, "/api/v1/points").unwrap().0, 401, "the demo's API needs the token too");
     // The printed demo users can log in; the officer is limited to one grid.
     let officer = out.lines().find_map(|l| l.trim().strip_prefix("demo-officer / ")).expect("demo officer line");

@@ -5,6 +5,7 @@ mod auth;
 mod config_check;
 mod dashboard;
 mod demo;
+mod dlt645;
 mod durability;
 mod forward;
 mod health;
