@@ -7,3 +7,4 @@
 pub mod dlt645;
 pub mod modbus;
 pub mod mqtt;
+pub mod poll;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::codec::{Address, Di, Frame, Reply, Scan};
+use super::poll::{self, send};
 use crate::config::dlt645::{Bus, BusKind, ResolvedPoint};
 use crate::config::{self, Parity};
 use crate::model::time::now_ns;
@@ -186,7 +187,7 @@ impl Poller {
                         let now = Instant::now();
                         for m in self.meters.iter_mut().filter(|m| m.next_due <= now) {
                             m.status.transport_errors.fetch_add(1, Ordering::Relaxed);
-                            set_error(&m.status, format!("connect: {why}"));
+                            poll::set_error(&m.status.last_error, format!("connect: {why}"));
                             let events = failed_cycle(m, backoff_max, self.bus.offline_after);
                             send(&tx, Vec::new(), events).await;
                         }
@@ -243,19 +244,22 @@ async fn cycle(bus: &Bus, m: &mut Meter, l: &mut Link, backoff_max: Duration) ->
                 Some(a)
             }
             Outcome::Reply(other) => {
-                set_error(&m.status, format!("address read answered with {other:?}"));
+                poll::set_error(&m.status.last_error, format!("address read answered with {other:?}"));
                 broken = true;
                 None
             }
             Outcome::Timeout => {
                 m.status.timeouts.fetch_add(1, Ordering::Relaxed);
-                set_error(&m.status, format!("address read (13H): no answer within {} ms", timeout.as_millis()));
+                poll::set_error(
+                    &m.status.last_error,
+                    format!("address read (13H): no answer within {} ms", timeout.as_millis()),
+                );
                 broken = true;
                 None
             }
             Outcome::Transport(e) => {
                 m.status.transport_errors.fetch_add(1, Ordering::Relaxed);
-                set_error(&m.status, e);
+                poll::set_error(&m.status.last_error, e);
                 keep = false;
                 broken = true;
                 None
@@ -296,7 +300,7 @@ async fn cycle(bus: &Bus, m: &mut Meter, l: &mut Link, backoff_max: Duration) ->
                                 Err(e) => e.to_string(),
                                 Ok(v) => format!("{v} is not a finite value"),
                             };
-                            set_error(&m.status, format!("{di} ({}): {why}", pt.spec.name));
+                            poll::set_error(&m.status.last_error, format!("{di} ({}): {why}", pt.spec.name));
                             samples.push(Sample { point: pt.point, quality: Quality::Bad, ts, value: f64::NAN });
                         }
                     }
@@ -307,7 +311,10 @@ async fn cycle(bus: &Bus, m: &mut Meter, l: &mut Link, backoff_max: Duration) ->
                     answered = true;
                     m.status.abnormal.fetch_add(1, Ordering::Relaxed);
                     let error = bits.to_string();
-                    set_error(&m.status, format!("{di} ({}): abnormal answer (D1): {error}", pt.spec.name));
+                    poll::set_error(
+                        &m.status.last_error,
+                        format!("{di} ({}): abnormal answer (D1): {error}", pt.spec.name),
+                    );
                     samples.push(Sample { point: pt.point, quality: Quality::Bad, ts, value: f64::NAN });
                     if pt.last_abnormal != Some(bits.0) {
                         pt.last_abnormal = Some(bits.0);
@@ -331,8 +338,8 @@ async fn cycle(bus: &Bus, m: &mut Meter, l: &mut Link, backoff_max: Duration) ->
                 }
                 Outcome::Timeout => {
                     m.status.timeouts.fetch_add(1, Ordering::Relaxed);
-                    set_error(
-                        &m.status,
+                    poll::set_error(
+                        &m.status.last_error,
                         format!("{di} ({}): no answer within {} ms", pt.spec.name, timeout.as_millis()),
                     );
                     broken = true;
@@ -340,7 +347,7 @@ async fn cycle(bus: &Bus, m: &mut Meter, l: &mut Link, backoff_max: Duration) ->
                 }
                 Outcome::Transport(e) => {
                     m.status.transport_errors.fetch_add(1, Ordering::Relaxed);
-                    set_error(&m.status, e);
+                    poll::set_error(&m.status.last_error, e);
                     broken = true;
                     keep = false;
                     break;
@@ -449,33 +456,14 @@ async fn transact(
 /// A cycle without an answer: back off, and report offline after enough of them.
 fn failed_cycle(m: &mut Meter, backoff_max: Duration, offline_after: u32) -> Vec<Event> {
     m.failures += 1;
-    let mut events = Vec::new();
-    let wait = m.interval.saturating_mul(1 << m.failures.min(16)).min(backoff_max.max(m.interval));
-    m.next_due = Instant::now() + wait;
-    if m.failures >= offline_after && !m.offline {
-        m.offline = true;
-        m.status.online.store(false, Ordering::Relaxed);
-        warn!(device = %m.status.device, bus = %m.status.bus, "DL/T 645 meter offline.");
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("bus".into(), m.status.bus.clone().into());
-        attributes.insert("error".into(), m.status.last_error.lock().map(|e| e.clone()).unwrap_or_default().into());
-        events.push(Event { device: m.id, kind: "offline".into(), ts: now_ns(), attributes });
+    m.next_due = Instant::now() + poll::backoff(m.interval, m.failures, backoff_max);
+    if m.failures < offline_after || m.offline {
+        return Vec::new();
     }
-    events
-}
-
-fn set_error(s: &MeterStatus, e: String) {
-    if let Ok(mut last) = s.last_error.lock() {
-        *last = e;
-    }
-}
-
-async fn send(tx: &mpsc::Sender<Batch>, samples: Vec<Sample>, events: Vec<Event>) {
-    if samples.is_empty() && events.is_empty() {
-        return;
-    }
-    // A full channel waits: the next cycle is late and counted as an overrun, nothing is dropped.
-    let _ = tx.send(Batch::new(samples, events)).await;
+    m.offline = true;
+    m.status.online.store(false, Ordering::Relaxed);
+    warn!(device = %m.status.device, bus = %m.status.bus, "DL/T 645 meter offline.");
+    vec![poll::offline_event(m.id, "bus", &m.status.bus, &m.status.last_error)]
 }
 
 async fn connect(bus: &Bus) -> std::io::Result<Box<dyn Line>> {

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use self::decode::{DataType, Order};
 use self::plan::{Read, Span, Table};
 use self::profile::Profile;
+use super::poll::{self, send};
 use crate::config::{self, ModbusConnection, ModbusKind};
 use crate::model::time::now_ns;
 use crate::model::{Batch, DeviceId, Event, PointId, Quality, Registry, Sample};
@@ -213,7 +214,7 @@ impl Poller {
                         let now = Instant::now();
                         for d in self.devices.iter_mut().filter(|d| d.next_due <= now) {
                             d.status.transport_errors.fetch_add(1, Ordering::Relaxed);
-                            set_error(&d.status, format!("connect: {why}"));
+                            poll::set_error(&d.status.last_error, format!("connect: {why}"));
                             let events = failed_cycle(d, backoff_max, self.conn.offline_after);
                             send(&tx, Vec::new(), events).await;
                         }
@@ -268,8 +269,8 @@ impl Poller {
                     Outcome::Exception(code) => {
                         // The device answered: the connection is fine, these points are not.
                         d.status.exceptions.fetch_add(1, Ordering::Relaxed);
-                        set_error(
-                            &d.status,
+                        poll::set_error(
+                            &d.status.last_error,
                             format!("exception {code:?} reading {:?} {}+{}", read.table, read.address, read.count),
                         );
                         for &s in &read.spans {
@@ -296,13 +297,13 @@ impl Poller {
                     }
                     Outcome::Timeout => {
                         d.status.timeouts.fetch_add(1, Ordering::Relaxed);
-                        set_error(&d.status, format!("timeout after {} ms", timeout.as_millis()));
+                        poll::set_error(&d.status.last_error, format!("timeout after {} ms", timeout.as_millis()));
                         broken = true;
                         break;
                     }
                     Outcome::Transport(e) => {
                         d.status.transport_errors.fetch_add(1, Ordering::Relaxed);
-                        set_error(&d.status, e);
+                        poll::set_error(&d.status.last_error, e);
                         broken = true;
                         break;
                     }
@@ -345,33 +346,14 @@ impl Poller {
 /// A cycle without a valid read: back off, and report offline after enough of them.
 fn failed_cycle(d: &mut PolledDevice, backoff_max: Duration, offline_after: u32) -> Vec<Event> {
     d.failures += 1;
-    let mut events = Vec::new();
-    let wait = d.interval.saturating_mul(1 << d.failures.min(16)).min(backoff_max.max(d.interval));
-    d.next_due = Instant::now() + wait;
-    if d.failures >= offline_after && !d.offline {
-        d.offline = true;
-        d.status.online.store(false, Ordering::Relaxed);
-        warn!(device = %d.status.device, connection = %d.status.connection, "Modbus device offline.");
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("connection".into(), d.status.connection.clone().into());
-        attributes.insert("error".into(), d.status.last_error.lock().map(|e| e.clone()).unwrap_or_default().into());
-        events.push(Event { device: d.id, kind: "offline".into(), ts: now_ns(), attributes });
+    d.next_due = Instant::now() + poll::backoff(d.interval, d.failures, backoff_max);
+    if d.failures < offline_after || d.offline {
+        return Vec::new();
     }
-    events
-}
-
-fn set_error(s: &DeviceStatus, e: String) {
-    if let Ok(mut last) = s.last_error.lock() {
-        *last = e;
-    }
-}
-
-async fn send(tx: &mpsc::Sender<Batch>, samples: Vec<Sample>, events: Vec<Event>) {
-    if samples.is_empty() && events.is_empty() {
-        return;
-    }
-    // A full channel waits: the next poll is late and counted as an overrun, nothing is dropped.
-    let _ = tx.send(Batch::new(samples, events)).await;
+    d.offline = true;
+    d.status.online.store(false, Ordering::Relaxed);
+    warn!(device = %d.status.device, connection = %d.status.connection, "Modbus device offline.");
+    vec![poll::offline_event(d.id, "connection", &d.status.connection, &d.status.last_error)]
 }
 
 fn apply_words(
