@@ -4,5 +4,6 @@
 //! Owns: MQTT and Modbus connections, decoding, the reject counters' inputs.
 //! May import: `model`, `config`, `metrics`.
 
+pub mod hj212;
 pub mod modbus;
 pub mod mqtt;
