@@ -7,6 +7,7 @@
 //! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
 pub mod history;
+pub mod hj212;
 pub mod notify;
 pub mod people;
 pub mod validate;
@@ -73,6 +74,9 @@ pub struct Config {
     /// Rollups of every point kept on the edge box for trends.
     #[serde(default)]
     pub history: History,
+    /// HJ 212-2017 listeners and the data loggers that report to them.
+    #[serde(default)]
+    pub hj212: hj212::Hj212,
 }
 
 impl Config {
