@@ -49,6 +49,8 @@ pub enum AppError {
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error("HJ 212 listener {id} cannot listen on {addr}: {source}")]
+    Hj212Bind { id: String, addr: SocketAddr, source: std::io::Error },
     #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<PackError>),
 }
@@ -230,6 +232,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         None => None,
     };
     let (pollers, modbus_status) = crate::source::modbus::pollers(&config, &registry)?;
+    let hj212 = crate::source::hj212::Server::new(&config, registry.clone(), metrics.clone());
+    let hj212_status = hj212.status();
+    let hj212 = if config.hj212.listeners.is_empty() {
+        None
+    } else {
+        Some(hj212.bind().await.map_err(|(id, addr, source)| AppError::Hj212Bind { id, addr, source })?)
+    };
     let auth =
         crate::auth::Auth::open(&crate::auth::db_path(&config.incidents.path), auth_settings(&config), audit.clone())?;
     let config = Arc::new(config);
@@ -253,6 +262,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         history,
         access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
         streams: streams.clone(),
+        hj212: hj212_status,
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {
@@ -269,6 +279,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     for i in 0..config.mqtt.brokers.len() {
         let source = MqttSource::new(&config, i, ctx.clone())?;
         sources.push(tokio::spawn(source.run(shutdown.clone())));
+    }
+    if let Some(server) = hj212 {
+        sources.push(tokio::spawn(server.run(ctx.tx.clone(), shutdown.clone())));
     }
     // Only the sources hold senders now, so the core stops once they have; until shutdown one more is
     // held here, so a gateway without sources (rules on system incidents only) keeps its core.

@@ -92,6 +92,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         history: None,
         access: access(),
         streams: Default::default(),
+        hj212: Default::default(),
     };
     (state, tx)
 }

@@ -1,0 +1,196 @@
+//! The server against loggers on loopback, in process: samples, answers, refusals, split packets.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::codec::{self, CrcVariant, Header};
+use super::*;
+
+const CONFIG: &str = r#"
+[site]
+id = "p"
+timezone = "Asia/Shanghai"
+[[grids]]
+id = "g1"
+[[devices]]
+id = "outfall"
+grid = "g1"
+category = "emission"
+points = [{ name = "cod", unit = "mg/L" }, { name = "nh3n", unit = "mg/L" }, { name = "ph" }, { name = "flow" }]
+[[hj212.listeners]]
+id = "l"
+listen = "127.0.0.1:0"
+max_frames_per_sec = 50
+[[hj212.loggers]]
+mn = "MN0001"
+pw = "123456"
+device = "outfall"
+[[hj212.loggers]]
+mn = "MN0002"
+pw = "654321"
+crc = "modbus"
+device = "outfall"
+"#;
+
+struct Harness {
+    addr: SocketAddr,
+    rx: mpsc::Receiver<Batch>,
+    registry: Arc<Registry>,
+    status: Arc<Hj212Status>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+async fn start() -> Harness {
+    let config = crate::config::from_str(CONFIG, "t.toml".as_ref(), ".".as_ref()).unwrap();
+    let registry = Arc::new(Registry::from_config(&config));
+    let metrics = Arc::new(Metrics::new(vec![], vec![], 100));
+    let server = Server::new(&config, registry.clone(), metrics.clone());
+    let status = server.status();
+    let bound = server.bind().await.unwrap();
+    let addr = bound.local_addrs()[0];
+    let (tx, rx) = mpsc::channel(64);
+    let stop = CancellationToken::new();
+    tokio::spawn(bound.run(tx, stop.clone()));
+    Harness { addr, rx, registry, status, metrics, stop }
+}
+
+fn frame(variant: CrcVariant, cn: &str, mn: &str, pw: &str, flag: u8, cp: &str) -> Vec<u8> {
+    let h = Header { qn: Some("20240301120000123"), st: "32", cn, pw, mn, flag, split: None };
+    codec::frame(variant, &codec::data_segment(&h, cp)).unwrap()
+}
+
+impl Harness {
+    async fn batch(&mut self) -> Batch {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await.expect("a batch in time").unwrap()
+    }
+
+    fn name(&self, s: &Sample) -> String {
+        self.registry.point(s.point).name.clone()
+    }
+}
+
+async fn read_answer(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    while !out.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed before the answer");
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[tokio::test]
+async fn values_become_samples_with_local_data_time_flags_and_answers() {
+    let mut h = start().await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let cp =
+        "DataTime=20240301120000;w01018-Rtd=35.2,w01018-Flag=N;w21003-Rtd=1.5,w21003-Flag=C;w01001-Rtd=7.1;zz999-Rtd=1";
+    s.write_all(&frame(CrcVariant::Standard, "2011", "MN0001", "123456", 5, cp)).await.unwrap();
+    let answer = read_answer(&mut s).await;
+    let expected = codec::data_answer(CrcVariant::Standard, Some("20240301120000123"), "123456", "MN0001");
+    assert_eq!(answer, expected);
+    let b = h.batch().await;
+    let got: Vec<(String, f64, Quality, i64)> =
+        b.samples.iter().map(|x| (h.name(x), x.value, x.quality, x.ts)).collect();
+    // 12:00 in Shanghai is 04:00 UTC.
+    let ts = chrono::DateTime::parse_from_rfc3339("2024-03-01T04:00:00Z").unwrap().timestamp_nanos_opt().unwrap();
+    assert_eq!(
+        got,
+        [
+            ("cod".to_owned(), 35.2, Quality::Good, ts),
+            ("nh3n".to_owned(), 1.5, Quality::Calibration, ts),
+            ("ph".to_owned(), 7.1, Quality::Good, ts)
+        ]
+    );
+    let st = h.status.loggers[0].clone();
+    assert_eq!(st.unmapped.load(Ordering::Relaxed), 1);
+    // Hourly data: statistics points, no answer without the A bit, 17-digit DataTime.
+    let cp = "DataTime=20240301110000000;w01018-Avg=30.0,w01018-Min=20.0,w01018-Max=40.0,w01018-Cou=1.5,w01018-Flag=N";
+    s.write_all(&frame(CrcVariant::Standard, "2061", "MN0001", "123456", 4, cp)).await.unwrap();
+    let b = h.batch().await;
+    let names: Vec<String> = b.samples.iter().map(|x| h.name(x)).collect();
+    assert_eq!(names, ["cod_1h_avg", "cod_1h_min", "cod_1h_max", "cod_1h_cou"]);
+    assert_eq!(st.answers.load(Ordering::Relaxed), 1);
+    h.stop.cancel();
+}
+
+#[tokio::test]
+async fn bad_frames_are_counted_and_the_good_ones_around_them_survive() {
+    let mut h = start().await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let good = |v: f64| {
+        frame(CrcVariant::Standard, "2011", "MN0001", "123456", 4, &format!("DataTime=20240301120000;w01018-Rtd={v}"))
+    };
+    let mut bad_crc = good(2.0);
+    let n = bad_crc.len();
+    bad_crc[n - 3] = if bad_crc[n - 3] == b'0' { b'1' } else { b'0' };
+    let mut stream = good(1.0);
+    stream.extend_from_slice(b"\x00\xff garbage \x01");
+    stream.extend_from_slice(&bad_crc);
+    stream.extend_from_slice(&good(3.0)[..30]);
+    stream.extend_from_slice(&good(4.0));
+    // The Modbus-CRC logger's frame has the wrong variant here: refused as bad CRC.
+    s.write_all(&stream).await.unwrap();
+    let mut values = Vec::new();
+    while values.len() < 2 {
+        values.extend(h.batch().await.samples.iter().map(|x| x.value));
+    }
+    assert_eq!(values, [1.0, 4.0]);
+    let st = &h.status.loggers[0];
+    // The garbage came after the first valid frame named the logger: counted against it.
+    assert_eq!(st.rejected(Reject::NotAFrame), 1);
+    assert_eq!(st.rejected(Reject::BadCrc), 1);
+    assert_eq!(st.rejected(Reject::Truncated), 1);
+    let reasons: Vec<&str> = h.metrics.rejects.recent().iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["truncated", "bad_crc", "not_a_frame"]);
+    h.stop.cancel();
+}
+
+#[tokio::test]
+async fn unknown_mn_and_wrong_password_close_the_connection() {
+    let mut h = start().await;
+    let cp = "DataTime=20240301120000;w01018-Rtd=1";
+    for (mn, pw, reason) in [("NOPE", "123456", Reject::UnknownMn), ("MN0001", "000000", Reject::WrongPassword)] {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(&frame(CrcVariant::Standard, "2011", mn, pw, 5, cp)).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        let counted = match reason {
+            Reject::UnknownMn => h.status.listeners[0].rejects[reason.index()].load(Ordering::Relaxed),
+            _ => h.status.loggers[0].rejected(reason),
+        };
+        assert_eq!(counted, 1, "{reason:?}");
+    }
+    // Modbus CRC for the logger configured with it is accepted.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(&frame(CrcVariant::Modbus, "2011", "MN0002", "654321", 5, cp)).await.unwrap();
+    let answer = read_answer(&mut s).await;
+    assert_eq!(codec::check_crc(&answer, CrcVariant::Modbus), Ok(()));
+    assert_eq!(h.batch().await.samples.len(), 1);
+    h.stop.cancel();
+}
+
+#[tokio::test]
+async fn split_packets_are_reassembled() {
+    let mut h = start().await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let part = |no: u32, cp: &str| {
+        let hd =
+            Header { qn: Some("1"), st: "32", cn: "2051", pw: "123456", mn: "MN0001", flag: 7, split: Some((2, no)) };
+        codec::frame(CrcVariant::Standard, &codec::data_segment(&hd, cp)).unwrap()
+    };
+    s.write_all(&part(2, "DataTime=20240301120000;w21003-Avg=2.5")).await.unwrap();
+    read_answer(&mut s).await;
+    s.write_all(&part(1, "DataTime=20240301120000;w01018-Avg=40")).await.unwrap();
+    read_answer(&mut s).await;
+    let b = h.batch().await;
+    let got: Vec<(String, f64)> = b.samples.iter().map(|x| (h.name(x), x.value)).collect();
+    assert_eq!(got, [("cod_1m_avg".to_owned(), 40.0), ("nh3n_1m_avg".to_owned(), 2.5)]);
+    assert_eq!(h.status.loggers[0].answers.load(Ordering::Relaxed), 2);
+    h.stop.cancel();
+}
