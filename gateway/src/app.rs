@@ -62,6 +62,9 @@ pub struct Extras {
     pub simulate: Option<(String, u16, Duration)>,
     /// Serve the config's Modbus devices from a simulated Modbus TCP server on this address.
     pub modbus_sim: Option<SocketAddr>,
+    /// Run simulated HJ 212 loggers for `[[hj212.loggers]]` against the first HJ 212 listener, one
+    /// real-time report per period.
+    pub hj212_sim: Option<Duration>,
 }
 
 /// Session and throttling limits from `[auth]`.
@@ -239,6 +242,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     } else {
         Some(hj212.bind().await.map_err(|(id, addr, source)| AppError::Hj212Bind { id, addr, source })?)
     };
+    let hj212_addr = hj212.as_ref().and_then(|b| b.local_addrs().first().copied());
     let auth =
         crate::auth::Auth::open(&crate::auth::db_path(&config.incidents.path), auth_settings(&config), audit.clone())?;
     let config = Arc::new(config);
@@ -298,8 +302,20 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
     let tls_task = tls.map(|t| tokio::spawn(t.reload_on_sighup(shutdown.clone())));
     info!(api = %config.api.listen, https = tls_task.is_some(), brokers = config.mqtt.brokers.len(), devices = registry.devices.len(), points = registry.points.len(), "parkwatch running.");
 
-    let modbus_devices: std::collections::HashSet<String> =
+    let mut modbus_devices: std::collections::HashSet<String> =
         config.devices.iter().filter(|d| d.modbus.is_some()).map(|d| d.id.clone()).collect();
+    // HJ 212 loggers' devices report through their simulated loggers, not over MQTT.
+    modbus_devices.extend(config.hj212.loggers.iter().map(|l| l.device.clone()));
+    let hj212_sim = match (extras.hj212_sim, hj212_addr) {
+        (Some(period), Some(addr)) => Some(tokio::spawn(sim::hj212::run(
+            registry.clone(),
+            config.hj212.loggers.clone(),
+            addr,
+            period,
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     let modbus_sim = match extras.modbus_sim {
         Some(addr) => {
             let profiles = crate::source::modbus::profile::load_all(&config.modbus.profile_dirs).unwrap_or_default();
@@ -330,6 +346,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, extras: Extras) ->
         let _ = t.await;
     }
     if let Some(t) = modbus_sim {
+        let _ = t.await;
+    }
+    if let Some(t) = hj212_sim {
         let _ = t.await;
     }
     let _ = reload_task.await;

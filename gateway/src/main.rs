@@ -601,6 +601,7 @@ fn demo(
         let extras = Extras {
             simulate: Some((mqtt_listen.ip().to_string(), mqtt_listen.port(), Duration::from_secs(1))),
             modbus_sim: Some(modbus_listen),
+            hj212_sim: Some(Duration::from_secs(5)),
         };
         let result = app::run(config, shutdown, extras).await;
         let _ = std::fs::remove_dir_all(&state_dir);

@@ -276,3 +276,45 @@ fn refused_loggers_and_a_garbage_flood_leave_other_loggers_intact() {
     assert_eq!(rec["broker"], "hj212:env");
     assert_eq!(rec["subscription"], AIR);
 }
+
+#[test]
+fn the_demo_raises_an_emission_alarm_from_hj212_data() {
+    use std::process::{Command, Stdio};
+    let api = format!("127.0.0.1:{}", free_port());
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let modbus = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(parkwatch_e2e::gateway_bin())
+        .args(["demo", "--listen", &api, "--mqtt-listen", &mqtt, "--modbus-listen", &modbus, "--duration", "150"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let token = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the demo printed no PARKWATCH_TOKEN line");
+        if let Some(t) = line.trim().strip_prefix("PARKWATCH_TOKEN=") {
+            break t.to_owned();
+        }
+    };
+    let addr = api.parse().unwrap();
+    let get = |path: &str| -> Option<Value> {
+        let (status, body) = parkwatch_e2e::http_get_as(addr, path, Some(&token)).ok()?;
+        serde_json::from_str(&body).ok().filter(|_| status == 200)
+    };
+    // The simulated outfall logger reports acid water over HJ 212 at start: the pH rule raises an
+    // alarm on the logger's device once its minute of on-delay is over.
+    let incident = wait_until(Duration::from_secs(120), "emission.wastewater_ph on ww-g3", || {
+        let list = get("/api/v1/incidents")?;
+        let list = list.as_array().cloned().or_else(|| list["incidents"].as_array().cloned())?;
+        list.into_iter().find(|i| i["rule"] == "emission.wastewater_ph" && i["device"] == "ww-g3")
+    });
+    assert!(incident["value"].as_f64().is_some_and(|v| v < 6.0), "{incident}");
+    let devices = get("/api/v1/devices").unwrap();
+    let ww = devices.as_array().unwrap().iter().find(|d| d["id"] == "ww-g3").unwrap().clone();
+    assert_eq!(ww["hj212"][0]["connected"], true, "{ww}");
+    assert!(ww["hj212"][0]["answers"].as_u64().is_some_and(|n| n > 0), "{ww}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

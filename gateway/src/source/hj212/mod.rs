@@ -238,7 +238,8 @@ async fn accept_loop(
     tx: mpsc::Sender<Batch>,
     shutdown: CancellationToken,
 ) {
-    info!(listener = %cfg.id, listen = %cfg.listen, "HJ 212 listener started.");
+    let bound = listener.local_addr().map_or_else(|_| cfg.listen.to_string(), |a| a.to_string());
+    info!(listener = %cfg.id, listen = %bound, "HJ 212 listener started.");
     let open = Arc::new(AtomicUsize::new(0));
     let mut conns = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(10);
