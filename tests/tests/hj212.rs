@@ -318,3 +318,52 @@ fn the_demo_raises_an_emission_alarm_from_hj212_data() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_relayed_logger_s_frames_reach_the_upstream_platform_unchanged_once_it_is_up() {
+    let port = free_port();
+    let upstream = free_port();
+    let text = config(port, 200).replace(
+        "device = \"outfall\"\n",
+        &format!("device = \"outfall\"\nrelay = {{ address = \"127.0.0.1:{upstream}\", queue_frames = 100 }}\n"),
+    );
+    let gw = Gateway::start(&text);
+    let mut s = connect(port);
+    let frames: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            wire(&format!(
+                "QN=2024030112000000{i};ST=32;CN=2011;PW=123456;MN={WW};Flag=5;CP=&&DataTime=20240301120000;w01018-Rtd=1{i}.5&&"
+            ))
+        })
+        .collect();
+    // The platform is down: the frames are taken and answered all the same, and queued.
+    for f in &frames {
+        s.write_all(f).unwrap();
+        answer(&mut s);
+    }
+    wait_until(Duration::from_secs(10), "three frames queued for the platform", || {
+        (gw.metric(&format!("parkwatch_hj212_relay_queued{{mn=\"{WW}\"}}"))? == 3.0).then_some(())
+    });
+    // The platform comes up: the relay reconnects and sends them in order, byte for byte.
+    let platform = std::net::TcpListener::bind(("127.0.0.1", upstream)).unwrap();
+    let (mut up, _) = platform.accept().unwrap();
+    up.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let late = wire(&format!(
+        "QN=20240301120000009;ST=32;CN=2051;PW=123456;MN={WW};Flag=4;CP=&&DataTime=20240301120000;w01018-Avg=9&&"
+    ));
+    s.write_all(&late).unwrap();
+    let want: Vec<u8> = frames.iter().chain(std::iter::once(&late)).flatten().copied().collect();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while got.len() < want.len() {
+        let n = up.read(&mut buf).unwrap();
+        assert!(n > 0, "the relay closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(want).unwrap());
+    // Counted once the write returned, which may be just after the platform read the bytes.
+    wait_until(Duration::from_secs(10), "four frames counted as relayed", || {
+        (gw.metric(&format!("parkwatch_hj212_relay_sent_total{{mn=\"{WW}\"}}"))? == 4.0).then_some(())
+    });
+    assert_eq!(gw.metric(&format!("parkwatch_hj212_relay_dropped_total{{mn=\"{WW}\"}}")), Some(0.0));
+}
