@@ -674,7 +674,11 @@ fn hj212(out: &mut String, m: &crate::source::hj212::Hj212Status) {
         }
     }
     type Q = fn(&crate::source::hj212::relay::RelayQueue) -> u64;
-    let relay: [(&str, &str, &str, Q); 5] = [
+    let relay: [(&str, &str, &str, Q); 7] = [
+        ("parkwatch_hj212_relay_connected", "gauge", "1 while connected to the upstream platform.", |q| {
+            u64::from(q.metrics.connected.load(Relaxed))
+        }),
+        ("parkwatch_hj212_relay_capacity", "gauge", "Frames the relay queue holds at most.", |q| q.capacity() as u64),
         ("parkwatch_hj212_relay_queued", "gauge", "Frames waiting for the upstream platform.", |q| q.len() as u64),
         ("parkwatch_hj212_relay_sent_total", "counter", "Frames relayed upstream.", |q| q.metrics.sent.load(Relaxed)),
         (

@@ -389,7 +389,12 @@ impl Connection {
 
     /// Counts and records a refused frame against the connection's logger, or the listener.
     fn reject(&mut self, reason: Reject, detail: &str, frame: Option<&[u8]>) {
-        let (who, counter) = match self.logger {
+        self.reject_as(self.logger, reason, detail, frame);
+    }
+
+    /// Counts and records a refused frame against logger `who` (the listener when `None`).
+    fn reject_as(&mut self, who: Option<usize>, reason: Reject, detail: &str, frame: Option<&[u8]>) {
+        let (who, counter) = match who {
             Some(i) => {
                 let l = &self.shared.loggers[i];
                 (l.cfg.mn.as_str(), &l.status.rejects[reason.index()])
@@ -448,6 +453,22 @@ impl Connection {
         };
         let shared = self.shared.clone();
         let lg = &shared.loggers[i];
+        // Refusals of a frame that names a logger count against that logger, but only a frame that
+        // passes binds the connection to it.
+        if let Err(reason) = codec::check_crc(bytes, lg.cfg.crc) {
+            let other = match lg.cfg.crc {
+                CrcVariant::Standard => CrcVariant::Modbus,
+                CrcVariant::Modbus => CrcVariant::Standard,
+            };
+            let hint = if codec::check_crc(bytes, other).is_ok() { " (it matches the other CRC variant)" } else { "" };
+            let detail = format!("CRC does not match in the {:?} variant{hint}", lg.cfg.crc);
+            self.reject_as(Some(i), reason, &detail, Some(bytes));
+            return After::Continue;
+        }
+        if packet.pw.as_deref() != lg.cfg.pw.as_deref() {
+            self.reject_as(Some(i), Reject::WrongPassword, "PW does not match the logger's", None);
+            return After::Close;
+        }
         if self.logger != Some(i) {
             if let Some(old) = self.logger {
                 shared.loggers[old].status.connections.fetch_sub(1, Ordering::Relaxed);
@@ -457,19 +478,6 @@ impl Connection {
             if let Ok(mut p) = lg.status.peer.lock() {
                 *p = self.peer.to_string();
             }
-        }
-        if let Err(reason) = codec::check_crc(bytes, lg.cfg.crc) {
-            let other = match lg.cfg.crc {
-                CrcVariant::Standard => CrcVariant::Modbus,
-                CrcVariant::Modbus => CrcVariant::Standard,
-            };
-            let hint = if codec::check_crc(bytes, other).is_ok() { " (it matches the other CRC variant)" } else { "" };
-            self.reject(reason, &format!("CRC does not match in the {:?} variant{hint}", lg.cfg.crc), Some(bytes));
-            return After::Continue;
-        }
-        if packet.pw.as_deref() != lg.cfg.pw.as_deref() {
-            self.reject(Reject::WrongPassword, "PW does not match the logger's", None);
-            return After::Close;
         }
         lg.status.frames.fetch_add(1, Ordering::Relaxed);
         lg.status.last_frame_ns.store(now_ns(), Ordering::Relaxed);

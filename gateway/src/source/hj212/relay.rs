@@ -68,6 +68,11 @@ impl RelayQueue {
         self.frames.lock().map(|q| q.len()).unwrap_or(0)
     }
 
+    /// Frames the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
