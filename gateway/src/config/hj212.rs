@@ -14,7 +14,20 @@ use serde::Deserialize;
 
 use super::validate::{read_secret, Problem};
 use super::Config;
-pub use crate::source::hj212::codec::CrcVariant;
+
+/// The protocol's own bound on the data segment, bytes (the length field counts 0–1024).
+pub const MAX_DATA_LEN: usize = 1024;
+
+/// Which CRC a logger computes over the data segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrcVariant {
+    /// The standard's appendix: `reg = (reg >> 8) ^ byte`, then eight shifts with 0xA001.
+    #[default]
+    Standard,
+    /// Plain Modbus CRC16 (`reg ^= byte`), used by some field devices.
+    Modbus,
+}
 
 /// HJ 212 listeners and loggers.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -48,7 +61,7 @@ pub struct Listener {
 }
 
 fn default_max_frame() -> usize {
-    crate::source::hj212::codec::MAX_DATA_LEN
+    MAX_DATA_LEN
 }
 fn default_frames_per_sec() -> u32 {
     20

@@ -8,22 +8,10 @@
 
 use std::fmt::Write as _;
 
-/// The protocol's own bound on the data segment, bytes (the length field counts 0–1024).
-pub const MAX_DATA_LEN: usize = 1024;
+pub use crate::config::hj212::{CrcVariant, MAX_DATA_LEN};
 
 /// `##`, four digits of length, four hex digits of CRC and CR LF around the data segment.
 pub const OVERHEAD: usize = 2 + 4 + 4 + 2;
-
-/// Which CRC a logger computes over the data segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CrcVariant {
-    /// The standard's appendix: `reg = (reg >> 8) ^ byte`, then eight shifts with 0xA001.
-    #[default]
-    Standard,
-    /// Plain Modbus CRC16 (`reg ^= byte`), used by some field devices.
-    Modbus,
-}
 
 /// The CRC of `data` in `variant`.
 pub fn crc(variant: CrcVariant, data: &[u8]) -> u16 {
