@@ -194,3 +194,85 @@ async fn split_packets_are_reassembled() {
     assert_eq!(h.status.loggers[0].answers.load(Ordering::Relaxed), 2);
     h.stop.cancel();
 }
+
+#[tokio::test]
+async fn field_captures_of_2005_era_loggers_become_samples_events_and_heartbeats() {
+    let extra = r#"
+[[hj212.loggers]]
+mn = "LD130102000172"
+pw = "123456"
+device = "outfall"
+[[hj212.loggers]]
+mn = "ZG130182201401"
+pw = "123456"
+device = "outfall"
+[[hj212.loggers]]
+mn = "ZG130182201205"
+pw = "123456"
+device = "outfall"
+"#;
+    let config = crate::config::from_str(&format!("{CONFIG}{extra}"), "t.toml".as_ref(), ".".as_ref()).unwrap();
+    let registry = Arc::new(Registry::from_config(&config));
+    let metrics = Arc::new(Metrics::new(vec![], vec![], 100));
+    let server = Server::new(&config, registry.clone(), metrics);
+    let status = server.status();
+    let bound = server.bind().await.unwrap();
+    let addr = bound.local_addrs()[0];
+    let (tx, mut rx) = mpsc::channel(64);
+    let stop = CancellationToken::new();
+    tokio::spawn(bound.run(tx, stop.clone()));
+    let captures = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/domain/vectors/hj212-field-capture-2016.txt"),
+    )
+    .unwrap();
+    let line = |mn: &str| format!("{}\r\n", captures.lines().find(|l| l.contains(&format!("MN={mn};"))).unwrap());
+    let shanghai = |s: &str| {
+        chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap().and_utc().timestamp_nanos_opt().unwrap()
+            - 8 * 3_600_000_000_000
+    };
+
+    // 2005 codes (B01 flow, 011 COD, 060 NH3-N flagged D), no QN, no Flag: samples, no answer.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(line("LD130102000172").as_bytes()).await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    let got: Vec<(String, f64, Quality)> =
+        b.samples.iter().map(|x| (registry.point(x.point).name.clone(), x.value, x.quality)).collect();
+    assert_eq!(
+        got,
+        [
+            ("flow".to_owned(), 12.359, Quality::Good),
+            ("cod".to_owned(), 39.694, Quality::Good),
+            ("nh3n".to_owned(), 2.68, Quality::Fault)
+        ]
+    );
+    assert!(b.samples.iter().all(|x| x.ts == shanghai("2016-08-23 23:56:00")));
+
+    // An alarm (CN 2072, Flag=1 asks for an answer): an event stamped with its AlarmTime, answered.
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    a.write_all(line("ZG130182201401").as_bytes()).await.unwrap();
+    let answer = read_answer(&mut a).await;
+    assert_eq!(answer, codec::data_answer(CrcVariant::Standard, Some("20160823235559979"), "123456", "ZG130182201401"));
+    let b = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(b.events.len(), 1);
+    let e = &b.events[0];
+    assert_eq!((e.kind.as_str(), e.ts), ("hj212_alarm", shanghai("2016-08-23 23:55:59")));
+    assert_eq!(e.attributes["code"], "B01");
+    assert_eq!(e.attributes["point"], "flow");
+    assert_eq!(e.attributes["value"], 16.0);
+    assert_eq!(e.attributes["alarm_type"], "1");
+
+    // A heartbeat (CN 8013, Flag=0): taken, no answer, no batch.
+    let mut h = TcpStream::connect(addr).await.unwrap();
+    h.write_all(line("ZG130182201205").as_bytes()).await.unwrap();
+    let beat = status.loggers.iter().find(|l| l.mn == "ZG130182201205").unwrap().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while beat.frames.load(Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the heartbeat was not taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(beat.last_frame_ns.load(Ordering::Relaxed) > 0);
+    assert_eq!(beat.answers.load(Ordering::Relaxed), 0);
+    assert!(rx.try_recv().is_err());
+    stop.cancel();
+}
