@@ -425,7 +425,8 @@ impl Connection {
 
     fn frame(&mut self, bytes: &[u8], batch: &mut Batch, answers: &mut Vec<u8>) -> After {
         let now = Instant::now();
-        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+        // A window starts with its first frame.
+        if self.window.1 == 0 || now.duration_since(self.window.0) >= Duration::from_secs(1) {
             self.window = (now, 0);
         }
         self.window.1 += 1;

@@ -276,3 +276,37 @@ device = "outfall"
     assert!(rx.try_recv().is_err());
     stop.cancel();
 }
+
+#[tokio::test]
+async fn frames_over_the_rate_are_refused_and_counted() {
+    let mut h = start().await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    // 60 frames in one write; the listener allows 50 a second.
+    let burst: Vec<u8> = (0..60)
+        .flat_map(|i| {
+            frame(
+                CrcVariant::Standard,
+                "2011",
+                "MN0001",
+                "123456",
+                4,
+                &format!("DataTime=20240301120000;w01018-Rtd={i}"),
+            )
+        })
+        .collect();
+    s.write_all(&burst).await.unwrap();
+    let mut taken = 0;
+    while taken < 50 {
+        taken += h.batch().await.samples.len();
+    }
+    assert_eq!(taken, 50);
+    let st = h.status.loggers[0].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while st.rejected(Reject::RateLimited) < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "rate-limited frames not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(st.rejected(Reject::RateLimited), 10);
+    assert_eq!(st.frames.load(Ordering::Relaxed), 50);
+    h.stop.cancel();
+}
