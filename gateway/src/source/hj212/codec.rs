@@ -212,7 +212,7 @@ pub struct Deframer {
     discarding: bool,
 }
 
-/// One result of [`Deframer::next`].
+/// One result of [`Deframer::next_frame`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deframed {
     /// A whole frame (`##` through CR LF) with the CRC as sent.
