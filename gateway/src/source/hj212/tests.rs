@@ -310,3 +310,42 @@ async fn frames_over_the_rate_are_refused_and_counted() {
     assert_eq!(st.frames.load(Ordering::Relaxed), 50);
     h.stop.cancel();
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_connections_are_bounded() {
+    let text = CONFIG
+        .replace("max_frames_per_sec = 50", "max_frames_per_sec = 50\nidle_timeout_secs = 1\nmax_connections = 2");
+    let config = crate::config::from_str(&text, "t.toml".as_ref(), ".".as_ref()).unwrap();
+    let registry = Arc::new(Registry::from_config(&config));
+    let server = Server::new(&config, registry, Arc::new(Metrics::new(vec![], vec![], 10)));
+    let status = server.status();
+    let bound = server.bind().await.unwrap();
+    let addr = bound.local_addrs()[0];
+    let (tx, _rx) = mpsc::channel(64);
+    let stop = CancellationToken::new();
+    tokio::spawn(bound.run(tx, stop.clone()));
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    let l = status.listeners[0].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while l.open.load(Ordering::Relaxed) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "two connections open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A third is closed at once.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.unwrap().unwrap_or(0), 0);
+    assert_eq!(l.refused.load(Ordering::Relaxed), 1);
+    // The two that say nothing are closed after the idle timeout.
+    for s in [&mut a, &mut b] {
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0), 0);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while l.open.load(Ordering::Relaxed) > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "connections closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(l.idle_closed.load(Ordering::Relaxed), 2);
+    stop.cancel();
+}
