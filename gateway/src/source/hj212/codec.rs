@@ -98,6 +98,23 @@ impl Reject {
     }
 }
 
+/// What a framing reject means, for people reading `/api/v1/rejects`.
+pub fn describe(reason: Reject) -> &'static str {
+    match reason {
+        Reject::NotAFrame => "bytes that do not start with ## (noise, binary, another protocol)",
+        Reject::BadLength => "the length field is not 4 digits or does not match where the frame ends",
+        Reject::Oversized => "the length field announces more than the listener's max_frame_bytes",
+        Reject::Truncated => "the frame was cut off by the next ## or the end of the connection",
+        Reject::BadCrc => "the CRC does not match the data segment",
+        Reject::MissingField => "a required field is missing",
+        Reject::BadField => "a field is present but unusable",
+        Reject::UnknownMn => "no logger with this MN is configured",
+        Reject::WrongPassword => "the PW does not match the logger's",
+        Reject::RateLimited => "more frames a second than the listener allows",
+        Reject::BadValue => "a value is not a finite number",
+    }
+}
+
 /// What the deframer found at the front of its buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scan {

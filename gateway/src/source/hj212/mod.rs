@@ -336,9 +336,14 @@ impl Connection {
         let mut buf = vec![0u8; 4096];
         let mut answers: Vec<u8> = Vec::new();
         let mut close = false;
+        // Refused or stopping: what is left in the buffer is not a cut-off frame of the logger's.
+        let mut quiet_end = false;
         while !close {
             let read = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => {
+                    quiet_end = true;
+                    break;
+                }
                 r = tokio::time::timeout(self.idle, stream.read(&mut buf)) => r,
             };
             let n = match read {
@@ -353,17 +358,19 @@ impl Connection {
             let mut batch = Batch::default();
             while let Some(item) = deframer.next_frame() {
                 match item {
-                    Deframed::Reject(reason) => self.reject(reason, "", None),
+                    Deframed::Reject(reason) => self.reject(reason, codec::describe(reason), None),
                     Deframed::Frame { bytes, .. } => {
                         if let After::Close = self.frame(&bytes, &mut batch, &mut answers) {
                             close = true;
+                            quiet_end = true;
                             break;
                         }
                     }
                 }
             }
             if !answers.is_empty() {
-                if tokio::time::timeout(Duration::from_secs(10), stream.write_all(&answers)).await.is_err() {
+                let written = tokio::time::timeout(Duration::from_secs(10), stream.write_all(&answers)).await;
+                if !matches!(written, Ok(Ok(()))) {
                     close = true;
                 }
                 answers.clear();
@@ -375,10 +382,10 @@ impl Connection {
                 }
             }
         }
-        if let Some(reason) = deframer.finish() {
+        if let Some(reason) = deframer.finish().filter(|_| !quiet_end) {
             self.reject(reason, "the connection ended inside a frame", None);
         }
-        for ((_, qn), _) in std::mem::take(&mut self.splits) {
+        for ((_, qn), _) in std::mem::take(&mut self.splits).into_iter().filter(|_| !quiet_end) {
             self.reject(Reject::Truncated, &format!("split packet QN={qn} incomplete when the connection ended"), None);
         }
         if let Some(i) = self.logger {
