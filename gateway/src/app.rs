@@ -49,6 +49,8 @@ pub enum AppError {
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Notify(#[from] crate::notify::NotifyError),
+    #[error("HJ 212 listener {id} cannot listen on {addr}: {source}")]
+    Hj212Bind { id: String, addr: SocketAddr, source: std::io::Error },
     #[error("rule packs have errors:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Rules(Vec<PackError>),
 }
@@ -63,6 +65,9 @@ pub struct Extras {
     /// Serve the config's DL/T 645 meters as simulated meters behind a transparent serial server on
     /// this address (port 0: any free port); the config's TCP buses are pointed at it.
     pub dlt645_sim: Option<SocketAddr>,
+    /// Run simulated HJ 212 loggers for `[[hj212.loggers]]` against the first HJ 212 listener, one
+    /// real-time report per period.
+    pub hj212_sim: Option<Duration>,
 }
 
 /// Session and throttling limits from `[auth]`.
@@ -254,6 +259,14 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     };
     let (pollers, modbus_status) = crate::source::modbus::pollers(&config, &registry)?;
     let (meter_pollers, dlt645_status) = crate::source::dlt645::pollers(&config, &registry);
+    let hj212 = crate::source::hj212::Server::new(&config, registry.clone(), metrics.clone());
+    let hj212_status = hj212.status();
+    let hj212 = if config.hj212.listeners.is_empty() {
+        None
+    } else {
+        Some(hj212.bind().await.map_err(|(id, addr, source)| AppError::Hj212Bind { id, addr, source })?)
+    };
+    let hj212_addr = hj212.as_ref().and_then(|b| b.local_addrs().first().copied());
     let auth =
         crate::auth::Auth::open(&crate::auth::db_path(&config.incidents.path), auth_settings(&config), audit.clone())?;
     let config = Arc::new(config);
@@ -278,6 +291,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         history,
         access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
         streams: streams.clone(),
+        hj212: hj212_status,
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {
@@ -298,6 +312,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let source = MqttSource::new(&config, i, ctx.clone())?;
         sources.push(tokio::spawn(source.run(shutdown.clone())));
     }
+    if let Some(server) = hj212 {
+        sources.push(tokio::spawn(server.run(ctx.tx.clone(), shutdown.clone())));
+    }
     // Only the sources hold senders now, so the core stops once they have; until shutdown one more is
     // held here, so a gateway without sources (rules on system incidents only) keeps its core.
     let idle = ctx.tx.clone();
@@ -314,8 +331,20 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     info!(api = %config.api.listen, https = tls_task.is_some(), brokers = config.mqtt.brokers.len(), devices = registry.devices.len(), points = registry.points.len(), "parkwatch running.");
 
     // Polled devices are not published over MQTT by the simulated park.
-    let modbus_devices: std::collections::HashSet<String> =
+    let mut modbus_devices: std::collections::HashSet<String> =
         config.devices.iter().filter(|d| d.modbus.is_some() || d.dlt645.is_some()).map(|d| d.id.clone()).collect();
+    // HJ 212 loggers' devices report through their simulated loggers, not over MQTT.
+    modbus_devices.extend(config.hj212.loggers.iter().map(|l| l.device.clone()));
+    let hj212_sim = match (extras.hj212_sim, hj212_addr) {
+        (Some(period), Some(addr)) => Some(tokio::spawn(sim::hj212::run(
+            registry.clone(),
+            config.hj212.loggers.clone(),
+            addr,
+            period,
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     let modbus_sim = match extras.modbus_sim {
         Some(addr) => {
             let profiles = crate::source::modbus::profile::load_all(&config.modbus.profile_dirs).unwrap_or_default();
@@ -353,6 +382,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let _ = t.await;
     }
     if let Some(t) = dlt645_sim {
+        let _ = t.await;
+    }
+    if let Some(t) = hj212_sim {
         let _ = t.await;
     }
     let _ = reload_task.await;

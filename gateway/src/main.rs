@@ -609,6 +609,7 @@ fn demo(
             simulate: Some((mqtt_listen.ip().to_string(), mqtt_listen.port(), Duration::from_secs(1))),
             modbus_sim: Some(modbus_listen),
             dlt645_sim: Some(dlt645_listen),
+            hj212_sim: Some(Duration::from_secs(5)),
         };
         let result = app::run(config, shutdown, extras).await;
         let _ = std::fs::remove_dir_all(&state_dir);

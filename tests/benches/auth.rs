@@ -105,6 +105,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         history: None,
         access: Access { auth, metrics_auth: true, cookie_secure: false },
         streams: Default::default(),
+        hj212: Default::default(),
     };
     (state, token)
 }

@@ -163,6 +163,7 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     }
     modbus(&mut out, &st.modbus);
     dlt645(&mut out, &st.dlt645);
+    hj212(&mut out, &st.hj212);
     grids(&mut out, &st).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
@@ -652,5 +653,110 @@ fn history(out: &mut String, m: &crate::history::HistoryMetrics) {
         ("parkwatch_history_failing", "gauge", "1 while history writes fail.", u64::from(m.failing.load(Relaxed))),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+}
+
+fn hj212(out: &mut String, m: &crate::source::hj212::Hj212Status) {
+    use crate::source::hj212::codec::Reject;
+    if m.listeners.is_empty() {
+        return;
+    }
+    type L = fn(&crate::source::hj212::ListenerStatus) -> u64;
+    let listener: [(&str, &str, &str, L); 4] = [
+        ("parkwatch_hj212_connections", "gauge", "HJ 212 connections open.", |l| l.open.load(Relaxed)),
+        ("parkwatch_hj212_accepted_total", "counter", "HJ 212 connections accepted.", |l| l.accepted.load(Relaxed)),
+        ("parkwatch_hj212_refused_total", "counter", "HJ 212 connections closed at once: too many open.", |l| {
+            l.refused.load(Relaxed)
+        }),
+        ("parkwatch_hj212_idle_closed_total", "counter", "HJ 212 connections closed for idling.", |l| {
+            l.idle_closed.load(Relaxed)
+        }),
+    ];
+    for (name, kind, help, get) in listener {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in &m.listeners {
+            let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", label(&l.id), get(l));
+        }
+    }
+    type G = fn(&crate::source::hj212::LoggerStatus) -> u64;
+    let logger: [(&str, &str, &str, G); 8] = [
+        ("parkwatch_hj212_logger_connected", "gauge", "1 while the logger has a connection open.", |l| {
+            u64::from(l.connections.load(Relaxed) > 0)
+        }),
+        ("parkwatch_hj212_frames_total", "counter", "Valid frames from the logger.", |l| l.frames.load(Relaxed)),
+        ("parkwatch_hj212_samples_total", "counter", "Samples from the logger's values.", |l| l.samples.load(Relaxed)),
+        ("parkwatch_hj212_events_total", "counter", "Alarm events (CN 2072) from the logger.", |l| {
+            l.events.load(Relaxed)
+        }),
+        ("parkwatch_hj212_answers_total", "counter", "Answers (9014) sent to the logger.", |l| l.answers.load(Relaxed)),
+        ("parkwatch_hj212_unmapped_total", "counter", "Values whose code maps to no point of the device.", |l| {
+            l.unmapped.load(Relaxed)
+        }),
+        ("parkwatch_hj212_flagged_total", "counter", "Values flagged other than N (not valid for compliance).", |l| {
+            l.flagged.load(Relaxed)
+        }),
+        (
+            "parkwatch_hj212_last_frame_timestamp_seconds",
+            "gauge",
+            "Unix time of the last valid frame (0: never).",
+            |l| u64::try_from(l.last_frame_ns.load(Relaxed) / 1_000_000_000).unwrap_or(0),
+        ),
+    ];
+    for (name, kind, help, get) in logger {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in &m.loggers {
+            let _ = writeln!(out, "{name}{{mn=\"{}\",device=\"{}\"}} {}", label(&l.mn), label(&l.device), get(l));
+        }
+    }
+    let name = "parkwatch_hj212_rejects_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Refused HJ 212 frames by reason, per logger (mn=\"\": not yet known).\n# TYPE {name} counter"
+    );
+    for r in Reject::ALL {
+        for l in &m.listeners {
+            let n = l.rejects[r.index()].load(Relaxed);
+            let _ = writeln!(out, "{name}{{listener=\"{}\",mn=\"\",reason=\"{}\"}} {n}", label(&l.id), r.as_str());
+        }
+        for l in &m.loggers {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"\",mn=\"{}\",reason=\"{}\"}} {}",
+                label(&l.mn),
+                r.as_str(),
+                l.rejected(r)
+            );
+        }
+    }
+    type Q = fn(&crate::source::hj212::relay::RelayQueue) -> u64;
+    let relay: [(&str, &str, &str, Q); 7] = [
+        ("parkwatch_hj212_relay_connected", "gauge", "1 while connected to the upstream platform.", |q| {
+            u64::from(q.metrics.connected.load(Relaxed))
+        }),
+        ("parkwatch_hj212_relay_capacity", "gauge", "Frames the relay queue holds at most.", |q| q.capacity() as u64),
+        ("parkwatch_hj212_relay_queued", "gauge", "Frames waiting for the upstream platform.", |q| q.len() as u64),
+        ("parkwatch_hj212_relay_sent_total", "counter", "Frames relayed upstream.", |q| q.metrics.sent.load(Relaxed)),
+        (
+            "parkwatch_hj212_relay_dropped_total",
+            "counter",
+            "Frames dropped from a full relay queue (oldest first).",
+            |q| q.metrics.dropped.load(Relaxed),
+        ),
+        ("parkwatch_hj212_relay_connections_total", "counter", "Connections made to the upstream platform.", |q| {
+            q.metrics.connections.load(Relaxed)
+        }),
+        ("parkwatch_hj212_relay_errors_total", "counter", "Failed connects or writes to the upstream platform.", |q| {
+            q.metrics.errors.load(Relaxed)
+        }),
+    ];
+    if m.loggers.iter().any(|l| l.relay.is_some()) {
+        for (name, kind, help, get) in relay {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for l in &m.loggers {
+                if let Some(q) = &l.relay {
+                    let _ = writeln!(out, "{name}{{mn=\"{}\"}} {}", label(&l.mn), get(q));
+                }
+            }
+        }
     }
 }

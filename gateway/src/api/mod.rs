@@ -80,6 +80,8 @@ pub struct AppState {
     pub access: Access,
     /// The bound on live incident streams.
     pub streams: stream::Streams,
+    /// HJ 212 listeners and loggers.
+    pub hj212: Arc<crate::source::hj212::Hj212Status>,
 }
 
 /// Authentication and what the config says about it.
@@ -351,6 +353,16 @@ async fn devices(State(st): State<AppState>, Extension(who): Extension<Principal
             }
             if let Some(m) = st.dlt645.meters.iter().find(|m| m.device == d.id) {
                 v["dlt645"] = dlt645_status(m);
+            }
+            let loggers: Vec<Value> = st
+                .hj212
+                .loggers
+                .iter()
+                .filter(|l| l.device == d.id)
+                .map(|l| crate::source::hj212::status_json(l))
+                .collect();
+            if !loggers.is_empty() {
+                v["hj212"] = Value::Array(loggers);
             }
             v
         })

@@ -93,6 +93,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
         history: None,
         access: access(),
         streams: Default::default(),
+        hj212: Default::default(),
     };
     (state, tx)
 }
@@ -293,6 +294,16 @@ mod health {
                 ..Default::default()
             })],
         });
+        st.hj212 = {
+            let config = crate::config::from_str(
+                "[site]\nid = \"p\"\n[[grids]]\nid = \"g1\"\n[[devices]]\nid = \"ww\"\ngrid = \"g1\"\ncategory = \"water\"\n[[hj212.listeners]]\nid = \"l\"\nlisten = \"127.0.0.1:0\"\n[[hj212.loggers]]\nmn = \"MN1\"\npw = \"1\"\ndevice = \"ww\"\nrelay = { address = \"127.0.0.1:9\" }\n",
+                "t.toml".as_ref(),
+                ".".as_ref(),
+            )
+            .unwrap();
+            let registry = Arc::new(crate::model::Registry::from_config(&config));
+            crate::source::hj212::Server::new(&config, registry, st.metrics.clone()).status()
+        };
         st.modbus = Arc::new(ModbusStatus {
             devices: vec![Arc::new(DeviceStatus {
                 device: "m1".into(),
@@ -473,6 +484,10 @@ mod health {
         ("CentralMetrics", "parkwatch_central_mqtt_"),
         ("ReceiverMetrics", "parkwatch_notify_"),
         ("HistoryMetrics", "parkwatch_history_"),
+        ("ListenerStatus", "parkwatch_hj212_"),
+        ("LoggerStatus", "parkwatch_hj212_"),
+        ("RelayQueue", "parkwatch_hj212_relay_"),
+        ("RelayMetrics", "parkwatch_hj212_relay_"),
     ];
     const RENAMED: &[(&str, &str, &str)] = &[
         ("TargetMetrics", "last_latency_us", "parkwatch_forward_write_latency_seconds"),
@@ -483,9 +498,12 @@ mod health {
         ("DeviceStatus", "last_success_ns", "parkwatch_modbus_last_success_timestamp_seconds"),
         ("MeterStatus", "last_latency_us", "parkwatch_dlt645_latency_seconds"),
         ("MeterStatus", "last_success_ns", "parkwatch_dlt645_last_success_timestamp_seconds"),
+        ("ListenerStatus", "open", "parkwatch_hj212_connections"),
+        ("LoggerStatus", "connections", "parkwatch_hj212_logger_connected"),
+        ("LoggerStatus", "last_frame_ns", "parkwatch_hj212_last_frame_timestamp_seconds"),
     ];
     /// Debug structs that hold no counters of ours: the clock, locks, and the reject log's settings.
-    const NOT_COUNTERS: &[&str] = &["Instant", "Mutex", "RejectLog"];
+    const NOT_COUNTERS: &[&str] = &["Instant", "Mutex", "RejectLog", "Notify"];
 
     /// Every numeric or boolean field (an atomic prints as its value) in a `{:#?}` rendering, with the
     /// struct it belongs to. The fields come from the structs themselves, so a new counter is found
@@ -525,7 +543,7 @@ mod health {
         let text = metrics_text(&router(st.clone())).await;
         let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         let debug = format!(
-            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
+            "{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}\n{:#?}",
             st.metrics,
             st.forward,
             store.metrics,
@@ -533,7 +551,8 @@ mod health {
             st.dlt645,
             st.central,
             st.notify,
-            st.history.as_ref().map(|h| &h.metrics)
+            st.history.as_ref().map(|h| &h.metrics),
+            st.hj212
         );
         let fields = counter_fields(&debug);
         for ty in [
@@ -548,6 +567,9 @@ mod health {
             "CentralMetrics",
             "ReceiverMetrics",
             "HistoryMetrics",
+            "ListenerStatus",
+            "LoggerStatus",
+            "RelayMetrics",
         ] {
             assert!(fields.iter().any(|(t, _)| t == ty), "no counters of {ty} found in:\n{debug}");
         }

@@ -8,6 +8,7 @@
 
 pub mod dlt645;
 pub mod history;
+pub mod hj212;
 pub mod notify;
 pub mod people;
 pub mod validate;
@@ -77,6 +78,9 @@ pub struct Config {
     /// DL/T 645-2007 meter buses read for the devices that name them.
     #[serde(default)]
     pub dlt645: dlt645::Dlt645,
+    /// HJ 212-2017 listeners and the data loggers that report to them.
+    #[serde(default)]
+    pub hj212: hj212::Hj212,
 }
 
 impl Config {

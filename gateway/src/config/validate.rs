@@ -494,6 +494,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     let brokers: Vec<String> = config.mqtt.brokers.iter().map(|b| b.id.clone()).collect();
     p.0.extend(super::notify::validate(&mut config.notify, &grids, &brokers, base));
     p.0.extend(super::history::validate(&mut config.history, base));
+    p.0.extend(super::hj212::validate(config, base));
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",

@@ -611,7 +611,14 @@ fn register_ctx(e: &mut Engine) {
     e.register_get("value", |c: &mut Ctx| -> Result<f64, Box<EvalAltResult>> {
         env(|env| {
             let p = c.point.ok_or("`value` needs a point; this rule runs on events")?;
-            Ok(env.states.get(p.0 as usize).map_or(f64::NAN, |s| if s.has_value { s.value } else { f64::NAN }))
+            // A value a device flagged as not valid (maintenance, calibration…) is judged on no limit.
+            Ok(env.states.get(p.0 as usize).map_or(f64::NAN, |s| {
+                if s.has_value && s.quality.judgeable() {
+                    s.value
+                } else {
+                    f64::NAN
+                }
+            }))
         })
     });
     e.register_get("prev", |c: &mut Ctx| -> Result<f64, Box<EvalAltResult>> {
@@ -624,12 +631,7 @@ fn register_ctx(e: &mut Engine) {
     e.register_get("quality", |c: &mut Ctx| -> Result<String, Box<EvalAltResult>> {
         env(|env| {
             let q = c.point.and_then(|p| env.states.get(p.0 as usize)).map_or(Quality::Bad, |s| s.quality);
-            Ok(match q {
-                Quality::Good => "good",
-                Quality::Uncertain => "uncertain",
-                Quality::Bad => "bad",
-            }
-            .to_string())
+            Ok(q.as_str().to_string())
         })
     });
     e.register_get("point", |c: &mut Ctx| -> Result<String, Box<EvalAltResult>> {

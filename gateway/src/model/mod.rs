@@ -44,6 +44,47 @@ pub enum Quality {
     Uncertain,
     /// The source failed to produce a value; the last value is kept but must not be trusted.
     Bad,
+    /// The reporting device says the monitored unit was stopped (HJ 212 flag F).
+    Stopped,
+    /// Taken during maintenance (HJ 212 flag M).
+    Maintenance,
+    /// Entered by hand, not measured (HJ 212 flag S).
+    Manual,
+    /// The analyser is faulty (HJ 212 flag D).
+    Fault,
+    /// Taken during calibration (HJ 212 flag C).
+    Calibration,
+    /// Beyond the analyser's measuring range (HJ 212 flag T).
+    #[serde(rename = "over_range")]
+    OverRange,
+    /// Communication with the analyser failed (HJ 212 flag B).
+    #[serde(rename = "comm_fault")]
+    CommFault,
+}
+
+impl Quality {
+    /// Whether a limit may be judged on the value: good or uncertain readings. The data states a
+    /// device reports (maintenance, calibration, fault…) keep the value for reports of data
+    /// availability, but it is not valid for compliance (HJ 212: only N is).
+    pub fn judgeable(self) -> bool {
+        matches!(self, Self::Good | Self::Uncertain)
+    }
+
+    /// The label used in the API and rule scripts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Good => "good",
+            Self::Uncertain => "uncertain",
+            Self::Bad => "bad",
+            Self::Stopped => "stopped",
+            Self::Maintenance => "maintenance",
+            Self::Manual => "manual",
+            Self::Fault => "fault",
+            Self::Calibration => "calibration",
+            Self::OverRange => "over_range",
+            Self::CommFault => "comm_fault",
+        }
+    }
 }
 
 /// How long a valid sample is in force (ns) when no later sample follows: longer gaps are missing

@@ -12,10 +12,14 @@
 //! Hazards: a residual-current rise past 300 mA on one meter for about a minute, a noisy night episode on
 //! one environment sensor, a forced door; each appears every few minutes.
 //!
+//! `hj212.rs` runs simulated HJ 212 data loggers against the gateway's HJ 212 listener for the
+//! devices of `[[hj212.loggers]]`, which the MQTT side leaves alone.
+//!
 //! Owns: the simulated park. May import: `model`, `config`, `source` (Modbus profiles and encoding,
-//! the DL/T 645 codec).
+//! the DL/T 645 and HJ 212 codecs).
 
 pub mod dlt645;
+pub mod hj212;
 pub mod inbox;
 pub mod modbus;
 

@@ -5,6 +5,7 @@
 //! May import: `model`, `config`, `metrics`.
 
 pub mod dlt645;
+pub mod hj212;
 pub mod modbus;
 pub mod mqtt;
 pub mod poll;
