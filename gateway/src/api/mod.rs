@@ -348,6 +348,9 @@ async fn devices(State(st): State<AppState>, Extension(who): Extension<Principal
                 "id": d.id, "name": d.name, "grid": reg.grid(d.grid).id, "category": d.category,
                 "tags": d.tags, "points": points,
             });
+            if !d.device_type.is_empty() {
+                v["type"] = json!(d.device_type);
+            }
             if let Some(m) = st.modbus.devices.iter().find(|m| m.device == d.id) {
                 v["modbus"] = modbus_status(m);
             }

@@ -31,6 +31,9 @@ pub struct Config {
     pub site: Site,
     #[serde(default)]
     pub grids: Vec<Grid>,
+    /// Device templates: what the devices naming a type share.
+    #[serde(default)]
+    pub device_types: Vec<DeviceType>,
     #[serde(default)]
     pub devices: Vec<Device>,
     #[serde(default)]
@@ -175,7 +178,13 @@ pub struct Device {
     pub name: Option<String>,
     /// Id of the grid cell the device is in.
     pub grid: String,
+    /// A `[[device_types]]` id: the device takes its category, points, tags, Modbus profile and rule
+    /// parameters from it (what the device says itself wins).
+    #[serde(default, rename = "type")]
+    pub device_type: Option<String>,
     /// Measurement name in the central store: `electrical`, `environment`, `energy`, `access`, ...
+    /// (from the device type when left out).
+    #[serde(default)]
     pub category: String,
     /// Extra tags forwarded with every sample.
     #[serde(default)]
@@ -198,11 +207,34 @@ pub struct DeviceModbus {
     pub connection: String,
     /// Unit (slave) id, 1–247 on a bus; 0–255 behind a TCP server.
     pub unit: u8,
-    /// Profile id (file stem in `configs/profiles/` or a `modbus.profile_dirs` directory).
+    /// Profile id (file stem in `configs/profiles/` or a `modbus.profile_dirs` directory); from the
+    /// device type when left out.
+    #[serde(default)]
     pub profile: String,
     /// Poll interval, ms.
     #[serde(default = "default_poll_ms")]
     pub interval_ms: u64,
+}
+
+/// A device template (`[[device_types]]`): 2,000 meters of one model are 2,000 short device lines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceType {
+    pub id: String,
+    /// Category of its devices (a device may say another).
+    pub category: String,
+    /// Points every device of the type has (before the device's own; a same-named one replaces it).
+    #[serde(default)]
+    pub points: Vec<Point>,
+    /// Tags of every device of the type (a device's own tag of the same key wins).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Modbus profile of its polled devices, unless a device names one.
+    pub profile: Option<String>,
+    /// Rule parameters per rule id (or `*`) for its devices, applied like a `[[rules.overrides]]`
+    /// entry with `type`: above category, below grid and device.
+    #[serde(default)]
+    pub params: BTreeMap<String, BTreeMap<String, toml::Value>>,
 }
 
 fn default_poll_ms() -> u64 {
@@ -782,9 +814,12 @@ fn default_max_operations() -> u64 {
 pub struct ParamOverride {
     /// Rule id, or `*`.
     pub rule: String,
-    /// At most one of device, grid, category; none means the whole site.
+    /// At most one of device, grid, type, category; none means the whole site.
     pub device: Option<String>,
     pub grid: Option<String>,
+    /// A `[[device_types]]` id.
+    #[serde(rename = "type")]
+    pub device_type: Option<String>,
     pub category: Option<String>,
     /// Parameter values (numbers, strings, booleans).
     pub params: BTreeMap<String, toml::Value>,

@@ -247,3 +247,122 @@ fn a_site_plan_is_read_and_outlines_must_lie_on_it() {
     let p = problems(&huge);
     assert!(p[0].1.contains("at most"), "{p:?}");
 }
+
+#[test]
+fn devices_take_what_their_type_gives_and_keep_what_they_say() {
+    let text = format!(
+        "{BASE}
+[[device_types]]
+id = \"sdm630\"
+category = \"electrical\"
+points = [{{ name = \"ua\", unit = \"V\" }}, {{ name = \"ia\", unit = \"A\" }}]
+tags = {{ model = \"SDM630\", vendor = \"Eastron\" }}
+profile = \"eastron-sdm630\"
+
+[[devices]]
+id = \"m2\"
+grid = \"g1\"
+type = \"sdm630\"
+
+[[devices]]
+id = \"m3\"
+grid = \"g1\"
+type = \"sdm630\"
+category = \"energy\"
+tags = {{ model = \"SDM630-MT\" }}
+points = [{{ name = \"ia\", unit = \"mA\" }}, {{ name = \"t\", unit = \"°C\" }}]
+"
+    );
+    let c = parse(&text).unwrap();
+    let m2 = c.devices.iter().find(|d| d.id == "m2").unwrap();
+    assert_eq!(m2.category, "electrical");
+    let names: Vec<(&str, &str)> = m2.points.iter().map(|p| (p.name.as_str(), p.unit.as_str())).collect();
+    assert_eq!(names, [("ua", "V"), ("ia", "A")]);
+    assert_eq!(m2.tags["vendor"], "Eastron");
+    let m3 = c.devices.iter().find(|d| d.id == "m3").unwrap();
+    assert_eq!(m3.category, "energy", "the device's own category wins");
+    let names: Vec<(&str, &str)> = m3.points.iter().map(|p| (p.name.as_str(), p.unit.as_str())).collect();
+    assert_eq!(names, [("ua", "V"), ("ia", "mA"), ("t", "°C")], "a same-named point replaces the type's");
+    assert_eq!((m3.tags["model"].as_str(), m3.tags["vendor"].as_str()), ("SDM630-MT", "Eastron"));
+    let registry = crate::model::Registry::from_config(&c);
+    assert_eq!(registry.device(registry.device_id("m2").unwrap()).device_type, "sdm630");
+}
+
+#[test]
+fn device_type_mistakes_name_their_key_path() {
+    let text = format!(
+        "{BASE}
+[[device_types]]
+id = \"t1\"
+category = \"electrical\"
+params = {{ \"electrical.overload\" = {{ ratio = [1, 2] }} }}
+
+[[device_types]]
+id = \"t1\"
+category = \"electrical\"
+
+[[devices]]
+id = \"m2\"
+grid = \"g1\"
+type = \"nope\"
+
+[[devices]]
+id = \"m3\"
+grid = \"g1\"
+
+[[rules.overrides]]
+rule = \"*\"
+type = \"ghost\"
+params = {{ limit = 1 }}
+"
+    );
+    let got = paths(&text);
+    for want in [
+        "device_types[0].params.electrical.overload.ratio",
+        "device_types[1].id",
+        "devices[1].type",
+        "devices[2].category",
+        "rules.overrides[0].type",
+    ] {
+        assert!(got.iter().any(|p| p == want), "{want} not among {got:?}");
+    }
+}
+
+#[test]
+fn a_polled_device_takes_its_modbus_profile_from_its_type() {
+    let text = format!(
+        "{BASE}
+[[modbus.connections]]
+id = \"c1\"
+kind = \"tcp\"
+host = \"127.0.0.1\"
+port = 502
+
+[[device_types]]
+id = \"sdm630\"
+category = \"electrical\"
+profile = \"eastron-sdm630\"
+
+[[devices]]
+id = \"m2\"
+grid = \"g1\"
+type = \"sdm630\"
+modbus = {{ connection = \"c1\", unit = 2 }}
+
+[[devices]]
+id = \"m3\"
+grid = \"g1\"
+category = \"electrical\"
+modbus = {{ connection = \"c1\", unit = 3 }}
+"
+    );
+    assert_eq!(paths(&text), ["devices[2].modbus.profile"], "only the untyped device lacks a profile");
+    let c = parse(&text.replace(
+        "category = \"electrical\"\nmodbus = { connection = \"c1\", unit = 3 }",
+        "type = \"sdm630\"\nmodbus = { connection = \"c1\", unit = 3 }",
+    ))
+    .unwrap();
+    let m2 = c.devices.iter().find(|d| d.id == "m2").unwrap();
+    assert_eq!(m2.modbus.as_ref().unwrap().profile, "eastron-sdm630");
+    assert!(m2.points.iter().any(|p| p.name == "ua"), "the profile's points are added: {:?}", m2.points);
+}

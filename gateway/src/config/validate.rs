@@ -184,6 +184,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     }
 
     validate_plan(config, base, &mut p);
+    expand_device_types(config, &mut p);
     let mut grid_ids = HashSet::new();
     for (i, g) in config.grids.iter().enumerate() {
         if !is_identifier(&g.id) {
@@ -214,7 +215,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
                 format!("grid {:?} in device {:?} is not defined (known grids: {})", d.grid, d.id, known(&grid_list)),
             );
         }
-        if !is_identifier(&d.category) {
+        if !d.category.is_empty() && !is_identifier(&d.category) {
             p.push(
                 format!("{at}.category"),
                 format!(
@@ -575,6 +576,82 @@ pub fn parse_hhmm(s: &str) -> Option<u32> {
     (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
 }
 
+/// Fills each device that names a `[[device_types]]` entry from it (the device's own category,
+/// points, tags and Modbus profile win) and turns the types' rule parameters into overrides scoped to
+/// the type, ahead of the written ones so those win at the same scope.
+fn expand_device_types(config: &mut Config, p: &mut Problems) {
+    let mut ids = HashSet::new();
+    for (i, t) in config.device_types.iter().enumerate() {
+        let at = format!("device_types[{i}]");
+        if !is_identifier(&t.id) {
+            p.push(
+                format!("{at}.id"),
+                format!("{:?} is not a valid id; expected 1-64 letters, digits, '-', '_' or '.'", t.id),
+            );
+        } else if !ids.insert(t.id.as_str()) {
+            p.push(format!("{at}.id"), format!("duplicate device type {:?}; expected each type once", t.id));
+        }
+        for (rule, params) in &t.params {
+            for (k, v) in params {
+                if !matches!(
+                    v,
+                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::String(_) | toml::Value::Boolean(_)
+                ) {
+                    p.push(format!("{at}.params.{rule}.{k}"), "expected a number, string or boolean");
+                }
+            }
+        }
+    }
+    let types = &config.device_types;
+    for (i, d) in config.devices.iter_mut().enumerate() {
+        let Some(name) = &d.device_type else {
+            if d.category.is_empty() {
+                p.push(
+                    format!("devices[{i}].category"),
+                    "missing; expected a category such as \"electrical\" (or a type from [[device_types]])",
+                );
+            }
+            continue;
+        };
+        let Some(t) = types.iter().find(|t| t.id == *name) else {
+            let defined: Vec<&str> = types.iter().map(|t| t.id.as_str()).collect();
+            p.push(
+                format!("devices[{i}].type"),
+                format!("device type {name:?} is not defined (known types: {})", known(&defined)),
+            );
+            continue;
+        };
+        if d.category.is_empty() {
+            d.category.clone_from(&t.category);
+        }
+        let own = std::mem::take(&mut d.points);
+        d.points = t.points.iter().filter(|tp| !own.iter().any(|o| o.name == tp.name)).cloned().collect();
+        d.points.extend(own);
+        for (k, v) in &t.tags {
+            d.tags.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if let (Some(m), Some(profile)) = (d.modbus.as_mut(), &t.profile) {
+            if m.profile.is_empty() {
+                m.profile.clone_from(profile);
+            }
+        }
+    }
+    let from_types: Vec<crate::config::ParamOverride> = types
+        .iter()
+        .flat_map(|t| {
+            t.params.iter().map(|(rule, params)| crate::config::ParamOverride {
+                rule: rule.clone(),
+                device: None,
+                grid: None,
+                device_type: Some(t.id.clone()),
+                category: None,
+                params: params.clone(),
+            })
+        })
+        .collect();
+    config.rules.overrides.splice(0..0, from_types);
+}
+
 fn validate_rules(config: &mut Config, base: &Path, p: &mut Problems) {
     let grids: Vec<&str> = config.grids.iter().map(|g| g.id.as_str()).collect();
     let devices: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
@@ -600,11 +677,21 @@ fn validate_rules(config: &mut Config, base: &Path, p: &mut Problems) {
             p.push(format!("rules.dirs[{i}]"), format!("{} is not a directory", d.display()));
         }
     }
-    for (i, o) in r.overrides.iter().enumerate() {
+    // The device types' parameters were put first and checked where they were written.
+    let from_types: usize = config.device_types.iter().map(|t| t.params.len()).sum();
+    for (i, o) in r.overrides.iter().skip(from_types).enumerate() {
         let at = format!("rules.overrides[{i}]");
-        let scopes = [o.device.is_some(), o.grid.is_some(), o.category.is_some()].iter().filter(|x| **x).count();
+        let scopes = [o.device.is_some(), o.grid.is_some(), o.device_type.is_some(), o.category.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
         if scopes > 1 {
-            p.push(at.clone(), "names more than one of device, grid, category; expected at most one");
+            p.push(at.clone(), "names more than one of device, grid, type, category; expected at most one");
+        }
+        if let Some(t) = &o.device_type {
+            if !config.device_types.iter().any(|dt| dt.id == *t) {
+                p.push(format!("{at}.type"), format!("device type \"{t}\" is not defined in [[device_types]]"));
+            }
         }
         if let Some(g) = &o.grid {
             if !grids.contains(&g.as_str()) {
@@ -791,6 +878,9 @@ fn validate_modbus(config: &mut Config, base: &Path, p: &mut Problems) {
             p.push(format!("{at}.interval_ms"), format!("{}; expected at least 10", m.interval_ms));
         }
         match profiles.get(&m.profile) {
+            None if m.profile.is_empty() => {
+                p.push(format!("{at}.profile"), "missing; expected a profile id (or a device type with `profile`)");
+            }
             None => {
                 let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
                 p.push(

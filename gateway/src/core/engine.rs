@@ -39,6 +39,8 @@ pub struct Override {
 pub enum Scope {
     Site,
     Category(String),
+    /// The devices of a `[[device_types]]` entry.
+    Type(String),
     Grid(String),
     Device(String),
 }
@@ -48,8 +50,9 @@ impl Scope {
         match self {
             Self::Site => 0,
             Self::Category(_) => 1,
-            Self::Grid(_) => 2,
-            Self::Device(_) => 3,
+            Self::Type(_) => 2,
+            Self::Grid(_) => 3,
+            Self::Device(_) => 4,
         }
     }
 
@@ -58,6 +61,7 @@ impl Scope {
         match self {
             Self::Site => true,
             Self::Category(c) => d.category == *c,
+            Self::Type(t) => d.device_type == *t,
             Self::Grid(g) => registry.grid(d.grid).id == *g,
             Self::Device(id) => d.id == *id,
         }
@@ -1095,6 +1099,72 @@ pub(crate) mod tests {
         assert_eq!(named, [("emission.boundary_nmhc", "nmhc-1", "limit_mgm3")]);
         let text = missing[0].to_string();
         assert!(text.contains("device \"nmhc-1\"") && text.contains("\"limit_mgm3\""), "{text}");
+    }
+
+    /// A device type's parameters apply to its devices above category and below grid and device
+    /// overrides; a device of another type keeps the rule's default.
+    #[test]
+    fn device_type_parameters_sit_between_category_and_grid() {
+        let text = r#"
+[site]
+id = "t"
+[[grids]]
+id = "g1"
+[[grids]]
+id = "g2"
+[[device_types]]
+id = "rcd-300"
+category = "electrical"
+points = [{ name = "x", unit = "mA" }]
+params = { "t.p" = { limit = 300 } }
+[[device_types]]
+id = "plain"
+category = "electrical"
+points = [{ name = "x" }]
+[[devices]]
+id = "a"
+grid = "g1"
+type = "rcd-300"
+[[devices]]
+id = "b"
+grid = "g1"
+type = "rcd-300"
+[[devices]]
+id = "c"
+grid = "g2"
+type = "rcd-300"
+[[devices]]
+id = "d"
+grid = "g1"
+type = "plain"
+[[rules.overrides]]
+rule = "*"
+category = "electrical"
+params = { limit = 100 }
+[[rules.overrides]]
+rule = "t.p"
+device = "b"
+params = { limit = 500 }
+[[rules.overrides]]
+rule = "t.p"
+grid = "g2"
+params = { limit = 400 }
+"#;
+        let config = crate::config::from_str(text, std::path::Path::new("(test)"), std::path::Path::new(".")).unwrap();
+        let registry = Registry::from_config(&config);
+        let settings = crate::core::packs::settings(&config, &registry);
+        let pack = r#"rule(#{ id: "t.p", category: "electrical", severity: "minor", watch: #{ points: ["x"] },
+            params: #{ limit: 200 }, condition: |c| c.value > c.param("limit") });"#;
+        let set = load(&[("t.rhai".into(), pack.into())], Limits::default()).unwrap();
+        let limit = |device: &str| {
+            let id = registry.device_id(device).unwrap();
+            resolve_params(&set.rules[0], &settings.overrides, &registry, id)["limit"].as_int().unwrap()
+        };
+        assert_eq!(
+            [limit("a"), limit("b"), limit("c"), limit("d")],
+            [300, 500, 400, 100],
+            "type over category, device and grid over type, another type keeps the category's"
+        );
     }
 
     const ON_DELAY_3S: &str = r#"rule(#{ id: "t.x", category: "electrical", severity: "minor",

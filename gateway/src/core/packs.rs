@@ -93,10 +93,11 @@ pub fn settings(config: &Config, registry: &Registry) -> Settings {
         .iter()
         .map(|o| Override {
             rule: o.rule.clone(),
-            scope: match (&o.device, &o.grid, &o.category) {
-                (Some(d), _, _) => Scope::Device(d.clone()),
-                (_, Some(g), _) => Scope::Grid(g.clone()),
-                (_, _, Some(c)) => Scope::Category(c.clone()),
+            scope: match (&o.device, &o.grid, &o.device_type, &o.category) {
+                (Some(d), ..) => Scope::Device(d.clone()),
+                (_, Some(g), ..) => Scope::Grid(g.clone()),
+                (_, _, Some(t), _) => Scope::Type(t.clone()),
+                (.., Some(c)) => Scope::Category(c.clone()),
                 _ => Scope::Site,
             },
             params: o.params.iter().map(|(k, v)| (k.clone(), toml_to_dynamic(v))).collect(),

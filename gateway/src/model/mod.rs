@@ -240,6 +240,8 @@ pub struct DeviceInfo {
     pub name: String,
     pub grid: GridId,
     pub category: String,
+    /// Its `[[device_types]]` id; empty when it names none.
+    pub device_type: String,
     pub tags: BTreeMap<String, String>,
     pub points: Range<u32>,
     /// Poll interval (ms) of a Modbus or DL/T 645 device; 0 for devices that send on their own.
@@ -313,6 +315,7 @@ impl Registry {
                 name: d.name.clone().unwrap_or_else(|| d.id.clone()),
                 grid,
                 category: d.category.clone(),
+                device_type: d.device_type.clone().unwrap_or_default(),
                 tags: d.tags.clone(),
                 points: start..points.len() as u32,
                 poll_ms: d
