@@ -40,13 +40,13 @@ pub struct Bus {
     /// For `serial`: the device, e.g. /dev/ttyUSB1.
     pub path: Option<PathBuf>,
     /// Bits per second; set it as the meters' communication settings say.
-    #[serde(default = "default_baud")]
+    #[serde(default = "super::default_baud")]
     pub baud: u32,
     #[serde(default)]
     pub parity: Parity,
-    #[serde(default = "default_data_bits")]
+    #[serde(default = "super::default_data_bits")]
     pub data_bits: u8,
-    #[serde(default = "default_stop_bits")]
+    #[serde(default = "super::default_stop_bits")]
     pub stop_bits: u8,
     /// Wait for an answer, ms.
     #[serde(default = "default_timeout")]
@@ -58,33 +58,18 @@ pub struct Bus {
     #[serde(default = "default_preamble")]
     pub preamble: u8,
     /// Cycles without a valid answer before a meter is reported offline.
-    #[serde(default = "default_offline_after")]
+    #[serde(default = "super::default_offline_after")]
     pub offline_after: u32,
     /// Longest wait between attempts at a meter that does not answer, ms.
-    #[serde(default = "default_backoff_max")]
+    #[serde(default = "super::default_backoff_max")]
     pub backoff_max_ms: u64,
 }
 
-fn default_baud() -> u32 {
-    9600
-}
-fn default_data_bits() -> u8 {
-    8
-}
-fn default_stop_bits() -> u8 {
-    1
-}
 fn default_timeout() -> u64 {
     1000
 }
 fn default_preamble() -> u8 {
     codec::MAX_PREAMBLE as u8
-}
-fn default_offline_after() -> u32 {
-    3
-}
-fn default_backoff_max() -> u64 {
-    30_000
 }
 fn default_interval() -> u64 {
     5000

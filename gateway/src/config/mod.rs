@@ -310,22 +310,22 @@ pub struct ModbusConnection {
     pub backoff_max_ms: u64,
 }
 
-fn default_baud() -> u32 {
+pub(super) fn default_baud() -> u32 {
     9600
 }
-fn default_data_bits() -> u8 {
+pub(super) fn default_data_bits() -> u8 {
     8
 }
-fn default_stop_bits() -> u8 {
+pub(super) fn default_stop_bits() -> u8 {
     1
 }
 fn default_modbus_timeout() -> u64 {
     1000
 }
-fn default_offline_after() -> u32 {
+pub(super) fn default_offline_after() -> u32 {
     3
 }
-fn default_backoff_max() -> u64 {
+pub(super) fn default_backoff_max() -> u64 {
     30_000
 }
 
