@@ -99,6 +99,29 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Work with the device list. 设备清单。
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Check a CSV device list against the config and show what would change; `--apply` puts it in
+    /// place of the config's first `device_files` entry. 导入设备清单（默认只预览差异）。
+    Import {
+        #[arg(short, long, value_name = "FILE", default_value = "/etc/parkwatch/parkwatch.toml")]
+        config: PathBuf,
+        /// The CSV file (header row: id, grid, and any of name, type, category, modbus, dlt645, tags).
+        file: PathBuf,
+        /// Write it in place (without it, nothing is written).
+        #[arg(long)]
+        apply: bool,
+        /// Language of the messages.
+        #[arg(long, value_enum, default_value_t = Lang::Zh)]
+        lang: Lang,
+    },
 }
 
 /// Where the auth database is, and the language of the answers.
@@ -285,7 +308,105 @@ fn main() -> ExitCode {
         Command::Audit { command: AuditCommand::Verify { config, lang } } => audit_verify(&config, lang),
         Command::User { command } => users(command),
         Command::Token { command } => tokens(command),
+        Command::Devices { command: DevicesCommand::Import { config, file, apply, lang } } => {
+            devices_import(&config, &file, apply, lang)
+        }
     }
+}
+
+/// `parkwatch devices import`: the whole config validated with `file` as its first device file, the
+/// difference to the running list shown, and with `apply` the file put in place (write, then rename).
+/// Exit status: 0 done (or nothing to do), 1 the new list is refused, 2 the config or file is unusable.
+fn devices_import(config_file: &Path, file: &Path, apply: bool, lang: Lang) -> ExitCode {
+    let zh = matches!(lang, Lang::Zh);
+    let fail = |code: u8, zh_text: String, en_text: String| {
+        eprintln!("parkwatch: {}", if zh { zh_text } else { en_text });
+        ExitCode::from(code)
+    };
+    let current = match config::load(config_file) {
+        Ok(c) => c,
+        Err(e) => return fail(2, format!("当前配置无效：{e}"), format!("the current config is invalid: {e}")),
+    };
+    let Some(target) = current.device_files.first().cloned() else {
+        return fail(
+            2,
+            format!("{} 未指定 device_files；请先加入 device_files = [\"devices.csv\"]", config_file.display()),
+            format!("{} names no device_files; add device_files = [\"devices.csv\"] first", config_file.display()),
+        );
+    };
+    let candidate_file = match std::fs::canonicalize(file) {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(2, format!("无法读取 {}：{e}", file.display()), format!("cannot read {}: {e}", file.display()))
+        }
+    };
+    let text = match std::fs::read_to_string(config_file) {
+        Ok(t) => t,
+        Err(e) => return fail(2, format!("无法读取配置：{e}"), format!("cannot read the config: {e}")),
+    };
+    let mut table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => return fail(2, format!("配置无法解析：{e}"), format!("the config does not parse: {e}")),
+    };
+    if let Some(toml::Value::Array(files)) = table.get_mut("device_files") {
+        files[0] = toml::Value::String(candidate_file.display().to_string());
+    }
+    let base = config_file.parent().unwrap_or(Path::new("."));
+    let candidate = match toml::to_string(&table).map(|t| config::from_str(&t, config_file, base)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return fail(
+                1,
+                format!("新设备清单被拒绝，未写入：\n{e}"),
+                format!("the new device list is refused; nothing written:\n{e}"),
+            )
+        }
+        Err(e) => return fail(2, format!("{e}"), format!("{e}")),
+    };
+    let d = config::device_files::diff(&current.devices, &candidate.devices);
+    for id in &d.added {
+        println!("+ {id}");
+    }
+    for id in &d.removed {
+        println!("- {id}");
+    }
+    for (id, changes) in &d.changed {
+        println!("~ {id}: {}", changes.join("; "));
+    }
+    let counts = if zh {
+        format!("新增 {}，删除 {}，变更 {}，不变 {}", d.added.len(), d.removed.len(), d.changed.len(), d.unchanged)
+    } else {
+        format!(
+            "{} added, {} removed, {} changed, {} unchanged",
+            d.added.len(),
+            d.removed.len(),
+            d.changed.len(),
+            d.unchanged
+        )
+    };
+    if !apply {
+        if zh {
+            println!("{counts}。仅预览，未写入；加 --apply 写入 {}", target.display());
+        } else {
+            println!("{counts}. Dry run, nothing written; add --apply to write {}", target.display());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let tmp = target.with_extension("csv.tmp");
+    if let Err(e) = std::fs::copy(&candidate_file, &tmp).and_then(|_| std::fs::rename(&tmp, &target)) {
+        let _ = std::fs::remove_file(&tmp);
+        return fail(
+            2,
+            format!("无法写入 {}：{e}", target.display()),
+            format!("cannot write {}: {e}", target.display()),
+        );
+    }
+    if zh {
+        println!("{counts}。已写入 {}；重启 parkwatch 后生效。", target.display());
+    } else {
+        println!("{counts}. Written to {}; restart parkwatch to use it.", target.display());
+    }
+    ExitCode::SUCCESS
 }
 
 /// The site's time zone for log lines, set once the config is read (Asia/Shanghai until then).

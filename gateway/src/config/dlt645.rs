@@ -71,7 +71,7 @@ fn default_timeout() -> u64 {
 fn default_preamble() -> u8 {
     codec::MAX_PREAMBLE as u8
 }
-fn default_interval() -> u64 {
+pub(super) fn default_interval() -> u64 {
     5000
 }
 

@@ -6,6 +6,7 @@
 //! Owns: the TOML model and its validation. May import: `model`; validation still reaches into
 //! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
+pub mod device_files;
 pub mod dlt645;
 pub mod history;
 pub mod hj212;
@@ -34,6 +35,10 @@ pub struct Config {
     /// Device templates: what the devices naming a type share.
     #[serde(default)]
     pub device_types: Vec<DeviceType>,
+    /// CSV files of devices (relative to the config file), added to `devices`; see
+    /// `parkwatch devices import`.
+    #[serde(default)]
+    pub device_files: Vec<PathBuf>,
     #[serde(default)]
     pub devices: Vec<Device>,
     #[serde(default)]
@@ -237,7 +242,7 @@ pub struct DeviceType {
     pub params: BTreeMap<String, BTreeMap<String, toml::Value>>,
 }
 
-fn default_poll_ms() -> u64 {
+pub(super) fn default_poll_ms() -> u64 {
     1000
 }
 

@@ -184,6 +184,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     }
 
     validate_plan(config, base, &mut p);
+    load_device_files(config, base, &mut p);
     expand_device_types(config, &mut p);
     let mut grid_ids = HashSet::new();
     for (i, g) in config.grids.iter().enumerate() {
@@ -574,6 +575,25 @@ pub fn parse_hhmm(s: &str) -> Option<u32> {
     let (h, m) = s.split_once(':')?;
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
     (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
+}
+
+/// Adds the devices of `device_files` (paths made absolute) after the config's own.
+fn load_device_files(config: &mut Config, base: &Path, p: &mut Problems) {
+    for (i, f) in config.device_files.iter_mut().enumerate() {
+        if f.is_relative() {
+            *f = base.join(&*f);
+        }
+        match std::fs::read_to_string(&*f) {
+            Ok(text) => {
+                let (devices, problems) = super::device_files::parse(&text, &f.display().to_string());
+                for r in problems {
+                    p.push(format!("device_files[{i}]: {}", r.at), r.message);
+                }
+                config.devices.extend(devices);
+            }
+            Err(e) => p.push(format!("device_files[{i}]"), format!("cannot read {}: {e}", f.display())),
+        }
+    }
 }
 
 /// Fills each device that names a `[[device_types]]` entry from it (the device's own category,

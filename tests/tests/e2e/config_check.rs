@@ -113,3 +113,58 @@ params = { limit_mgm3 = 4.0 }
         "{out}"
     );
 }
+
+fn devices_import(config: &std::path::Path, file: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(gateway_bin())
+        .args(["devices", "import", "-c"])
+        .arg(config)
+        .arg(file)
+        .args(extra)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &*String::from_utf8_lossy(&out.stderr))
+}
+
+/// A park's device list as a CSV next to the config: `check` reads it, `devices import` shows what a
+/// new export changes, writes only with --apply, and refuses a list the config cannot take.
+#[test]
+fn a_csv_device_list_is_checked_diffed_and_put_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("parkwatch.toml");
+    std::fs::write(
+        &config,
+        "device_files = [\"devices.csv\"]\n[site]\nid = \"p\"\n[[grids]]\nid = \"g1\"\n[[grids]]\nid = \"g2\"\n\
+         [[device_types]]\nid = \"meter\"\ncategory = \"electrical\"\npoints = [{ name = \"ua\", unit = \"V\" }]\n",
+    )
+    .unwrap();
+    let live = dir.path().join("devices.csv");
+    let old = "id,grid,type,tags\nm1,g1,meter,floor=1\nm2,g1,meter,\n";
+    std::fs::write(&live, old).unwrap();
+    let (ok, out) = check(&config);
+    assert!(ok && out.contains(": ok ("), "{out}");
+
+    let export = dir.path().join("export.csv");
+    std::fs::write(&export, "id,grid,type,tags\nm1,g2,meter,floor=1\nm3,g2,meter,\n").unwrap();
+    let (code, out) = devices_import(&config, &export, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    for line in ["+ m3", "- m2", "~ m1: grid g1 → g2", "新增 1，删除 1，变更 1，不变 0", "仅预览"] {
+        assert!(out.contains(line), "{line:?} missing in:\n{out}");
+    }
+    assert_eq!(std::fs::read_to_string(&live).unwrap(), old, "a dry run writes nothing");
+
+    let (code, out) = devices_import(&config, &export, &["--apply", "--lang", "en"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 added, 1 removed, 1 changed, 0 unchanged. Written to"), "{out}");
+    assert_eq!(std::fs::read_to_string(&live).unwrap(), std::fs::read_to_string(&export).unwrap());
+
+    let broken = dir.path().join("broken.csv");
+    std::fs::write(&broken, "id,grid,type\nm1,g9,meter\nm2,g1,nope\n").unwrap();
+    let (code, out) = devices_import(&config, &broken, &["--apply"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("g9") && out.contains("\"nope\""), "both mistakes are named:\n{out}");
+    assert_eq!(
+        std::fs::read_to_string(&live).unwrap(),
+        std::fs::read_to_string(&export).unwrap(),
+        "a refused list is not written"
+    );
+}
