@@ -111,9 +111,9 @@ fn wait_point(gw: &Gateway, device: &str, name: &str, value: f64) -> Value {
     })
 }
 
-/// The public vector of that name from `../shared/domain/vectors/hj212-public.tsv`.
+/// The public vector of that name from `tests/vectors/hj212-public.tsv`.
 fn vector(name: &str) -> Vec<u8> {
-    let tsv = std::fs::read_to_string(root().join("../shared/domain/vectors/hj212-public.tsv")).unwrap();
+    let tsv = std::fs::read_to_string(root().join("tests/vectors/hj212-public.tsv")).unwrap();
     let line = tsv.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix('\t')).unwrap();
     line.replace("\\r\\n", "\r\n").into_bytes()
 }

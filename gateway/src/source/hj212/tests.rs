@@ -222,8 +222,7 @@ device = "outfall"
     let stop = CancellationToken::new();
     tokio::spawn(bound.run(tx, stop.clone()));
     let captures = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/domain/vectors/hj212-field-capture-2016.txt"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/hj212-field-capture-2016.txt"),
     )
     .unwrap();
     let line = |mn: &str| format!("{}\r\n", captures.lines().find(|l| l.contains(&format!("MN={mn};"))).unwrap());

@@ -1,4 +1,4 @@
-//! Every vector of `../shared/domain/vectors/dlt645-public.txt` against what its bytes say, worked
+//! Every vector of `tests/vectors/dlt645-public.txt` against what its bytes say, worked
 //! out by hand below; then the value formats, the answers and the properties.
 
 use proptest::prelude::*;
@@ -51,7 +51,7 @@ fn expectations() -> Vec<(&'static str, Expect)> {
 }
 
 fn vectors() -> Vec<(String, Vec<u8>)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/domain/vectors/dlt645-public.txt");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/dlt645-public.txt");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))

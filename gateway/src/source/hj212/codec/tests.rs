@@ -1,11 +1,11 @@
-//! Table tests over every HJ 212 vector in `../shared/domain/vectors/` and the framing's edge cases.
+//! Table tests over every HJ 212 vector in `tests/vectors/` (copied from the domain notes) and the framing's edge cases.
 
 use std::path::PathBuf;
 
 use super::*;
 
 fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/domain/vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors")
 }
 
 /// Every vector of both files as (name, wire bytes). The TSV writes CR LF as `\r\n`; the capture file
