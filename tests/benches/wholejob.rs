@@ -598,7 +598,16 @@ fn main() {
     let date = chrono_date();
     let dir = root().join("benches/results");
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("wholejob-{date}.md"));
+    // The full default set is the day's record; a chosen subset or size gets a file of its own.
+    let default_set =
+        std::env::var_os("PARKWATCH_BENCH_RUNS").is_none() && std::env::var_os("PARKWATCH_BENCH_MESSAGES").is_none();
+    let name = if default_set {
+        format!("wholejob-{date}.md")
+    } else {
+        let runs: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        format!("wholejob-{date}-{}-{}.md", runs.join("+"), specs.first().map_or(0, |s| s.messages))
+    };
+    let path = dir.join(name);
     let text = format!(
         "# Whole-job benchmark, {date}\n\n`cargo bench -p parkwatch-e2e --bench wholejob` (runs: {}).\n\n{}\n{report}\n## Targets\n\n{targets}",
         specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),

@@ -216,6 +216,11 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Incident changes read from the change log per outbox transaction.
 const INCIDENT_BATCH: usize = 5_000;
 
+/// How long the appender gathers incident commits before taking them into the outbox: one outbox
+/// transaction (and fsync) for many incident-store commits in a storm. The store is not where
+/// alarms are announced (central MQTT and notifications read the change log themselves).
+const INCIDENT_GATHER: Duration = Duration::from_millis(20);
+
 struct Appender {
     encoder: Encoder,
     registry: Arc<Registry>,
@@ -265,6 +270,7 @@ impl Appender {
         };
         rt.block_on(async {
             let mut since: Option<tokio::time::Instant> = None;
+            let mut incidents_due: Option<tokio::time::Instant> = None;
             // Confirmed batches are deleted as writers confirm them, not only when new data arrives;
             // the change log is read on this tick too, in case a wake-up was missed.
             let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
@@ -291,9 +297,11 @@ impl Appender {
                         if r.is_err() {
                             committed = None;
                         }
-                        if self.retry_at.is_none() {
-                            self.incidents(log.as_ref());
-                        }
+                        incidents_due.get_or_insert_with(|| tokio::time::Instant::now() + INCIDENT_GATHER);
+                    }
+                    () = sleep_until(incidents_due), if self.retry_at.is_none() => {
+                        incidents_due = None;
+                        self.incidents(log.as_ref());
                     }
                     r = changed(&mut audited) => {
                         if r.is_err() {
