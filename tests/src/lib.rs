@@ -766,15 +766,27 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Connects to the broker on `port` and subscribes to `filter` (QoS 1).
+    /// A kept session: should its connection drop (a loaded machine can stall it past a timeout),
+    /// the broker holds the subscription and the QoS 1 messages meanwhile, and a lost session is
+    /// subscribed again, so the test sees everything the gateway published.
     pub fn connect(port: u16, id: &str, filter: &str) -> Self {
-        let opts = MqttOptions::new(id, "127.0.0.1", port);
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(false);
         let (client, mut connection) = Client::new(opts, 100);
         client.subscribe(filter, QoS::AtLeastOnce).unwrap();
         let received: Arc<std::sync::Mutex<Vec<(String, String, bool)>>> = Arc::default();
         let log = received.clone();
+        let again = client.clone();
+        let filter = filter.to_owned();
         std::thread::spawn(move || {
+            let mut first = true;
             for ev in connection.iter() {
                 match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                        if !std::mem::replace(&mut first, false) && !c.session_present {
+                            let _ = again.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
+                        }
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => log.lock().unwrap().push((
                         p.topic.clone(),
                         String::from_utf8_lossy(&p.payload).into_owned(),
