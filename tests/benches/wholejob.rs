@@ -3,7 +3,7 @@
 //! An external Mosquitto on loopback; a load generator publishing JSON telemetry
 //! `{"ts_ns":…,"residual_ma":…,"temp_c":…,"voltage_v":…,"current_a":…}` for 200 meters in 20 grids on
 //! `park/{grid}/meter/{device}/telemetry`; each meter's residual current rises above 300 mA and falls
-//! below 250 mA once every 50 of its messages (one alarm rule with hysteresis: 4 % of the messages
+//! below 250 mA once every 50 of its messages (meters staggered through that cycle) (one alarm rule with hysteresis: 4 % of the messages
 //! change an incident). The gateway (the release binary, a process of its own) subscribes at QoS 1 or 0,
 //! forwards every reading to a real VictoriaMetrics through the InfluxDB v2 write API (gzip), persists
 //! every incident change and publishes it on MQTT. In the same run a subscriber that does nothing but
@@ -149,12 +149,14 @@ impl Transitions {
     }
 }
 
-/// The residual current of device message `k`, and whether it is a rise (false) or fall (true)
-/// transition with its slot.
-fn residual(spec: &Spec, k: usize) -> (f64, Option<(usize, bool)>) {
+/// The residual current of device `d`'s message `k`, and whether it is a rise (false) or fall (true)
+/// transition with its slot. Devices are staggered through the cycle, so changes are spread evenly
+/// over the run instead of every device rising at once at its start.
+fn residual(spec: &Spec, d: usize, k: usize) -> (f64, Option<(usize, bool)>) {
     if spec.change_every == 0 {
         return (QUIET, None);
     }
+    let k = k + d % spec.change_every;
     let (cycle, phase) = (k / spec.change_every, k % spec.change_every);
     let slot = cycle % SLOTS;
     let half = spec.change_every / 2;
@@ -195,7 +197,7 @@ fn generate(spec: &Spec, port: u16, transitions: &Transitions, acked: &AtomicU64
             let end = (i + chunk).min(spec.messages);
             for m in i..end {
                 let d = m % DEVICES;
-                let (r, edge) = residual(spec, m / DEVICES);
+                let (r, edge) = residual(spec, d, m / DEVICES);
                 // One reading per device per millisecond at most: the store keeps milliseconds.
                 let ts = now.max(last_ts[d] + 1_000_000);
                 last_ts[d] = ts;
