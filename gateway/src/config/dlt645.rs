@@ -49,7 +49,7 @@ pub struct Bus {
     #[serde(default = "super::default_stop_bits")]
     pub stop_bits: u8,
     /// Wait for an answer, ms.
-    #[serde(default = "default_timeout")]
+    #[serde(default = "super::default_modbus_timeout")]
     pub timeout_ms: u64,
     /// Quiet time between transactions on the line, ms.
     #[serde(default)]
@@ -65,9 +65,6 @@ pub struct Bus {
     pub backoff_max_ms: u64,
 }
 
-fn default_timeout() -> u64 {
-    1000
-}
 fn default_preamble() -> u8 {
     codec::MAX_PREAMBLE as u8
 }

@@ -324,7 +324,7 @@ pub(super) fn default_data_bits() -> u8 {
 pub(super) fn default_stop_bits() -> u8 {
     1
 }
-fn default_modbus_timeout() -> u64 {
+pub(super) fn default_modbus_timeout() -> u64 {
     1000
 }
 pub(super) fn default_offline_after() -> u32 {

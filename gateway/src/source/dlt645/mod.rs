@@ -180,8 +180,7 @@ impl Poller {
                     other => {
                         let why = match other {
                             Ok(Err(e)) => e.to_string(),
-                            Err(_) => "connect timed out".to_owned(),
-                            Ok(Ok(_)) => unreachable!("handled above"),
+                            _ => "connect timed out".to_owned(),
                         };
                         debug!(bus = %self.bus.id, error = %why, "DL/T 645 bus connect failed.");
                         let now = Instant::now();
