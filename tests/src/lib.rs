@@ -761,11 +761,14 @@ impl FaultProxy {
 /// A real MQTT subscriber collecting (topic, payload, retained) of everything it receives.
 pub struct Subscriber {
     pub received: Arc<std::sync::Mutex<Vec<(String, String, bool)>>>,
+    /// Connections made (1 while the first one holds).
+    pub connects: Arc<AtomicUsize>,
     client: Client,
 }
 
 impl Subscriber {
-    /// Connects to the broker on `port` and subscribes to `filter` (QoS 1).
+    /// Connects to the broker on `port` and subscribes to `filter` (QoS 1); returns once the broker
+    /// acknowledged the subscription, so nothing published after this call can pass it by.
     /// A kept session: should its connection drop (a loaded machine can stall it past a timeout),
     /// the broker holds the subscription and the QoS 1 messages meanwhile, and a lost session is
     /// subscribed again, so the test sees everything the gateway published.
@@ -775,18 +778,20 @@ impl Subscriber {
         let (client, mut connection) = Client::new(opts, 100);
         client.subscribe(filter, QoS::AtLeastOnce).unwrap();
         let received: Arc<std::sync::Mutex<Vec<(String, String, bool)>>> = Arc::default();
-        let log = received.clone();
+        let connects = Arc::new(AtomicUsize::new(0));
+        let subscribed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, count, suback) = (received.clone(), connects.clone(), subscribed.clone());
         let again = client.clone();
         let filter = filter.to_owned();
         std::thread::spawn(move || {
-            let mut first = true;
             for ev in connection.iter() {
                 match ev {
                     Ok(Event::Incoming(Packet::ConnAck(c))) => {
-                        if !std::mem::replace(&mut first, false) && !c.session_present {
+                        if count.fetch_add(1, Ordering::SeqCst) > 0 && !c.session_present {
                             let _ = again.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
                         }
                     }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => suback.store(true, Ordering::SeqCst),
                     Ok(Event::Incoming(Packet::Publish(p))) => log.lock().unwrap().push((
                         p.topic.clone(),
                         String::from_utf8_lossy(&p.payload).into_owned(),
@@ -798,7 +803,10 @@ impl Subscriber {
                 }
             }
         });
-        Self { received, client }
+        wait_until(Duration::from_secs(30), "the subscription's SUBACK", || {
+            subscribed.load(Ordering::SeqCst).then_some(())
+        });
+        Self { received, connects, client }
     }
 
     /// What was received so far.

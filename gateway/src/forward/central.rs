@@ -84,7 +84,15 @@ pub async fn run(
     let mut cursor = match log.cursor(SINK) {
         Ok(Some(c)) => c,
         // A new sink starts with what is open now rather than replaying years of history.
-        Ok(None) => log.head().unwrap_or(0).saturating_sub(1000).max(0),
+        Ok(None) => {
+            let start = log.head().unwrap_or(0).saturating_sub(1000).max(0);
+            // Recorded at once: a restart before the first delivery must not take itself for a new
+            // sink again and skip every change that came in between.
+            if let Err(e) = log.save_cursor(SINK, start) {
+                warn!(error = %e, "Cannot save the central publisher's first cursor.");
+            }
+            start
+        }
         Err(e) => {
             warn!(error = %e, "Cannot read the central publisher's cursor; starting from the newest changes.");
             log.head().unwrap_or(0)

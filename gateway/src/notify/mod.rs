@@ -522,7 +522,13 @@ impl Notifier {
             .execute("UPDATE deliveries SET next_at = MIN(next_at, ?1) WHERE status = 'retrying'", [clock.wall_ns()])?;
         let cursor = match ledger.cursor()? {
             Some(c) => c,
-            None => log.head()?,
+            None => {
+                // Recorded at once: a crash before the first change is taken in must not make the
+                // next start take itself for a new ledger and skip what came in between.
+                let head = log.head()?;
+                ledger.conn.execute("INSERT INTO meta(key, value) VALUES ('cursor', ?1)", [head])?;
+                head
+            }
         };
         let mut limiter = Limiter::default();
         for (receiver, at) in ledger.recent_attempts(clock.wall_ns() - MINUTE)? {

@@ -539,6 +539,41 @@ async fn queued_while_the_receiver_is_down_is_delivered_once_after_a_restart() {
 }
 
 #[tokio::test]
+async fn a_change_committed_before_the_first_turn_is_notified_after_a_crash() {
+    let peer = Peer::start();
+    let rig = rig(&format!(
+        r#"
+        [[notify.receivers]]
+        id = "hook"
+        kind = "webhook"
+        url = "http://127.0.0.1:{}/hook"
+        secret = "whsecret"
+        [[notify.routes]]
+        receivers = ["hook"]
+        group_wait = "0s"
+        "#,
+        peer.port
+    ));
+    // The incident is committed, and the notifier dies before its first turn: a new ledger must not
+    // make the next start begin at the head, past this incident.
+    rig.raise(vec![raised(1, T0, Severity::Major, 350.0)]).await;
+    let Rig { _dir, store, notifier, clock, config, db } = rig;
+    drop(notifier);
+    let mut rig = Rig {
+        notifier: open_notifier(&config, &_dir.path().join("incidents.db"), &db, clock.clone()),
+        _dir,
+        store,
+        clock,
+        config,
+        db,
+    };
+    rig.run_until(T0 + 30 * SEC, SEC, &peer);
+    let got = peer.at("/hook");
+    assert_eq!(got.len(), 1, "the incident raised before the crash is notified once");
+    assert_eq!(got[0].json()["incident_ids"], serde_json::json!([1]));
+}
+
+#[tokio::test]
 async fn mail_reaches_a_real_smtp_server() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new("python3")

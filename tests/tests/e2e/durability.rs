@@ -184,6 +184,40 @@ fn wait_connected(gw: &Gateway, p: &Publisher) {
     });
 }
 
+/// Waits until every seq of `want` was received on central MQTT; on time-out, says which are missing
+/// and what the gateway's publisher and the watcher report, so a failure points at its side.
+fn wait_published(gw: &Gateway, watcher: &Subscriber, want: &[i64], timeout: Duration) -> Vec<i64> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = seqs_on_mqtt(watcher);
+        let set: BTreeSet<i64> = got.iter().copied().collect();
+        let missing: Vec<i64> = want.iter().copied().filter(|s| !set.contains(s)).collect();
+        if missing.is_empty() {
+            return got;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = gw.log();
+            let central: Vec<&str> = log.lines().filter(|l| l.contains("Central MQTT")).take(20).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for every change on central MQTT: {} of {} missing \
+                 (first {:?}, last {:?}); received {} messages over {} connection(s); gateway: delivered {:?}, \
+                 lag {:?}, connected {:?}; its central MQTT log:\n{}",
+                missing.len(),
+                want.len(),
+                &missing[..missing.len().min(10)],
+                missing.last(),
+                got.len(),
+                watcher.connects.load(std::sync::atomic::Ordering::SeqCst),
+                gw.metric("parkwatch_central_mqtt_delivered_total"),
+                gw.metric("parkwatch_central_mqtt_lag"),
+                gw.metric("parkwatch_central_mqtt_connected"),
+                central.join("\n"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Checks that every committed change is its own point in the store and was published on central
 /// MQTT (in order when `in_order`), and that the state is readable as a number.
 fn assert_sinks_complete(gw: &Gateway, store: &Victoria, watcher: &Subscriber, in_order: bool) {
@@ -194,11 +228,7 @@ fn assert_sinks_complete(gw: &Gateway, store: &Victoria, watcher: &Subscriber, i
         (got == want).then_some(got)
     });
     assert_eq!(stored.len(), db.len());
-    let published = wait_until(Duration::from_secs(300), "every change on central MQTT", || {
-        let got = seqs_on_mqtt(watcher);
-        let set: BTreeSet<i64> = got.iter().copied().collect();
-        want.iter().all(|s| set.contains(s)).then_some(got)
-    });
+    let published = wait_published(gw, watcher, &want, Duration::from_secs(300));
     if in_order {
         assert!(published.windows(2).all(|w| w[0] < w[1]), "central MQTT changes in order, none twice");
     }
@@ -262,6 +292,45 @@ fn a_crash_in_an_incident_storm_loses_no_acknowledged_change() {
         (devices.as_array().is_some_and(Vec::is_empty) && last.values().all(|s| s == "returned_unacked")).then_some(())
     });
     assert_sinks_complete(&gw, &store, &watcher, false);
+}
+
+#[test]
+fn a_gateway_killed_before_its_first_central_delivery_publishes_every_change_after_restart() {
+    // The central broker is down for the first run, so the publisher delivers nothing and has moved no
+    // cursor when the gateway dies; the next run must continue from the first change, not take itself
+    // for a new sink that starts near the head.
+    let (broker, store, rules) = peers("max_inflight_messages 1000");
+    let mut central = Mosquitto::start("max_inflight_messages 1000");
+    central.stop();
+    let config = park(broker.port, &store.url(), 300, rules.path()).replace(
+        "mqtt = { broker = \"local\" }",
+        &format!(
+            "mqtt = {{ broker = \"central\" }}\n\n[[mqtt.brokers]]\nid = \"central\"\nhost = \"127.0.0.1\"\nport = {}\n\
+             client_id = \"parkwatch-central\"\nreconnect_min_ms = 100\nreconnect_max_ms = 500\n",
+            central.port
+        ),
+    );
+    let mut gw = Gateway::start(&config);
+    let p = Publisher::connect(broker.port, "first-run-pub");
+    wait_connected(&gw, &p);
+    let base = parkwatch_e2e::now_ms() - 1_800_000;
+    for r in 0..6 {
+        for d in 0..300 {
+            let ia = if r % 2 == 0 { 200.0 } else { 3.0 };
+            p.publish(&topic(d), 1, json!({ "ts": base + r as i64, "ia": ia }).to_string());
+        }
+    }
+    wait_until(Duration::from_secs(60), "1,800 changes committed", || {
+        let flips = changes_in_db(&gw).values().filter(|(_, kind, _)| kind != "chattering").count();
+        (flips >= 1800).then_some(())
+    });
+    assert!(gw.signal("KILL").code().is_none(), "killed");
+    central.run();
+    let watcher = Subscriber::connect(central.port, "central-first-run", "parkwatch/xh/incidents/#");
+    gw.restart();
+    let want: Vec<i64> = changes_in_db(&gw).keys().copied().collect();
+    assert!(want.len() > 1000, "more changes than a new sink would start behind the head");
+    wait_published(&gw, &watcher, &want, Duration::from_secs(120));
 }
 
 /// One meter with ten points; the outbox and the incident database at the paths given (relative ones
