@@ -40,7 +40,7 @@ fn unit_commands(bin: &std::path::Path, config: &std::path::Path) -> (Vec<String
         let l = text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("the unit lacks {key}"));
         l.split_whitespace()
             .map(|w| {
-                w.replace("/usr/local/bin/parkwatch", &bin.display().to_string())
+                w.replace("/usr/bin/parkwatch", &bin.display().to_string())
                     .replace("/etc/parkwatch/parkwatch.toml", &config.display().to_string())
             })
             .collect()
@@ -53,11 +53,8 @@ fn unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root().join("systemd/parkwatch.service")).unwrap();
     let unit = dir.path().join("parkwatch.service");
-    std::fs::write(
-        &unit,
-        text.replace("/usr/local/bin/parkwatch", &parkwatch_e2e::gateway_bin().display().to_string()),
-    )
-    .unwrap();
+    std::fs::write(&unit, text.replace("/usr/bin/parkwatch", &parkwatch_e2e::gateway_bin().display().to_string()))
+        .unwrap();
     let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("systemd-analyze");
     let said = String::from_utf8_lossy(&out.stdout).into_owned() + &*String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
