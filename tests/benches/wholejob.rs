@@ -28,7 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parkwatch_e2e::bench::{
-    connect, env_or, median, peak_rss_mb, percentile, proc_cpu_secs, publish_frame, read_publishes, subscribe,
+    connect, count_pubacks, env_or, machine, median, peak_rss_mb, percentile, proc_cpu_secs, publish_frame,
+    read_publishes, subscribe, today,
 };
 use parkwatch_e2e::{root, wait_until, Gateway, Mosquitto, Victoria};
 
@@ -175,7 +176,7 @@ fn generate(spec: &Spec, port: u16, transitions: &Transitions, acked: &AtomicU64
     let mut reader = s.try_clone().unwrap();
     std::thread::scope(|scope| {
         if spec.qos == 1 {
-            scope.spawn(move || read_publishes_acks(&mut reader, acked, stop));
+            scope.spawn(move || count_pubacks(&mut reader, acked, stop));
         }
         let start = Instant::now();
         let chunk = if spec.rate == 0 { 100 } else { (spec.rate / 1000).max(1) as usize };
@@ -226,26 +227,6 @@ fn generate(spec: &Spec, port: u16, transitions: &Transitions, acked: &AtomicU64
         stop.store(true, Ordering::Relaxed);
     });
     let _ = s.write_all(&[0xE0, 0]);
-}
-
-/// Counts PUBACKs (the broker's receipt of each QoS 1 publish).
-fn read_publishes_acks(s: &mut TcpStream, acked: &AtomicU64, stop: &AtomicBool) {
-    use std::io::Read as _;
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut carry = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            // PUBACKs are 4 bytes each and the generator reads nothing else after CONNACK.
-            Ok(n) => {
-                carry += n;
-                acked.fetch_add((carry / 4) as u64, Ordering::Relaxed);
-                carry %= 4;
-            }
-            Err(_) => continue,
-        }
-    }
 }
 
 fn wait_until_quiet(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -457,52 +438,6 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let version = |cmd: &str, arg: &str| {
-        std::process::Command::new(cmd)
-            .arg(arg)
-            .output()
-            .ok()
-            .map(|o| {
-                let t = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-                String::from_utf8_lossy(&t).lines().next().unwrap_or("").trim().to_owned()
-            })
-            .unwrap_or_else(|| "not found".into())
-    };
-    // The peers are Debian's packages; their own version flags print nothing useful.
-    let package = |name: &str| {
-        std::process::Command::new("dpkg-query")
-            .args(["-W", "-f=${Version}", name])
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "not installed".into())
-    };
-    let (mosquitto, vm) = (package("mosquitto"), package("victoria-metrics"));
-    let rustc = version("rustc", "-V");
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(root())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    format!(
-        "- machine: {cores} cores, {cpu}\n- kernel: {}\n- mosquitto (Debian) {mosquitto}\n- victoria-metrics (Debian) {vm}\n- {rustc}\n- parkwatch commit: {commit}\n",
-        version("uname", "-r")
-    )
-}
-
 fn main() {
     let specs = specs();
     let mut report = String::new();
@@ -597,7 +532,7 @@ fn main() {
     let medians: Vec<f64> = outcomes.iter().map(Outcome::per_cpu).collect();
     println!("median msg per CPU-s over the runs: {:.0}", median(&medians));
 
-    let date = chrono_date();
+    let date = today();
     let dir = root().join("benches/results");
     let _ = std::fs::create_dir_all(&dir);
     // The full default set is the day's record; a chosen subset or size gets a file of its own.
@@ -613,17 +548,10 @@ fn main() {
     let text = format!(
         "# Whole-job benchmark, {date}\n\n`cargo bench -p parkwatch-e2e --bench wholejob` (runs: {}).\n\n{}\n{report}\n## Targets\n\n{targets}",
         specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
-        machine()
+        machine(&root())
     );
     match std::fs::write(&path, text) {
         Ok(()) => println!("results: {}", path.display()),
         Err(e) => println!("cannot write {}: {e}", path.display()),
     }
-}
-
-/// Today's UTC date, YYYY-MM-DD.
-fn chrono_date() -> String {
-    let days = now_ns() / 86_400_000_000_000;
-    let d = chrono::NaiveDate::from_num_days_from_ce_opt(719_163 + days as i32).unwrap_or_default();
-    d.format("%Y-%m-%d").to_string()
 }

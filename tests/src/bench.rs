@@ -3,7 +3,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// An environment variable parsed as `T`, or `default`.
@@ -182,4 +182,79 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     s.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
     s[rank.clamp(1, s.len()) - 1]
+}
+
+/// The machine, kernel, peer package versions, compiler and commit, as lines of a results file.
+pub fn machine(repo: &std::path::Path) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let version = |cmd: &str, arg: &str| {
+        std::process::Command::new(cmd)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| {
+                let t = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+                String::from_utf8_lossy(&t).lines().next().unwrap_or("").trim().to_owned()
+            })
+            .unwrap_or_else(|| "not found".into())
+    };
+    // The peers are Debian's packages; their own version flags print nothing useful.
+    let package = |name: &str| {
+        std::process::Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", name])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "not installed".into())
+    };
+    let (mosquitto, vm) = (package("mosquitto"), package("victoria-metrics"));
+    let rustc = version("rustc", "-V");
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(repo)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "- machine: {cores} cores, {cpu}\n- kernel: {}\n- mosquitto (Debian) {mosquitto}\n- victoria-metrics (Debian) {vm}\n- {rustc}\n- parkwatch commit: {commit}\n",
+        version("uname", "-r")
+    )
+}
+
+/// Counts PUBACKs (the broker's receipt of each QoS 1 publish) on a publisher's connection that reads
+/// nothing else after its CONNACK.
+pub fn count_pubacks(s: &mut TcpStream, acked: &AtomicU64, stop: &AtomicBool) {
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut carry = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            // PUBACKs are 4 bytes each and the generator reads nothing else after CONNACK.
+            Ok(n) => {
+                carry += n;
+                acked.fetch_add((carry / 4) as u64, Ordering::Relaxed);
+                carry %= 4;
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Today's date (UTC), for results file names.
+pub fn today() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let days = (now.as_secs() / 86_400) as i64;
+    let d = chrono::NaiveDate::from_num_days_from_ce_opt(719_163 + days as i32).unwrap_or_default();
+    d.format("%Y-%m-%d").to_string()
 }
