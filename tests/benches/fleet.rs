@@ -26,8 +26,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use parkwatch_e2e::bench::{
-    connect, count_pubacks, env_or, machine, peak_rss_mb, proc_cpu_secs, publish_frame, read_publishes, subscribe,
-    today,
+    connect, count_pubacks, env_or, incident_changes, machine, peak_rss_mb, proc_cpu_secs, publish_frame,
+    read_publishes, stored_readings, subscribe, today,
 };
 use parkwatch_e2e::{root, wait_until, Gateway, Mosquitto, Victoria};
 
@@ -152,35 +152,6 @@ fn generate(port: u16, gateways: usize, messages: usize, rate: f64, acked: &Atom
     let _ = s.write_all(&[0xE0, 0]);
 }
 
-/// Readings of the four telemetry fields in the store, over every site.
-fn stored(store: &Victoria) -> u64 {
-    let base = store.url();
-    let _ = ureq::get(&format!("{base}/internal/force_flush")).call();
-    let Ok(r) = ureq::get(&format!("{base}/api/v1/query"))
-        .query(
-            "query",
-            r#"sum(count_over_time({__name__=~"electrical_(residual_ma|temp_c|voltage_v|current_a)"}[1d]))"#,
-        )
-        .call()
-    else {
-        return 0;
-    };
-    let v: serde_json::Value = r.into_string().ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) as u64
-}
-
-fn changes_in_db(gw: &Gateway) -> u64 {
-    let Ok(conn) = rusqlite::Connection::open_with_flags(
-        gw.dir.path().join("incidents.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return 0;
-    };
-    let _ = conn.busy_timeout(Duration::from_secs(5));
-    conn.query_row("SELECT COUNT(*) FROM incident_events WHERE kind != 'comment'", [], |r| r.get::<_, i64>(0))
-        .unwrap_or(0) as u64
-}
-
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "PASS"
@@ -225,7 +196,7 @@ fn main() {
         });
     }
     let warm_stored = wait_until(Duration::from_secs(60), "the warm-up readings in the store", || {
-        let n = stored(&store);
+        let n = stored_readings(&store);
         (n >= gateways as u64).then_some(n)
     });
     // What the fleet costs doing nothing: every gateway's timers, health evaluation and sweeps.
@@ -235,7 +206,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs_f64(idle_secs));
     let idle_cpu = pids.iter().map(|p| proc_cpu_secs(*p)).sum::<f64>() - idle0;
     let base: Vec<u64> = fleet.iter().map(samples).collect();
-    let changes0: Vec<u64> = fleet.iter().map(changes_in_db).collect();
+    let changes0: Vec<u64> = fleet.iter().map(incident_changes).collect();
 
     let per_site: Mutex<BTreeMap<String, u64>> = Mutex::default();
     let drops = AtomicU64::new(0);
@@ -276,10 +247,10 @@ fn main() {
         };
         // Everything in the store and every change on the central broker (or no progress for 20 s).
         let sent: u64 = fleet.iter().zip(&base).map(|(gw, b)| samples(gw) - b).sum::<u64>() + warm_stored;
-        let changes: u64 = fleet.iter().zip(&changes0).map(|(gw, c)| changes_in_db(gw) - c).sum();
+        let changes: u64 = fleet.iter().zip(&changes0).map(|(gw, c)| incident_changes(gw) - c).sum();
         let mut last = (0, Instant::now());
         loop {
-            let (n, fanned) = (stored(&store), per_site.lock().unwrap().values().sum::<u64>());
+            let (n, fanned) = (stored_readings(&store), per_site.lock().unwrap().values().sum::<u64>());
             if (n >= sent && fanned >= changes) || last.1.elapsed() > Duration::from_secs(20) {
                 break;
             }
@@ -296,8 +267,8 @@ fn main() {
     let cpu: Vec<f64> = pids.iter().zip(&cpu0).map(|(p, c)| proc_cpu_secs(*p) - c).collect();
     let rss: Vec<f64> = pids.iter().map(|p| peak_rss_mb(*p)).collect();
     let processed: u64 = fleet.iter().zip(&base).map(|(gw, b)| samples(gw) - b).sum::<u64>() / POINTS;
-    let changes: Vec<u64> = fleet.iter().zip(&changes0).map(|(gw, c)| changes_in_db(gw) - c).collect();
-    let readings = stored(&store).saturating_sub(warm_stored);
+    let changes: Vec<u64> = fleet.iter().zip(&changes0).map(|(gw, c)| incident_changes(gw) - c).collect();
+    let readings = stored_readings(&store).saturating_sub(warm_stored);
     let per_site = per_site.into_inner().unwrap();
     let fanned: u64 = per_site.values().sum();
     let secs_done = processed_at.as_secs_f64();

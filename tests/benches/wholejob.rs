@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parkwatch_e2e::bench::{
-    connect, count_pubacks, env_or, machine, median, peak_rss_mb, percentile, proc_cpu_secs, publish_frame,
-    read_publishes, subscribe, today,
+    connect, count_pubacks, env_or, incident_changes, machine, median, peak_rss_mb, percentile, proc_cpu_secs,
+    publish_frame, read_publishes, stored_readings, subscribe, today,
 };
 use parkwatch_e2e::{root, wait_until, Gateway, Mosquitto, Victoria};
 
@@ -285,33 +285,6 @@ fn announcements(mut s: TcpStream, transitions: &Transitions, stop: &AtomicBool)
     seen
 }
 
-/// Readings of the four telemetry fields in the store.
-fn stored(store: &Victoria) -> u64 {
-    let base = store.url();
-    let _ = ureq::get(&format!("{base}/internal/force_flush")).call();
-    let Ok(r) = ureq::get(&format!("{base}/api/v1/query"))
-        .query(
-            "query",
-            r#"sum(count_over_time({__name__=~"electrical_(residual_ma|temp_c|voltage_v|current_a)"}[1d]))"#,
-        )
-        .call()
-    else {
-        return 0;
-    };
-    let v: serde_json::Value = r.into_string().ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) as u64
-}
-
-fn changes_in_db(gw: &Gateway) -> u64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        gw.dir.path().join("incidents.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM incident_events", [], |r| r.get::<_, i64>(0)).unwrap_or(0) as u64
-}
-
 struct Outcome {
     spec: Spec,
     processed: u64,
@@ -355,11 +328,11 @@ fn run(spec: &Spec) -> Outcome {
         (samples() > 0).then_some(())
     });
     let warm_stored = wait_until(Duration::from_secs(30), "the warm-up reading in the store", || {
-        let n = stored(&store);
+        let n = stored_readings(&store);
         (n > 0).then_some(n)
     });
     let base = samples();
-    let changes0 = changes_in_db(&gw);
+    let changes0 = incident_changes(&gw);
 
     let transitions = Transitions::new();
     let (stop_gen, stop_watch) = (AtomicBool::new(false), AtomicBool::new(false));
@@ -402,10 +375,10 @@ fn run(spec: &Spec) -> Outcome {
         };
         // Everything in the store (or no progress for 15 s) before the CPU is read.
         let sent = samples() - base + warm_stored;
-        let mut last = (stored(&store), Instant::now());
+        let mut last = (stored_readings(&store), Instant::now());
         while last.0 < sent && last.1.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(250));
-            let n = stored(&store);
+            let n = stored_readings(&store);
             if n != last.0 {
                 last = (n, Instant::now());
             }
@@ -424,9 +397,9 @@ fn run(spec: &Spec) -> Outcome {
         secs: processed_at.as_secs_f64(),
         cpu,
         rss_mb: peak_rss_mb(pid),
-        changes: changes_in_db(&gw).saturating_sub(changes0),
+        changes: incident_changes(&gw).saturating_sub(changes0),
         seen,
-        stored: stored(&store).saturating_sub(warm_stored),
+        stored: stored_readings(&store).saturating_sub(warm_stored),
     }
 }
 

@@ -258,3 +258,34 @@ pub fn today() -> String {
     let d = chrono::NaiveDate::from_num_days_from_ce_opt(719_163 + days as i32).unwrap_or_default();
     d.format("%Y-%m-%d").to_string()
 }
+
+/// Readings of the four telemetry fields (`electrical_residual_ma`, `_temp_c`, `_voltage_v`,
+/// `_current_a`) the store holds, over every site; 0 when it does not answer.
+pub fn stored_readings(store: &crate::Victoria) -> u64 {
+    let base = store.url();
+    let _ = ureq::get(&format!("{base}/internal/force_flush")).call();
+    let Ok(r) = ureq::get(&format!("{base}/api/v1/query"))
+        .query(
+            "query",
+            r#"sum(count_over_time({__name__=~"electrical_(residual_ma|temp_c|voltage_v|current_a)"}[1d]))"#,
+        )
+        .call()
+    else {
+        return 0;
+    };
+    let v: serde_json::Value = r.into_string().ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+/// Incident changes committed in a gateway's incident database (comments aside); 0 when unreadable.
+pub fn incident_changes(gw: &crate::Gateway) -> u64 {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(
+        gw.dir.path().join("incidents.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return 0;
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row("SELECT COUNT(*) FROM incident_events WHERE kind != 'comment'", [], |r| r.get::<_, i64>(0))
+        .unwrap_or(0) as u64
+}

@@ -213,6 +213,14 @@ fn raised(id: i64, at: i64, severity: Severity, value: f64) -> Change {
 }
 
 impl Rig {
+    /// The notifier goes away (a crash: nothing is flushed) and a new one opens the same ledger.
+    fn restart(self) -> Rig {
+        let Rig { _dir, store, notifier, clock, config, db } = self;
+        drop(notifier);
+        let notifier = open_notifier(&config, &_dir.path().join("incidents.db"), &db, clock.clone());
+        Rig { _dir, store, notifier, clock, config, db }
+    }
+
     async fn raise(&self, changes: Vec<Change>) {
         self.store.apply(changes, None).await.unwrap();
         self.store.sync().await.unwrap();
@@ -515,17 +523,8 @@ async fn queued_while_the_receiver_is_down_is_delivered_once_after_a_restart() {
     let d = rig.deliveries(Some(1));
     assert_eq!((d.len(), d[0].status.as_str()), (1, "retrying"));
     // The notifier goes away with the delivery queued; the receiver comes back; a new one takes over.
-    let Rig { _dir, store, notifier, clock, config, db } = rig;
-    drop(notifier);
     let peer = Peer::on(TcpListener::bind(("127.0.0.1", port)).unwrap());
-    let mut rig = Rig {
-        notifier: open_notifier(&config, &_dir.path().join("incidents.db"), &db, clock.clone()),
-        _dir,
-        store,
-        clock,
-        config,
-        db,
-    };
+    let mut rig = rig.restart();
     rig.run_until(T0 + 120 * SEC, SEC, &peer);
     let got = peer.at("/hook");
     assert_eq!(got.len(), 1, "delivered exactly once");
@@ -557,16 +556,7 @@ async fn a_change_committed_before_the_first_turn_is_notified_after_a_crash() {
     // The incident is committed, and the notifier dies before its first turn: a new ledger must not
     // make the next start begin at the head, past this incident.
     rig.raise(vec![raised(1, T0, Severity::Major, 350.0)]).await;
-    let Rig { _dir, store, notifier, clock, config, db } = rig;
-    drop(notifier);
-    let mut rig = Rig {
-        notifier: open_notifier(&config, &_dir.path().join("incidents.db"), &db, clock.clone()),
-        _dir,
-        store,
-        clock,
-        config,
-        db,
-    };
+    let mut rig = rig.restart();
     rig.run_until(T0 + 30 * SEC, SEC, &peer);
     let got = peer.at("/hook");
     assert_eq!(got.len(), 1, "the incident raised before the crash is notified once");
