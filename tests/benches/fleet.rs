@@ -26,8 +26,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use parkwatch_e2e::bench::{
-    connect, count_pubacks, env_or, incident_changes, machine, peak_rss_mb, proc_cpu_secs, publish_frame,
-    read_publishes, stored_readings, subscribe, today,
+    connect, count_pubacks, env_or, incident_changes, machine, meter_reading, peak_rss_mb, proc_cpu_secs,
+    publish_frame, read_publishes, stored_readings, subscribe, today, MeterPark, RESIDUAL_RULE,
 };
 use parkwatch_e2e::{root, wait_until, Gateway, Mosquitto, Victoria};
 
@@ -36,11 +36,6 @@ const GRIDS: usize = 2;
 const POINTS: u64 = 4;
 /// A meter's residual current rises above the limit and falls back once in this many of its messages.
 const CYCLE: usize = 50;
-
-const RULE: &str = r#"rule(#{ id: "bench.residual", title: "Residual current", category: "electrical", severity: "critical",
-    watch: #{ points: ["residual_ma"] },
-    condition: |ctx| ctx.value > 300.0,
-    clear: |ctx| ctx.value < 250.0 });"#;
 
 fn site(g: usize) -> String {
     format!("park{:02}", g + 1)
@@ -52,49 +47,19 @@ fn topic(g: usize, d: usize) -> String {
 
 fn config(g: usize, port: u16, store: &str, rules: &Path) -> String {
     let site = site(g);
-    let mut c = format!(
-        r#"[site]
-id = "{site}"
-[api]
-listen = "{{api}}"
-[rules]
-builtin = false
-dirs = [{rules:?}]
-[[mqtt.brokers]]
-id = "park"
-host = "127.0.0.1"
-port = {port}
-client_id = "parkwatch-{site}"
-persistent_session = true
-[[mqtt.subscriptions]]
-broker = "park"
-topic = "{site}/{{grid}}/meter/{{device}}/telemetry"
-qos = 1
-timestamp = {{ pointer = "/ts_ns", unit = "ns" }}
-[forward]
-outbox = "outbox.db"
-mqtt = {{ broker = "park" }}
-[[forward.targets]]
-id = "central"
-url = "{store}"
-org = "park"
-bucket = "telemetry"
-token = "t"
-gzip = true
-"#,
-        rules = rules.display().to_string(),
-    );
-    for grid in 1..=GRIDS {
-        let _ = writeln!(c, "[[grids]]\nid = \"g{grid}\"");
+    MeterPark {
+        site: &site,
+        client_id: &format!("parkwatch-{site}"),
+        prefix: &site,
+        qos: 1,
+        port,
+        store,
+        rules,
+        builtin: false,
+        grids: GRIDS,
+        devices: (0..DEVICES).map(|d| format!("m{d:02}")).collect(),
     }
-    for d in 0..DEVICES {
-        let _ = writeln!(
-            c,
-            "[[devices]]\nid = \"m{d:02}\"\ngrid = \"g{}\"\ncategory = \"electrical\"\npoints = [{{ name = \"residual_ma\", unit = \"mA\" }}, {{ name = \"temp_c\", unit = \"°C\" }}, {{ name = \"voltage_v\", unit = \"V\" }}, {{ name = \"current_a\", unit = \"A\" }}]",
-            d % GRIDS + 1
-        );
-    }
-    c
+    .config()
 }
 
 fn now_ns() -> i64 {
@@ -130,14 +95,7 @@ fn generate(port: u16, gateways: usize, messages: usize, rate: f64, acked: &Atom
                 let slot = &mut last_ts[g * DEVICES + d];
                 let ts = now.max(*slot + 1_000_000);
                 *slot = ts;
-                payload.clear();
-                let _ = write!(
-                    payload,
-                    "{{\"ts_ns\":{ts},\"residual_ma\":{residual:.1},\"temp_c\":{:.1},\"voltage_v\":{:.1},\"current_a\":{:.2}}}",
-                    35.0 + (m % 100) as f64 / 10.0,
-                    215.0 + (m % 97) as f64 / 10.0,
-                    (m % 5000) as f64 / 100.0
-                );
+                meter_reading(&mut payload, ts, residual, m as u64);
                 publish_frame(&mut out, &topic(g, d), payload.as_bytes(), 1, (m % 65_535 + 1) as u16);
             }
             s.write_all(&out).unwrap();
@@ -172,7 +130,7 @@ fn main() {
     let broker = Mosquitto::start("sys_interval 1\nmax_inflight_messages 1000");
     let store = Victoria::start();
     let rules = tempfile::tempdir().unwrap();
-    std::fs::write(rules.path().join("bench.rhai"), RULE).unwrap();
+    std::fs::write(rules.path().join("bench.rhai"), RESIDUAL_RULE).unwrap();
     // Built (if it must be) before the clock starts: the start-up time is the gateways' own.
     let _ = parkwatch_e2e::gateway_bin();
     let started = Instant::now();

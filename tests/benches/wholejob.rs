@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parkwatch_e2e::bench::{
-    connect, count_pubacks, env_or, incident_changes, machine, median, peak_rss_mb, percentile, proc_cpu_secs,
-    publish_frame, read_publishes, stored_readings, subscribe, today,
+    connect, count_pubacks, env_or, incident_changes, machine, median, meter_reading, peak_rss_mb, percentile,
+    proc_cpu_secs, publish_frame, read_publishes, stored_readings, subscribe, today, MeterPark, RESIDUAL_RULE,
 };
 use parkwatch_e2e::{root, wait_until, Gateway, Mosquitto, Victoria};
 
@@ -85,58 +85,20 @@ fn topic(d: usize) -> String {
 }
 
 fn config(spec: &Spec, port: u16, store: &str, rules: &Path) -> String {
-    let builtin = std::env::var("PARKWATCH_BENCH_BUILTIN").is_ok_and(|v| v == "1");
-    let mut c = format!(
-        r#"[site]
-id = "bench"
-[api]
-listen = "{{api}}"
-[rules]
-builtin = {builtin}
-dirs = [{rules:?}]
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {port}
-client_id = "parkwatch-bench"
-persistent_session = {persistent}
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "park/{{grid}}/meter/{{device}}/telemetry"
-qos = {qos}
-timestamp = {{ pointer = "/ts_ns", unit = "ns" }}
-[forward]
-outbox = "outbox.db"
-mqtt = {{ broker = "local" }}
-[[forward.targets]]
-id = "central"
-url = "{store}"
-org = "park"
-bucket = "telemetry"
-token = "t"
-gzip = true
-"#,
-        rules = rules.display().to_string(),
-        persistent = spec.qos == 1,
-        qos = spec.qos,
-    );
-    for g in 1..=GRIDS {
-        let _ = writeln!(c, "[[grids]]\nid = \"g{g}\"");
+    MeterPark {
+        site: "bench",
+        client_id: "parkwatch-bench",
+        prefix: "park",
+        qos: spec.qos,
+        port,
+        store,
+        rules,
+        builtin: std::env::var("PARKWATCH_BENCH_BUILTIN").is_ok_and(|v| v == "1"),
+        grids: GRIDS,
+        devices: (0..DEVICES).map(|d| format!("m{d:03}")).collect(),
     }
-    for d in 0..DEVICES {
-        let _ = writeln!(
-            c,
-            "[[devices]]\nid = \"m{d:03}\"\ngrid = \"g{}\"\ncategory = \"electrical\"\npoints = [{{ name = \"residual_ma\", unit = \"mA\" }}, {{ name = \"temp_c\", unit = \"°C\" }}, {{ name = \"voltage_v\", unit = \"V\" }}, {{ name = \"current_a\", unit = \"A\" }}]",
-            d % GRIDS + 1
-        );
-    }
-    c
+    .config()
 }
-
-const RULE: &str = r#"rule(#{ id: "bench.residual", title: "Residual current", category: "electrical", severity: "critical",
-    watch: #{ points: ["residual_ma"] },
-    condition: |ctx| ctx.value > 300.0,
-    clear: |ctx| ctx.value < 250.0 });"#;
 
 /// Publish instants (wall ns) of the messages that change an incident: [device][slot][rise, fall].
 struct Transitions(Vec<AtomicI64>);
@@ -208,14 +170,7 @@ fn generate(spec: &Spec, port: u16, transitions: &Transitions, acked: &AtomicU64
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                payload.clear();
-                let _ = write!(
-                    payload,
-                    "{{\"ts_ns\":{ts},\"residual_ma\":{r:.2},\"temp_c\":{:.1},\"voltage_v\":{:.1},\"current_a\":{:.2}}}",
-                    35.0 + (rng % 100) as f64 / 10.0,
-                    215.0 + (rng % 100) as f64 / 10.0,
-                    (rng % 5000) as f64 / 100.0
-                );
+                meter_reading(&mut payload, ts, r, rng);
                 publish_frame(&mut out, &topic(d), payload.as_bytes(), spec.qos, (m % 65_535 + 1) as u16);
             }
             s.write_all(&out).unwrap();
@@ -313,7 +268,7 @@ fn run(spec: &Spec) -> Outcome {
     let broker = Mosquitto::start("sys_interval 1");
     let store = Victoria::start();
     let rules = tempfile::tempdir().unwrap();
-    std::fs::write(rules.path().join("bench.rhai"), RULE).unwrap();
+    std::fs::write(rules.path().join("bench.rhai"), RESIDUAL_RULE).unwrap();
     let gw = Gateway::start(&config(spec, broker.port, &store.url(), rules.path()));
     let samples = || gw.metric("parkwatch_core_samples_total").unwrap_or_default() as u64;
     // The subscription is in place once a reading goes through (an hour old: it changes nothing).

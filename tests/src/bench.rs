@@ -289,3 +289,98 @@ pub fn incident_changes(gw: &crate::Gateway) -> u64 {
     conn.query_row("SELECT COUNT(*) FROM incident_events WHERE kind != 'comment'", [], |r| r.get::<_, i64>(0))
         .unwrap_or(0) as u64
 }
+
+/// The alarm rule of the meter-park benchmarks: residual current above 300 mA, cleared below 250 mA.
+pub const RESIDUAL_RULE: &str = r#"rule(#{ id: "bench.residual", title: "Residual current", category: "electrical", severity: "critical",
+    watch: #{ points: ["residual_ma"] },
+    condition: |ctx| ctx.value > 300.0,
+    clear: |ctx| ctx.value < 250.0 });"#;
+
+/// A meter park as the whole-job and fleet benchmarks run it.
+pub struct MeterPark<'a> {
+    pub site: &'a str,
+    pub client_id: &'a str,
+    /// First topic level before `{grid}/meter/{device}/telemetry`.
+    pub prefix: &'a str,
+    pub qos: u8,
+    pub port: u16,
+    pub store: &'a str,
+    pub rules: &'a std::path::Path,
+    pub builtin: bool,
+    pub grids: usize,
+    /// Device ids; device `i` is in grid `g{i % grids + 1}`.
+    pub devices: Vec<String>,
+}
+
+impl MeterPark<'_> {
+    /// The gateway config: JSON telemetry `{"ts_ns", "residual_ma", "temp_c", "voltage_v", "current_a"}`
+    /// subscribed at `qos` (a kept session at QoS 1), forwarded with gzip to `store`, incidents on
+    /// the same broker.
+    pub fn config(&self) -> String {
+        use std::fmt::Write as _;
+        let mut c = format!(
+            r#"[site]
+id = "{site}"
+[api]
+listen = "{{api}}"
+[rules]
+builtin = {builtin}
+dirs = [{rules:?}]
+[[mqtt.brokers]]
+id = "park"
+host = "127.0.0.1"
+port = {port}
+client_id = "{client_id}"
+persistent_session = {persistent}
+[[mqtt.subscriptions]]
+broker = "park"
+topic = "{prefix}/{{grid}}/meter/{{device}}/telemetry"
+qos = {qos}
+timestamp = {{ pointer = "/ts_ns", unit = "ns" }}
+[forward]
+outbox = "outbox.db"
+mqtt = {{ broker = "park" }}
+[[forward.targets]]
+id = "central"
+url = "{store}"
+org = "park"
+bucket = "telemetry"
+token = "t"
+gzip = true
+"#,
+            site = self.site,
+            builtin = self.builtin,
+            rules = self.rules.display().to_string(),
+            port = self.port,
+            client_id = self.client_id,
+            persistent = self.qos == 1,
+            prefix = self.prefix,
+            qos = self.qos,
+            store = self.store,
+        );
+        for g in 1..=self.grids {
+            let _ = writeln!(c, "[[grids]]\nid = \"g{g}\"");
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            let _ = writeln!(
+                c,
+                "[[devices]]\nid = \"{d}\"\ngrid = \"g{}\"\ncategory = \"electrical\"\npoints = [{{ name = \"residual_ma\", unit = \"mA\" }}, {{ name = \"temp_c\", unit = \"°C\" }}, {{ name = \"voltage_v\", unit = \"V\" }}, {{ name = \"current_a\", unit = \"A\" }}]",
+                i % self.grids + 1
+            );
+        }
+        c
+    }
+}
+
+/// One telemetry message of the meter park into `out` (cleared first); `noise` varies the other fields.
+pub fn meter_reading(out: &mut String, ts_ns: i64, residual_ma: f64, noise: u64) {
+    use std::fmt::Write as _;
+    out.clear();
+    let _ = write!(
+        out,
+        "{{\"ts_ns\":{ts_ns},\"residual_ma\":{residual_ma:.2},\"temp_c\":{:.1},\"voltage_v\":{:.1},\"current_a\":{:.2}}}",
+        35.0 + (noise % 100) as f64 / 10.0,
+        215.0 + (noise % 97) as f64 / 10.0,
+        (noise % 5000) as f64 / 100.0
+    );
+}
