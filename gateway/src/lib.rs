@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod people;
+pub mod report;
 pub mod rulestest;
 pub mod sim;
 pub mod source;

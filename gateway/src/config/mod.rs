@@ -12,6 +12,7 @@ pub mod history;
 pub mod hj212;
 pub mod notify;
 pub mod people;
+pub mod report;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,9 @@ pub struct Config {
     /// HJ 212-2017 listeners and the data loggers that report to them.
     #[serde(default)]
     pub hj212: hj212::Hj212,
+    /// How emission results are judged for disclosure and how energy is accounted.
+    #[serde(default)]
+    pub reports: report::Reports,
 }
 
 impl Config {

@@ -497,6 +497,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     p.0.extend(super::notify::validate(&mut config.notify, &grids, &brokers, base));
     p.0.extend(super::history::validate(&mut config.history, base));
     p.0.extend(super::hj212::validate(config, base));
+    p.0.extend(super::report::validate(&config.reports, &config.devices));
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",

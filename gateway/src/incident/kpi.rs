@@ -135,6 +135,40 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// An incident as a report links it: id, rule, raised and returned (or closed) times (UTC ns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    pub id: i64,
+    pub rule: String,
+    pub raised_at: i64,
+    pub ended_at: Option<i64>,
+}
+
+/// The incidents of `device`'s `point` in `category` that were active at some time in `[from, to)`
+/// (UTC ns), oldest first.
+///
+/// # Errors
+/// A database error.
+pub fn active_between(
+    conn: &Connection,
+    device: &str,
+    point: &str,
+    category: &str,
+    from: i64,
+    to: i64,
+) -> Result<Vec<Linked>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, rule, raised_at, COALESCE(returned_at, closed_at) FROM incidents
+         WHERE device = ?1 AND point = ?2 AND category = ?3 AND raised_at < ?5
+           AND COALESCE(returned_at, closed_at, ?5) >= ?4
+         ORDER BY raised_at, id",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![device, point, category, from, to], |r| {
+        Ok(Linked { id: r.get(0)?, rule: r.get(1)?, raised_at: r.get(2)?, ended_at: r.get(3)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The KPIs of `grids` (every grid with incidents when empty) for the window `[from, to)` (UTC ns).
 ///
 /// # Errors

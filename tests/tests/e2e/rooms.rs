@@ -27,6 +27,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("notify", &["config", "incident", "people"][..]),
         // Its `[history]` settings; samples come in through the core's tap, wired by `app`.
         ("history", &["config"][..]),
+        // Reports read the history's rollups and the incidents through their read sides.
+        ("report", &["config", "history", "incident"][..]),
         ("broker", &["config"][..]),
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
@@ -35,14 +37,14 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
             "api",
             &[
                 "audit", "auth", "config", "core", "forward", "history", "incident", "metrics", "notify", "people",
-                "source",
+                "report", "source",
             ][..],
         ),
         (
             "app",
             &[
                 "api", "audit", "auth", "broker", "config", "core", "forward", "history", "incident", "metrics",
-                "notify", "people", "sim", "source",
+                "notify", "people", "report", "sim", "source",
             ][..],
         ),
     ])
