@@ -292,6 +292,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         access: api::Access { auth, metrics_auth: config.api.metrics_auth, cookie_secure: config.cookie_secure() },
         streams: streams.clone(),
         hj212: hj212_status,
+        reports: Arc::new(crate::report::Reporter::new(&config, registry.clone())),
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     let ctx = SourceContext {

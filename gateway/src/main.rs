@@ -104,6 +104,45 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// Emission compliance and energy reports from the edge history. 排放与能耗报表。
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Every monitoring point against the national limits that apply to it. 排放达标报告。
+    Emissions(ReportArgs),
+    /// Energy per meter, building, tenant and grid. 能耗台账。
+    Energy(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// A month (2026-11), a day (2026-11-05) or days (2026-11-01..2026-11-15), local dates.
+    #[arg(long)]
+    period: String,
+    /// Only this device or device/point (repeatable).
+    #[arg(long, value_name = "DEVICE[/POINT]")]
+    point: Vec<String>,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+    format: ReportFormat,
+    #[arg(long, value_enum, default_value_t = Lang::Zh)]
+    lang: Lang,
+    /// Write to this file instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Html,
+    Csv,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -311,7 +350,42 @@ fn main() -> ExitCode {
         Command::Devices { command: DevicesCommand::Import { config, file, apply, lang } } => {
             devices_import(&config, &file, apply, lang)
         }
+        Command::Report { command: ReportCommand::Emissions(args) } => report(make_report(&args, false)),
+        Command::Report { command: ReportCommand::Energy(args) } => report(make_report(&args, true)),
     }
+}
+
+/// `parkwatch report emissions|energy`: computed from the history and incident databases of the
+/// config (read-only; the gateway may be running).
+fn make_report(args: &ReportArgs, energy: bool) -> anyhow::Result<()> {
+    use parkwatch::report::{self, Format, Period, Reporter};
+    let config = config::load(&args.config)?;
+    let period = Period::parse(&args.period)?;
+    let registry = std::sync::Arc::new(parkwatch::model::Registry::from_config(&config));
+    let reporter = Reporter::new(&config, registry);
+    let format = match args.format {
+        ReportFormat::Html => Format::Html,
+        ReportFormat::Csv => Format::Csv,
+        ReportFormat::Json => Format::Json,
+    };
+    let lang = match args.lang {
+        Lang::Zh => config::Lang::Zh,
+        Lang::En => config::Lang::En,
+    };
+    let all = |_: &str| true;
+    let text = if energy {
+        report::render::energy(&reporter.energy(&period, &args.point, &all)?, format, lang)
+    } else {
+        report::render::emissions(&reporter.emissions(&period, &args.point, &all)?, format, lang)
+    };
+    match &args.out {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?,
+        None => {
+            use std::io::Write as _;
+            std::io::stdout().lock().write_all(text.as_bytes()).context("cannot write the report")?;
+        }
+    }
+    Ok(())
 }
 
 /// `parkwatch devices import`: the whole config validated with `file` as its first device file, the

@@ -88,6 +88,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
         admin::create_token(&conn, "bench", Role::Officer, Some(vec!["g1".into()]), None, &["g1".into()], by).unwrap();
     let auth = Auth::open(&auth_path, Default::default(), audit.clone()).unwrap();
     let state = AppState {
+        reports: Arc::new(parkwatch::report::Reporter::new(&config, registry.clone())),
         registry,
         core: handle,
         metrics,

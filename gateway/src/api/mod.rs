@@ -23,6 +23,7 @@ mod history;
 mod incidents;
 mod metrics;
 mod people;
+mod reports;
 pub mod stream;
 pub mod tls;
 
@@ -82,6 +83,8 @@ pub struct AppState {
     pub streams: stream::Streams,
     /// HJ 212 listeners and loggers.
     pub hj212: Arc<crate::source::hj212::Hj212Status>,
+    /// Emission and energy reports from the history.
+    pub reports: Arc<crate::report::Reporter>,
 }
 
 /// Authentication and what the config says about it.
@@ -213,6 +216,9 @@ pub fn routes() -> Vec<Route> {
         get_r("/api/v1/duty", viewer, people::duty),
         get_r("/api/v1/patrols", viewer, people::patrols),
         get_r("/api/v1/grids/{id}/kpis", viewer, people::kpis),
+        // Grid-scoped like the points: a caller's report holds the monitoring points of their grids.
+        get_r("/api/v1/reports/emissions", viewer, reports::emissions),
+        get_r("/api/v1/reports/energy", viewer, reports::energy),
         get_r("/api/v1/notifications", viewer, incidents::notifications),
         get_r("/api/v1/rules", viewer, incidents::rules),
         post_r("/api/v1/rules/reload", admin, incidents::reload),

@@ -77,6 +77,11 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
     );
     let state = AppState {
         people: Arc::new(crate::people::Directory::from_config(&config)),
+        // Like `history`: this state keeps none.
+        reports: Arc::new(crate::report::Reporter {
+            history: None,
+            ..crate::report::Reporter::new(&config, registry.clone())
+        }),
         registry,
         core,
         metrics,

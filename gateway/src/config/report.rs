@@ -220,3 +220,64 @@ pub fn in_period(m: u32, from: u32, to: u32) -> bool {
         m >= from || m < to
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn problems(reports: &str) -> Vec<(String, String)> {
+        let text = format!(
+            "[site]\nid = \"p\"\n[[grids]]\nid = \"g1\"\n[[devices]]\nid = \"m1\"\ngrid = \"g1\"\ncategory = \"energy\"\npoints = [{{ name = \"energy\", unit = \"kWh\" }}]\n[reports]\n{reports}"
+        );
+        match crate::config::from_str(&text, "t.toml".as_ref(), ".".as_ref()) {
+            Ok(_) => Vec::new(),
+            Err(crate::config::ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| (p.path, p.message)).collect()
+            }
+            Err(e) => vec![("?".into(), e.to_string())],
+        }
+    }
+
+    #[test]
+    fn reports_settings_are_checked_with_their_key_paths() {
+        assert!(problems("tou = [{ bucket = \"valley\", from = \"23:00\", to = \"07:00\" }]").is_empty());
+        let p = problems(
+            r#"hour_min_minutes = 61
+noise_min_coverage = 0.0
+tou = [
+  { bucket = "valley", from = "23:00", to = "07:00" },
+  { bucket = "offpeak", from = "25:00", to = "08:00" },
+  { bucket = "peak", from = "06:00", to = "09:00" },
+]
+[[reports.replacements]]
+device = "m2"
+at = "yesterday"
+new_initial = -1.0
+"#,
+        );
+        let paths: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "reports.hour_min_minutes",
+                "reports.noise_min_coverage",
+                "reports.tou[1].bucket",
+                "reports.tou[1].from",
+                "reports.tou[2]",
+                "reports.replacements[0].device",
+                "reports.replacements[0].at",
+                "reports.replacements[0].new_initial",
+            ],
+            "{p:?}"
+        );
+        assert!(p[4].1.contains("overlaps reports.tou[0] at 06:00"), "{p:?}");
+    }
+
+    #[test]
+    fn periods_across_midnight() {
+        use super::in_period;
+        assert!(
+            in_period(23 * 60, 23 * 60, 7 * 60) && in_period(0, 23 * 60, 7 * 60) && in_period(419, 23 * 60, 7 * 60)
+        );
+        assert!(!in_period(420, 23 * 60, 7 * 60) && !in_period(22 * 60 + 59, 23 * 60, 7 * 60));
+        assert!(in_period(8 * 60, 8 * 60, 12 * 60) && !in_period(12 * 60, 8 * 60, 12 * 60));
+    }
+}

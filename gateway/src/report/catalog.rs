@@ -330,8 +330,11 @@ pub fn resolve(config: &Config, reg: &Registry, d: &DeviceInfo, point: &str) -> 
     (out, problems)
 }
 
-/// The monitoring points of the configuration: (device index, point name) → its limits.
-pub fn monitoring_points(config: &Config, reg: &Registry) -> (BTreeMap<(usize, String), Vec<Resolved>>, Vec<String>) {
+/// Monitoring points by (device index, point name), with their limits.
+pub type Points = BTreeMap<(usize, String), Vec<Resolved>>;
+
+/// The monitoring points of the configuration, and why any of them has no limit.
+pub fn monitoring_points(config: &Config, reg: &Registry) -> (Points, Vec<String>) {
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
     for (di, d) in reg.devices.iter().enumerate() {

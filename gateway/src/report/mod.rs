@@ -13,7 +13,6 @@ pub mod emissions;
 pub mod energy;
 pub mod render;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -171,7 +170,7 @@ pub struct Reporter {
     /// GB 12348 night period, minutes after local midnight.
     pub night: (u32, u32),
     /// Monitoring points (device index, point) and their limits.
-    pub points: BTreeMap<(usize, String), Vec<catalog::Resolved>>,
+    pub points: catalog::Points,
     /// Why a monitoring point has no limit (an unknown class).
     pub problems: Vec<String>,
     pub history: Option<PathBuf>,

@@ -471,7 +471,15 @@ fn emissions_html(r: &EmissionReport, lang: Lang) -> String {
             .limits
             .iter()
             .enumerate()
-            .map(|(i, l)| (t(lang, l.name_zh, l.name_en).to_owned(), colours[i % colours.len()], daily_values(p, l)))
+            .map(|(i, l)| {
+                let name = match l.window {
+                    "1h" | "1h_range" => {
+                        format!("{}{}", t(lang, l.name_zh, l.name_en), t(lang, "（日最大）", " (daily max)"))
+                    }
+                    _ => t(lang, l.name_zh, l.name_en).to_owned(),
+                };
+                (name, colours[i % colours.len()], daily_values(p, l))
+            })
             .collect();
         let mut limits: Vec<(String, f64)> = Vec::new();
         for l in &p.limits {

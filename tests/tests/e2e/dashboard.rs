@@ -70,7 +70,7 @@ fn program(names: &[&str]) -> Option<PathBuf> {
 }
 
 /// chromedriver on a free port, and one browser session of headless Chromium.
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     url: String,
     session: String,
@@ -78,7 +78,7 @@ struct Browser {
 }
 
 impl Browser {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         const INSTALL: &str = "apt-get install -y chromium chromium-driver fonts-wqy-microhei";
         let chromium = program(&["chromium", "chromium-browser"])
             .unwrap_or_else(|| panic!("the dashboard test needs Debian's chromium; install it with `{INSTALL}`"));
@@ -131,12 +131,12 @@ impl Browser {
         self.call(method, &format!("/session/{}{path}", self.session), Some(&body))
     }
 
-    fn open(&self, url: &str) {
+    pub(crate) fn open(&self, url: &str) {
         self.cmd("POST", "/url", json!({ "url": url }));
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page and returns its value.
-    fn js(&self, script: &str, args: Value) -> Value {
+    pub(crate) fn js(&self, script: &str, args: Value) -> Value {
         self.cmd("POST", "/execute/sync", json!({ "script": script, "args": args }))
     }
 
@@ -161,7 +161,7 @@ impl Browser {
     }
 
     /// Resizes the window and checks the page got that viewport.
-    fn viewport(&self, width: u32, height: u32) {
+    pub(crate) fn viewport(&self, width: u32, height: u32) {
         self.cmd("POST", "/window/rect", json!({ "width": width, "height": height }));
         let w = self.js("return window.innerWidth;", json!([]));
         let shown = w.as_u64().unwrap_or(0);
@@ -174,7 +174,7 @@ impl Browser {
     }
 
     /// Writes a PNG screenshot to `path` and checks it is one of the viewport's width.
-    fn screenshot(&self, path: &Path, width: u32) {
+    pub(crate) fn screenshot(&self, path: &Path, width: u32) {
         use base64::Engine as _;
         let v = self.call("GET", &format!("/session/{}/screenshot", self.session), None);
         let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
@@ -183,6 +183,18 @@ impl Browser {
         let ratio = self.js("return window.devicePixelRatio;", json!([])).as_f64().unwrap_or(1.0);
         assert_eq!(f64::from(w), f64::from(width) * ratio, "screenshot width of {}", path.display());
         std::fs::write(path, &png).unwrap();
+    }
+}
+
+impl Browser {
+    /// Prints the page to PDF (WebDriver's Print Page) and writes it to `path`; returns its size.
+    pub(crate) fn print_pdf(&self, path: &Path) -> usize {
+        use base64::Engine as _;
+        let v = self.cmd("POST", "/print", json!({ "orientation": "portrait", "background": true }));
+        let pdf = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+        assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
+        std::fs::write(path, &pdf).unwrap();
+        pdf.len()
     }
 }
 
@@ -203,7 +215,7 @@ fn incident_of(gw: &Gateway, device: &str) -> Option<i64> {
     open.as_array()?.iter().find(|i| i["device"] == device)?["id"].as_i64()
 }
 
-fn artifacts() -> PathBuf {
+pub(crate) fn artifacts() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&dir).unwrap();
     dir

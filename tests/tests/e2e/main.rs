@@ -13,6 +13,7 @@ mod history;
 mod modbus;
 mod mqtt;
 mod notify;
+mod report;
 mod rooms;
 mod rules;
 mod systemd;

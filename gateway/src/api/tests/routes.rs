@@ -57,6 +57,8 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("GET", "/api/v1/duty") => (viewer, ""),
         ("GET", "/api/v1/patrols") => (viewer, ""),
         ("GET", "/api/v1/grids/{id}/kpis") => (viewer, ""),
+        ("GET", "/api/v1/reports/emissions") => (viewer, ""),
+        ("GET", "/api/v1/reports/energy") => (viewer, ""),
         ("GET", "/api/v1/notifications") => (viewer, ""),
         ("GET", "/api/v1/rules") => (viewer, ""),
         ("POST", "/api/v1/rules/reload") => (Need::Role(Role::Admin), ""),
@@ -99,6 +101,8 @@ fn expected(method: &str, path: &str, caller: Option<&(Role, Grids)>, own: bool)
         "/api/v1/incidents/{id}/shelve" => StatusCode::CONFLICT,
         // This state's site has no plan.
         "/api/v1/site/plan" => StatusCode::NOT_FOUND,
+        // This state keeps no history, which reports are computed from.
+        "/api/v1/reports/emissions" | "/api/v1/reports/energy" => StatusCode::NOT_FOUND,
         // No rules run in this state, so there is nothing to reload.
         "/api/v1/rules/reload" => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,
