@@ -295,6 +295,11 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         reports: Arc::new(crate::report::Reporter::new(&config, registry.clone())),
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
+    // The gateway's own health goes to the central stores once a minute (measurement `gateway`),
+    // through the outbox like every other line.
+    let gateway_health = forwarder
+        .as_ref()
+        .map(|f| tokio::spawn(api::health::report_gateway_health(state.clone(), f.health_sender(), shutdown.clone())));
     let ctx = SourceContext {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -406,6 +411,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     let _ = health_task.await;
+    if let Some(t) = gateway_health {
+        let _ = t.await;
+    }
     if let Some(c) = central {
         let _ = c.await;
     }

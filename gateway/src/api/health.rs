@@ -341,6 +341,64 @@ pub(super) async fn health(State(st): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// How often the gateway writes its own health into the outbox (measurement `gateway`).
+pub const GATEWAY_HEALTH_EVERY: Duration = Duration::from_secs(60);
+
+/// The gateway's health counters now, read from the atomics `/metrics` exports:
+/// `parkwatch_core_samples_total`, `parkwatch_mqtt_rejects_total` and `parkwatch_hj212_rejects_total`
+/// (all reasons), `parkwatch_outbox_batches`, `parkwatch_outbox_bytes`, `parkwatch_forward_retries_total`
+/// and `parkwatch_forward_dead_letters_total` (all targets), `parkwatch_outbox_incident_lag` and
+/// `parkwatch_history_dropped_samples_total`.
+pub fn gateway_health(st: &AppState, ts: i64) -> crate::forward::line::GatewayHealth {
+    let m = &st.metrics;
+    let mqtt_rejects: u64 = m.subscriptions.iter().flat_map(|s| s.rejects.iter()).map(|r| r.load(Relaxed)).sum();
+    let hj212_rejects: u64 = st
+        .hj212
+        .listeners
+        .iter()
+        .flat_map(|l| l.rejects.iter())
+        .chain(st.hj212.loggers.iter().flat_map(|l| l.rejects.iter()))
+        .map(|r| r.load(Relaxed))
+        .sum();
+    let fwd = st.forward.as_deref();
+    let targets = |get: fn(&crate::forward::writer::TargetMetrics) -> u64| -> u64 {
+        fwd.map_or(0, |f| f.targets.iter().map(|t| get(t)).sum())
+    };
+    crate::forward::line::GatewayHealth {
+        ts,
+        samples_total: m.core.samples.load(Relaxed),
+        rejects_total: mqtt_rejects + hj212_rejects,
+        outbox_batches: fwd.map_or(0, |f| f.outbox.batches.load(Relaxed)),
+        outbox_bytes: fwd.map_or(0, |f| f.outbox.bytes.load(Relaxed)),
+        write_retries_total: targets(|t| t.retries.load(Relaxed)),
+        dead_letters_total: targets(|t| t.dead_letters.load(Relaxed)),
+        incident_lag: fwd.map_or(0, |f| f.outbox.incident_lag.load(Relaxed)),
+        history_dropped_samples_total: st.history.as_ref().map_or(0, |h| h.metrics.dropped_samples.load(Relaxed)),
+    }
+}
+
+/// Hands the forwarder a health reading at start and every [`GATEWAY_HEALTH_EVERY`] until
+/// `shutdown`; a reading the forwarder has no room for is skipped (the next one carries the counters on).
+pub async fn report_gateway_health(
+    st: AppState,
+    tx: tokio::sync::mpsc::Sender<crate::forward::line::GatewayHealth>,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(GATEWAY_HEALTH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+            tx.try_send(gateway_health(&st, crate::model::time::now_ns()))
+        {
+            tracing::debug!("The outbox appender is behind; this minute's gateway health reading is skipped.");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

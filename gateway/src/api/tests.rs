@@ -475,6 +475,48 @@ mod health {
         assert!(text.contains("\nparkwatch_up 1\n"), "{text}");
     }
 
+    /// The `gateway` line the forwarder writes once a minute carries what `/metrics` shows (summed
+    /// over subscriptions, reasons, listeners, loggers and targets).
+    #[tokio::test]
+    async fn gateway_health_reads_what_metrics_shows() {
+        let st = with_components();
+        st.metrics.core.samples.store(1234, Relaxed);
+        st.metrics.subscriptions[0].rejects[0].store(3, Relaxed);
+        st.hj212.listeners[0].rejects[0].store(1, Relaxed);
+        st.hj212.loggers[0].rejects[1].store(2, Relaxed);
+        let f = st.forward.as_ref().unwrap();
+        f.outbox.batches.store(5, Relaxed);
+        f.outbox.bytes.store(4096, Relaxed);
+        f.outbox.incident_lag.store(7, Relaxed);
+        f.targets[0].retries.store(9, Relaxed);
+        f.targets[0].dead_letters.store(4, Relaxed);
+        st.history.as_ref().unwrap().metrics.dropped_samples.store(11, Relaxed);
+        let text = metrics_text(&router(st.clone())).await;
+        let sum = |family: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.strip_prefix(family).is_some_and(|rest| rest.starts_with(['{', ' '])))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        let h = crate::api::health::gateway_health(&st, 42);
+        let shown = crate::forward::line::GatewayHealth {
+            ts: 42,
+            samples_total: sum("parkwatch_core_samples_total"),
+            rejects_total: sum("parkwatch_mqtt_rejects_total") + sum("parkwatch_hj212_rejects_total"),
+            outbox_batches: sum("parkwatch_outbox_batches"),
+            outbox_bytes: sum("parkwatch_outbox_bytes"),
+            write_retries_total: sum("parkwatch_forward_retries_total"),
+            dead_letters_total: sum("parkwatch_forward_dead_letters_total"),
+            incident_lag: sum("parkwatch_outbox_incident_lag"),
+            history_dropped_samples_total: sum("parkwatch_history_dropped_samples_total"),
+        };
+        assert_eq!(h, shown, "{text}");
+        assert_eq!(
+            (h.samples_total, h.rejects_total, h.outbox_bytes, h.history_dropped_samples_total),
+            (1234, 6, 4096, 11)
+        );
+    }
+
     /// Which metric family each counter struct is exported under, and counters whose metric name does
     /// not contain the field name (a unit conversion).
     const PREFIXES: &[(&str, &str)] = &[

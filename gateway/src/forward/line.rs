@@ -4,13 +4,148 @@
 //!
 //! Each device's escaped `measurement,tags ` prefix and each point's escaped field key are built once
 //! at start, so encoding a sample only appends to the output buffer.
+//!
+//! The measurement names, tag keys and field keys below are the store's schema: the encoder writes
+//! with them and [`schema`] lists them, so the Grafana dashboards in `dashboards/` can be checked
+//! against what the gateway really writes.
 
 use std::fmt::Write as _;
 
 use crate::audit::Record;
 use crate::config::PointKind;
 use crate::incident::changes::{change_code, severity_level, state_code, ChangeRow};
-use crate::model::{Registry, Sample};
+use crate::model::{DeviceInfo, Registry, Sample};
+
+mod schema;
+pub use schema::{schema, FieldType, Measurement, Schema, SchemaField};
+
+/// Tag keys of every sample line, in the order written; the device's configured tags follow, and
+/// never shadow them. The measurement is the device's category, the fields its points.
+pub const SAMPLE_TAGS: [&str; 3] = ["device", "grid", "site"];
+
+/// Measurement of incident changes.
+pub const INCIDENT: &str = "incident";
+/// Tag keys of an incident line, in the order written (an empty value is left out).
+pub const INCIDENT_TAGS: [&str; 6] = ["category", "device", "grid", "rule", "severity", "site"];
+/// Field keys of an incident line, in the order written; `value` only when the change has a finite one.
+pub const INCIDENT_FIELDS: [(&str, FieldType); 9] = [
+    ("id", FieldType::Int),
+    ("seq", FieldType::Int),
+    ("state_code", FieldType::Int),
+    ("severity_level", FieldType::Int),
+    ("change_code", FieldType::Int),
+    ("state", FieldType::String),
+    ("change", FieldType::String),
+    ("value", FieldType::Float),
+    ("message", FieldType::String),
+];
+
+/// Measurement of audit records.
+pub const AUDIT: &str = "audit";
+/// Tag keys of an audit line (few values, so few series).
+pub const AUDIT_TAGS: [&str; 3] = ["action", "outcome", "site"];
+/// Field keys of an audit line, in the order written.
+pub const AUDIT_FIELDS: [(&str, FieldType); 7] = [
+    ("seq", FieldType::Int),
+    ("actor", FieldType::String),
+    ("source", FieldType::String),
+    ("target", FieldType::String),
+    ("detail", FieldType::String),
+    ("prev_hash", FieldType::String),
+    ("hash", FieldType::String),
+];
+
+/// Measurement of the gateway's own health, written once a minute ([`GatewayHealth`]).
+pub const GATEWAY: &str = "gateway";
+/// Tag keys of a gateway health line.
+pub const GATEWAY_TAGS: [&str; 1] = ["site"];
+/// Field keys of a gateway health line, in the order written (all integers; see [`GatewayHealth`]).
+pub const GATEWAY_FIELDS: [(&str, FieldType); 8] = [
+    ("samples_total", FieldType::Int),
+    ("rejects_total", FieldType::Int),
+    ("outbox_batches", FieldType::Int),
+    ("outbox_bytes", FieldType::Int),
+    ("write_retries_total", FieldType::Int),
+    ("dead_letters_total", FieldType::Int),
+    ("incident_lag", FieldType::Int),
+    ("history_dropped_samples_total", FieldType::Int),
+];
+
+// ---- energy_daily -------------------------------------------------------------------------------
+// Written by the reports (issue 14), not by this encoder: one line per (metered device, point, local
+// day), stamped with the start of the local day in ns. Its names live here so the writer and
+// [`schema`] share one definition.
+
+/// Measurement of daily energy figures.
+pub const ENERGY_DAILY: &str = "energy_daily";
+/// Tag keys every energy_daily line has.
+pub const ENERGY_DAILY_TAGS: [&str; 4] = ["device", "grid", "point", "site"];
+/// Tag keys an energy_daily line has when the device has a (non-empty) tag of that name.
+pub const ENERGY_DAILY_DEVICE_TAGS: [&str; 2] = ["building", "tenant"];
+/// Fields of every energy_daily line: kWh of the day, the largest 15-minute demand in kW, and the
+/// minutes of the day without readings.
+pub const ENERGY_DAILY_FIELDS: [(&str, FieldType); 3] =
+    [("kwh", FieldType::Float), ("peak_kw", FieldType::Float), ("gap_minutes", FieldType::Float)];
+/// Prefix of the per time-of-use bucket kWh fields: `tou_<bucket>`, one float per configured bucket.
+pub const ENERGY_DAILY_TOU_PREFIX: &str = "tou_";
+/// The time-of-use buckets a site may configure (`[[reports.tou]]`), so the `tou_<bucket>` fields.
+pub const ENERGY_DAILY_TOU_BUCKETS: [&str; 4] = crate::config::report::TOU_BUCKETS;
+// ---- end of energy_daily ------------------------------------------------------------------------
+
+/// The gateway's health counters at one time, as `/metrics` shows them: written once a minute into
+/// the outbox as measurement [`GATEWAY`] with fields [`GATEWAY_FIELDS`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayHealth {
+    /// When the counters were read, UTC ns.
+    pub ts: i64,
+    /// Samples applied by the core.
+    pub samples_total: u64,
+    /// Messages or values refused by the sources (MQTT subscriptions and HJ 212), all reasons.
+    pub rejects_total: u64,
+    /// Batches held in the outbox.
+    pub outbox_batches: u64,
+    /// Bytes of line protocol held in the outbox.
+    pub outbox_bytes: u64,
+    /// Failed writes to the stores that will be retried, all targets.
+    pub write_retries_total: u64,
+    /// Lines the stores refused, parked as dead letters, all targets.
+    pub dead_letters_total: u64,
+    /// Incident changes committed in the incident store but not yet in the outbox.
+    pub incident_lag: u64,
+    /// Samples the edge history dropped because its channel was full.
+    pub history_dropped_samples_total: u64,
+}
+
+impl GatewayHealth {
+    /// The values in the order of [`GATEWAY_FIELDS`].
+    fn values(&self) -> [u64; GATEWAY_FIELDS.len()] {
+        [
+            self.samples_total,
+            self.rejects_total,
+            self.outbox_batches,
+            self.outbox_bytes,
+            self.write_retries_total,
+            self.dead_letters_total,
+            self.incident_lag,
+            self.history_dropped_samples_total,
+        ]
+    }
+}
+
+/// The tags of a device's sample lines, sorted by key: [`SAMPLE_TAGS`] and the device's configured
+/// tags with a value. Shared by the encoder and [`schema`].
+fn device_tags<'a>(registry: &'a Registry, d: &'a DeviceInfo, site: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut tags: Vec<(&str, &str)> =
+        SAMPLE_TAGS.iter().copied().zip([d.id.as_str(), &registry.grid(d.grid).id, site]).collect();
+    for (k, v) in &d.tags {
+        if !SAMPLE_TAGS.contains(&k.as_str()) && !v.is_empty() {
+            tags.push((k, v));
+        }
+    }
+    // Tag keys in lexical order, as InfluxDB prefers.
+    tags.sort_by(|a, b| a.0.cmp(b.0));
+    tags
+}
 
 /// Escapes a measurement name: commas and spaces.
 pub fn escape_measurement(s: &str, out: &mut String) {
@@ -82,16 +217,7 @@ impl Encoder {
             .map(|d| {
                 let mut p = String::new();
                 escape_measurement(&d.category, &mut p);
-                // Tag keys in lexical order, as InfluxDB prefers; configured tags never shadow ours.
-                let mut tags: Vec<(&str, &str)> =
-                    vec![("device", &d.id), ("grid", &registry.grid(d.grid).id), ("site", &site)];
-                for (k, v) in &d.tags {
-                    if !matches!(k.as_str(), "device" | "grid" | "site") && !v.is_empty() {
-                        tags.push((k, v));
-                    }
-                }
-                tags.sort_by(|a, b| a.0.cmp(b.0));
-                for (k, v) in tags {
+                for (k, v) in device_tags(registry, d, &site) {
                     p.push(',');
                     escape_key(k, &mut p);
                     p.push('=');
@@ -155,26 +281,14 @@ impl Encoder {
     /// severity and the kind of change both as strings and as numbers (for stores that keep only
     /// numbers), the incident id and the change's sequence number; at the change's unique timestamp.
     pub fn incident(&self, c: &ChangeRow, out: &mut String) {
-        out.push_str("incident");
-        for (k, v) in [
-            ("category", c.category.as_str()),
-            ("device", &c.device),
-            ("grid", &c.grid),
-            ("rule", &c.rule),
-            ("severity", &c.severity),
-            ("site", self.site.as_str()),
-        ] {
-            if v.is_empty() {
-                continue;
-            }
-            out.push(',');
-            out.push_str(k);
-            out.push('=');
-            escape_key(v, out);
-        }
+        out.push_str(INCIDENT);
+        let values = [c.category.as_str(), &c.device, &c.grid, &c.rule, &c.severity, &self.site];
+        push_tags(&INCIDENT_TAGS, values, out);
+        let [id, seq, state_code_key, severity_level_key, change_code_key, state, change, value, message] =
+            INCIDENT_FIELDS.map(|(k, _)| k);
         let _ = write!(
             out,
-            " id={}i,seq={}i,state_code={}i,severity_level={}i,change_code={}i,state=",
+            " {id}={}i,{seq}={}i,{state_code_key}={}i,{severity_level_key}={}i,{change_code_key}={}i,{state}=",
             c.id,
             c.seq,
             state_code(&c.state),
@@ -182,13 +296,13 @@ impl Encoder {
             change_code(&c.change)
         );
         quote_string(&c.state, out);
-        out.push_str(",change=");
+        let _ = write!(out, ",{change}=");
         quote_string(&c.change, out);
         if let Some(v) = c.value.filter(|v| v.is_finite()) {
-            out.push_str(",value=");
+            let _ = write!(out, ",{value}=");
             push_float(v, out);
         }
-        out.push_str(",message=");
+        let _ = write!(out, ",{message}=");
         quote_string(&c.message, out);
         let _ = writeln!(out, " {}", c.ts);
     }
@@ -199,31 +313,42 @@ impl Encoder {
     /// source, target, detail and both hashes as string fields, `seq` as an integer; at the record's
     /// time, which the audit log keeps unique and increasing.
     pub fn audit(&self, r: &Record, out: &mut String) {
-        out.push_str("audit");
-        for (k, v) in [("action", r.action.as_str()), ("outcome", &r.outcome), ("site", &self.site)] {
-            if v.is_empty() {
-                continue;
-            }
-            out.push(',');
-            out.push_str(k);
-            out.push('=');
-            escape_key(v, out);
-        }
-        let _ = write!(out, " seq={}i", r.seq);
-        for (k, v) in [
-            ("actor", &r.actor),
-            ("source", &r.source),
-            ("target", &r.target),
-            ("detail", &r.detail),
-            ("prev_hash", &r.prev_hash),
-            ("hash", &r.hash),
-        ] {
+        out.push_str(AUDIT);
+        push_tags(&AUDIT_TAGS, [r.action.as_str(), &r.outcome, &self.site], out);
+        let [(seq, _), strings @ ..] = &AUDIT_FIELDS;
+        let _ = write!(out, " {seq}={}i", r.seq);
+        for ((k, _), v) in strings.iter().zip([&r.actor, &r.source, &r.target, &r.detail, &r.prev_hash, &r.hash]) {
             out.push(',');
             out.push_str(k);
             out.push('=');
             quote_string(v, out);
         }
         let _ = writeln!(out, " {}", r.time_ns);
+    }
+
+    /// Appends one line of the gateway's own health: measurement [`GATEWAY`], tag `site`, the
+    /// counters as integers, at the time they were read.
+    pub fn gateway(&self, h: &GatewayHealth, out: &mut String) {
+        out.push_str(GATEWAY);
+        push_tags(&GATEWAY_TAGS, [self.site.as_str()], out);
+        for (i, ((k, _), v)) in GATEWAY_FIELDS.iter().zip(h.values()).enumerate() {
+            out.push(if i == 0 { ' ' } else { ',' });
+            let _ = write!(out, "{k}={}i", v.min(i64::MAX as u64));
+        }
+        let _ = writeln!(out, " {}", h.ts);
+    }
+}
+
+/// Appends `,key=value` for each tag with a value (keys are plain names, values escaped).
+fn push_tags<const N: usize>(keys: &[&str; N], values: [&str; N], out: &mut String) {
+    for (k, v) in keys.iter().zip(values) {
+        if v.is_empty() {
+            continue;
+        }
+        out.push(',');
+        out.push_str(k);
+        out.push('=');
+        escape_key(v, out);
     }
 }
 
@@ -310,6 +435,30 @@ points = [{ name = "kwh" }]
             "electrical,building=B\\ 11\\,\\ east\\=wing,device=配电柜1,grid=g1,site=xh,voltage=380 ua=229.5,door_open=true,count=3i 5\n\
              electrical,building=B\\ 11\\,\\ east\\=wing,device=配电柜1,grid=g1,site=xh,voltage=380 ua=230.0 6\n\
              energy,device=m2,grid=g1,site=xh kwh=12.0 6\n"
+        );
+    }
+
+    #[test]
+    fn gateway_health_is_one_line_of_integers_tagged_with_the_site() {
+        let enc = Encoder::new(&registry());
+        let h = GatewayHealth {
+            ts: 1_700_000_000_000_000_000,
+            samples_total: 12_345,
+            rejects_total: 7,
+            outbox_batches: 3,
+            outbox_bytes: 4096,
+            write_retries_total: 2,
+            dead_letters_total: 1,
+            incident_lag: 0,
+            history_dropped_samples_total: u64::MAX,
+        };
+        let mut out = String::new();
+        enc.gateway(&h, &mut out);
+        assert_eq!(
+            out,
+            "gateway,site=xh samples_total=12345i,rejects_total=7i,outbox_batches=3i,outbox_bytes=4096i,\
+             write_retries_total=2i,dead_letters_total=1i,incident_lag=0i,history_dropped_samples_total=9223372036854775807i \
+             1700000000000000000\n"
         );
     }
 

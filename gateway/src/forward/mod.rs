@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use self::line::Encoder;
+use self::line::{Encoder, GatewayHealth};
 use self::outbox::{Cursor, Kind, Outbox, OutboxError};
 use self::writer::{TargetMetrics, TargetSpec};
 use crate::audit::AuditReader;
@@ -80,6 +80,8 @@ pub struct ForwardMetrics {
 /// The running forwarder: stop it after the core has stopped.
 pub struct Forwarder {
     pub metrics: Arc<ForwardMetrics>,
+    /// The gateway's own health readings, which the appender writes as `gateway` lines.
+    health: mpsc::Sender<GatewayHealth>,
     stop: Arc<AtomicBool>,
     appender: std::thread::JoinHandle<()>,
     writers: Vec<std::thread::JoinHandle<()>>,
@@ -154,6 +156,8 @@ pub fn start(
     }
     let incident_cursor = outbox.incident_cursor()?;
     let audit_cursor = outbox.audit_cursor()?;
+    // A reading a minute: a few slots are plenty; a full channel skips a reading (see `health_sender`).
+    let (health, health_rx) = mpsc::channel(4);
     let appender = Appender {
         encoder: Encoder::new(&registry),
         registry,
@@ -176,13 +180,20 @@ pub fn start(
     };
     let appender = std::thread::Builder::new()
         .name("outbox".into())
-        .spawn(move || appender.run(batches, incidents, audit))
+        .spawn(move || appender.run(batches, incidents, audit, health_rx))
         .map_err(ForwardError::Thread)?;
     info!(targets = metrics.targets.len(), outbox = %f.outbox.display(), "Forwarding started.");
-    Ok(Forwarder { metrics, stop, appender, writers })
+    Ok(Forwarder { metrics, health, stop, appender, writers })
 }
 
 impl Forwarder {
+    /// Where the gateway's health readings go: each becomes one `gateway` line, committed to the
+    /// outbox with the telemetry and forwarded like it. Use `try_send`: when the appender is so far
+    /// behind that its few slots are full, that minute's reading is not worth waiting for.
+    pub fn health_sender(&self) -> mpsc::Sender<GatewayHealth> {
+        self.health.clone()
+    }
+
     /// Waits for the appender to commit what the core handed over (it ends when the core's sender is
     /// gone), then stops the writers. Whatever they have not sent stays in the outbox for next time.
     pub fn stop(self) {
@@ -252,7 +263,9 @@ impl Appender {
         mut batches: mpsc::Receiver<Batch>,
         incidents: Option<(ChangeLog, watch::Receiver<i64>)>,
         audit: Option<(AuditReader, watch::Receiver<i64>)>,
+        health: mpsc::Receiver<GatewayHealth>,
     ) {
+        let mut health = Some(health);
         let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -293,6 +306,10 @@ impl Appender {
                         }
                         None => break,
                     },
+                    h = recv_health(&mut health) => {
+                        self.take_health(&h);
+                        since.get_or_insert_with(tokio::time::Instant::now);
+                    }
                     r = changed(&mut committed) => {
                         if r.is_err() {
                             committed = None;
@@ -370,6 +387,18 @@ impl Appender {
             }
         }
         self.pool.put(std::mem::take(&mut b.samples));
+    }
+
+    /// Encodes a health reading into the pending telemetry, within the same bound as `take`: while
+    /// the outbox fails and holds its fill, the reading is counted lost (one per field) instead.
+    fn take_health(&mut self, h: &GatewayHealth) {
+        if self.retry_at.is_some() && self.lines >= self.batch_lines.saturating_mul(4) {
+            let n = line::GATEWAY_FIELDS.len() as u64;
+            self.metrics.outbox.lost_samples.fetch_add(n, Ordering::Relaxed);
+        } else {
+            self.encoder.gateway(h, &mut self.pending);
+            self.lines += 1;
+        }
     }
 
     /// Commits the pending telemetry; on failure keeps it and schedules a retry.
@@ -541,6 +570,19 @@ impl Appender {
         self.last_drop_incident = Some(Instant::now());
         if !self.core.system_incident("forward.dropped", message) {
             error!("Could not raise the system incident for dropped data; the core is busy.");
+        }
+    }
+}
+
+/// The next health reading; pending forever once every sender is gone.
+async fn recv_health(rx: &mut Option<mpsc::Receiver<GatewayHealth>>) -> GatewayHealth {
+    loop {
+        match rx {
+            Some(r) => match r.recv().await {
+                Some(h) => return h,
+                None => *rx = None,
+            },
+            None => std::future::pending::<()>().await,
         }
     }
 }

@@ -8,6 +8,7 @@ mod demo;
 mod dlt645;
 mod durability;
 mod forward;
+mod grafana;
 mod health;
 mod history;
 mod modbus;

@@ -308,3 +308,107 @@ proptest! {
         prop_assert_eq!(got, vec![Line { measurement: "incident".into(), tags, fields, ts: at }], "{}", out);
     }
 }
+
+/// Every line the encoder writes names a measurement, tag keys and field keys (of the right type)
+/// that [`schema`] lists: what the dashboards are checked against is what the store gets.
+#[test]
+fn every_line_written_is_in_the_schema() {
+    let text = r#"
+[site]
+id = "xh"
+[[grids]]
+id = "g1"
+[[devices]]
+id = "m1"
+grid = "g1"
+category = "electrical"
+tags = { building = "B 1", empty = "" }
+points = [{ name = "ua" }, { name = "door_open", kind = "bool" }, { name = "n", kind = "int" }]
+[[devices]]
+id = "e1"
+grid = "g1"
+category = "environment"
+tags = { zone_class = "3" }
+points = [{ name = "noise" }]
+"#;
+    let reg = Registry::from_config(&crate::config::from_str(text, "t.toml".as_ref(), ".".as_ref()).unwrap());
+    let enc = Encoder::new(&reg);
+    let mut out = String::new();
+    let samples: Vec<Sample> = (0..reg.points.len() as u32)
+        .map(|p| Sample { point: PointId(p), quality: Quality::Good, ts: 5, value: 1.0 })
+        .collect();
+    enc.samples(&reg, &samples, &mut out);
+    let change = ChangeRow {
+        seq: 2,
+        ts: 9,
+        at: String::new(),
+        change: "raised".into(),
+        id: 1,
+        rule: "r".into(),
+        title: String::new(),
+        category: "electrical".into(),
+        severity: "high".into(),
+        state: "active_unacked".into(),
+        device: "m1".into(),
+        grid: "g1".into(),
+        point: "ua".into(),
+        value: Some(1.5),
+        message: "m".into(),
+        plan: String::new(),
+        who: None,
+        note: None,
+    };
+    enc.incident(&change, &mut out);
+    let record = crate::audit::Record {
+        seq: 1,
+        time_ns: 3,
+        at: String::new(),
+        actor: "a".into(),
+        source: "s".into(),
+        action: "login".into(),
+        target: "t".into(),
+        outcome: "ok".into(),
+        detail: "d".into(),
+        prev_hash: "p".into(),
+        hash: "h".into(),
+    };
+    enc.audit(&record, &mut out);
+    enc.gateway(&GatewayHealth { ts: 7, samples_total: 1, ..GatewayHealth::default() }, &mut out);
+    let lines = parse(&out).unwrap();
+    let schema = schema(&reg);
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &lines {
+        let m = schema.get(&l.measurement).unwrap_or_else(|| panic!("{} is not in the schema", l.measurement));
+        seen.insert(l.measurement.clone());
+        for (k, _) in &l.tags {
+            assert!(m.has_tag(k), "tag {k} of {} is not in the schema {m:?}", l.measurement);
+        }
+        for (k, v) in &l.fields {
+            let kind = match v {
+                Field::Float(_) => FieldType::Float,
+                Field::Int(_) => FieldType::Int,
+                Field::Bool(_) => FieldType::Bool,
+                Field::Str(_) => FieldType::String,
+            };
+            assert_eq!(m.field(k), Some(kind), "field {k} of {}", l.measurement);
+        }
+    }
+    // Each measurement the encoder writes was written, with every tag and field the schema lists.
+    let written = ["audit", "electrical", "environment", "gateway", "incident"];
+    assert_eq!(seen.iter().map(String::as_str).collect::<Vec<_>>(), written);
+    for name in written {
+        let m = schema.get(name).unwrap();
+        let tags: std::collections::BTreeSet<&str> = lines
+            .iter()
+            .filter(|l| l.measurement == name)
+            .flat_map(|l| l.tags.iter().map(|(k, _)| k.as_str()))
+            .collect();
+        let fields: std::collections::BTreeSet<&str> = lines
+            .iter()
+            .filter(|l| l.measurement == name)
+            .flat_map(|l| l.fields.iter().map(|(k, _)| k.as_str()))
+            .collect();
+        assert_eq!(tags, m.tags.iter().map(String::as_str).collect(), "tags of {name}");
+        assert_eq!(fields, m.fields.iter().map(|f| f.name.as_str()).collect(), "fields of {name}");
+    }
+}
