@@ -300,6 +300,11 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     let gateway_health = forwarder
         .as_ref()
         .map(|f| tokio::spawn(api::health::report_gateway_health(state.clone(), f.health_sender(), shutdown.clone())));
+    // Closed days of the energy accounts go the same way (measurement `energy_daily`).
+    let energy_days = forwarder.as_ref().filter(|_| config.history.enabled).map(|f| {
+        let state_file = config.forward.outbox.with_file_name("energy_daily.last");
+        tokio::spawn(energy_daily(state.reports.clone(), f.health_sender(), state_file, shutdown.clone()))
+    });
     let ctx = SourceContext {
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -414,6 +419,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     if let Some(t) = gateway_health {
         let _ = t.await;
     }
+    if let Some(t) = energy_days {
+        let _ = t.await;
+    }
     if let Some(c) = central {
         let _ = c.await;
     }
@@ -454,4 +462,82 @@ pub fn notify_mqtt_options(
         out.insert(r.id.clone(), crate::source::mqtt::options(b, id)?);
     }
     Ok(out)
+}
+
+/// Hands each closed local day of the energy accounts to the outbox as `energy_daily` lines (checked
+/// once a minute; a day is computed ten minutes after it ended, when the history holds all of it).
+/// The last day handed over is kept in `state_file`; after a start that day is sent again, since it
+/// may not have been committed, and overwrites itself in the store.
+async fn energy_daily(
+    reporter: Arc<crate::report::Reporter>,
+    tx: mpsc::Sender<crate::forward::line::Extra>,
+    state_file: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    use crate::forward::line::{EnergyDay, Extra};
+    let tz = reporter.registry.site.timezone;
+    let mut first_turn = true;
+    let mut failing = false;
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let last = std::fs::read_to_string(&state_file)
+            .ok()
+            .and_then(|s| chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok());
+        let now_ms = crate::model::time::now_ns() / 1_000_000;
+        let Some(period) = crate::report::energy_days_due(tz, now_ms, last, first_turn, 600_000, 35) else {
+            first_turn = false;
+            continue;
+        };
+        let (r, p) = (reporter.clone(), period.clone());
+        let made = match tokio::task::spawn_blocking(move || r.energy(&p, &[], &|_| true)).await {
+            Ok(made) => made,
+            Err(_) => return,
+        };
+        let report = match made {
+            Ok(report) => report,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, days = %period.label, "The daily energy accounts cannot be made for the central store; retried every minute.");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        let mut days = Vec::new();
+        for m in &report.meters {
+            // A day without a single reading has no figures to send.
+            for d in m.days.iter().filter(|d| d.kwh != 0.0 || d.peak_kw.is_some() || d.gap_minutes != 0.0) {
+                days.push(EnergyDay {
+                    day_ns: d.start_ms * 1_000_000,
+                    device: m.device.clone(),
+                    point: m.point.clone(),
+                    grid: m.grid.clone(),
+                    building: m.building.clone(),
+                    tenant: m.tenant.clone(),
+                    kwh: d.kwh,
+                    peak_kw: d.peak_kw,
+                    gap_minutes: d.gap_minutes,
+                    tou: report.buckets.iter().copied().zip(d.tou.iter().copied()).collect(),
+                });
+            }
+        }
+        let n = days.len();
+        if tx.send(Extra::EnergyDays(days)).await.is_err() {
+            return;
+        }
+        if let Err(e) = std::fs::write(&state_file, period.last.to_string()) {
+            tracing::warn!(error = %e, file = %state_file.display(), "Cannot note the last energy day sent; it will be sent again.");
+        }
+        if failing {
+            tracing::info!("The daily energy accounts can be made again.");
+        }
+        failing = false;
+        first_turn = false;
+        info!(days = %period.label, lines = n, "Daily energy accounts handed to the outbox.");
+    }
 }

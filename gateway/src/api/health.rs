@@ -381,7 +381,7 @@ pub fn gateway_health(st: &AppState, ts: i64) -> crate::forward::line::GatewayHe
 /// `shutdown`; a reading the forwarder has no room for is skipped (the next one carries the counters on).
 pub async fn report_gateway_health(
     st: AppState,
-    tx: tokio::sync::mpsc::Sender<crate::forward::line::GatewayHealth>,
+    tx: tokio::sync::mpsc::Sender<crate::forward::line::Extra>,
     shutdown: CancellationToken,
 ) {
     let mut every = tokio::time::interval(GATEWAY_HEALTH_EVERY);
@@ -392,7 +392,7 @@ pub async fn report_gateway_health(
             () = shutdown.cancelled() => return,
         }
         if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
-            tx.try_send(gateway_health(&st, crate::model::time::now_ns()))
+            tx.try_send(crate::forward::line::Extra::Health(gateway_health(&st, crate::model::time::now_ns())))
         {
             tracing::debug!("The outbox appender is behind; this minute's gateway health reading is skipped.");
         }

@@ -92,6 +92,35 @@ pub const ENERGY_DAILY_TOU_PREFIX: &str = "tou_";
 pub const ENERGY_DAILY_TOU_BUCKETS: [&str; 4] = crate::config::report::TOU_BUCKETS;
 // ---- end of energy_daily ------------------------------------------------------------------------
 
+/// One meter's figures for one local day, written as measurement [`ENERGY_DAILY`] so central
+/// dashboards need not recompute them from raw counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnergyDay {
+    /// Start of the local day, UTC ns (the line's timestamp: a day sent again overwrites itself).
+    pub day_ns: i64,
+    pub device: String,
+    pub point: String,
+    pub grid: String,
+    /// The device's `building` and `tenant` tags (empty: left out).
+    pub building: String,
+    pub tenant: String,
+    pub kwh: f64,
+    /// The largest 15-minute demand; none when no quarter of the day was complete.
+    pub peak_kw: Option<f64>,
+    pub gap_minutes: f64,
+    /// kWh per configured time-of-use bucket (of [`ENERGY_DAILY_TOU_BUCKETS`]).
+    pub tou: Vec<(&'static str, f64)>,
+}
+
+/// What the gateway itself writes into the outbox besides telemetry, incidents and audit records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Extra {
+    /// The gateway's health counters (measurement [`GATEWAY`]).
+    Health(GatewayHealth),
+    /// Closed local days of the energy accounts (measurement [`ENERGY_DAILY`]).
+    EnergyDays(Vec<EnergyDay>),
+}
+
 /// The gateway's health counters at one time, as `/metrics` shows them: written once a minute into
 /// the outbox as measurement [`GATEWAY`] with fields [`GATEWAY_FIELDS`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -336,6 +365,33 @@ impl Encoder {
             let _ = write!(out, "{k}={}i", v.min(i64::MAX as u64));
         }
         let _ = writeln!(out, " {}", h.ts);
+    }
+}
+
+impl Encoder {
+    /// Appends one `energy_daily` line: tags in lexical order (building, device, grid, point, site,
+    /// tenant; empty ones left out), then `kwh`, `peak_kw` (when known), `gap_minutes` and one
+    /// `tou_<bucket>` per bucket.
+    pub fn energy_day(&self, d: &EnergyDay, out: &mut String) {
+        out.push_str(ENERGY_DAILY);
+        push_tags(
+            &["building", "device", "grid", "point", "site", "tenant"],
+            [d.building.as_str(), &d.device, &d.grid, &d.point, &self.site, &d.tenant],
+            out,
+        );
+        out.push_str(" kwh=");
+        push_float(d.kwh, out);
+        if let Some(p) = d.peak_kw.filter(|p| p.is_finite()) {
+            out.push_str(",peak_kw=");
+            push_float(p, out);
+        }
+        out.push_str(",gap_minutes=");
+        push_float(d.gap_minutes, out);
+        for (b, v) in &d.tou {
+            let _ = write!(out, ",{ENERGY_DAILY_TOU_PREFIX}{b}=");
+            push_float(*v, out);
+        }
+        let _ = writeln!(out, " {}", d.day_ns);
     }
 }
 

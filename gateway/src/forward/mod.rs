@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use self::line::{Encoder, GatewayHealth};
+use self::line::{Encoder, Extra};
 use self::outbox::{Cursor, Kind, Outbox, OutboxError};
 use self::writer::{TargetMetrics, TargetSpec};
 use crate::audit::AuditReader;
@@ -80,8 +80,8 @@ pub struct ForwardMetrics {
 /// The running forwarder: stop it after the core has stopped.
 pub struct Forwarder {
     pub metrics: Arc<ForwardMetrics>,
-    /// The gateway's own health readings, which the appender writes as `gateway` lines.
-    health: mpsc::Sender<GatewayHealth>,
+    /// The gateway's own lines (health readings, energy days), which the appender commits.
+    health: mpsc::Sender<Extra>,
     stop: Arc<AtomicBool>,
     appender: std::thread::JoinHandle<()>,
     writers: Vec<std::thread::JoinHandle<()>>,
@@ -187,10 +187,11 @@ pub fn start(
 }
 
 impl Forwarder {
-    /// Where the gateway's health readings go: each becomes one `gateway` line, committed to the
-    /// outbox with the telemetry and forwarded like it. Use `try_send`: when the appender is so far
-    /// behind that its few slots are full, that minute's reading is not worth waiting for.
-    pub fn health_sender(&self) -> mpsc::Sender<GatewayHealth> {
+    /// Where the gateway's own lines go: a health reading becomes one `gateway` line, energy days
+    /// `energy_daily` lines, committed to the outbox with the telemetry and forwarded like it. Health
+    /// readings use `try_send`: when the appender is so far behind that its few slots are full, that
+    /// minute's reading is not worth waiting for.
+    pub fn health_sender(&self) -> mpsc::Sender<Extra> {
         self.health.clone()
     }
 
@@ -263,7 +264,7 @@ impl Appender {
         mut batches: mpsc::Receiver<Batch>,
         incidents: Option<(ChangeLog, watch::Receiver<i64>)>,
         audit: Option<(AuditReader, watch::Receiver<i64>)>,
-        health: mpsc::Receiver<GatewayHealth>,
+        health: mpsc::Receiver<Extra>,
     ) {
         let mut health = Some(health);
         let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
@@ -391,13 +392,25 @@ impl Appender {
 
     /// Encodes a health reading into the pending telemetry, within the same bound as `take`: while
     /// the outbox fails and holds its fill, the reading is counted lost (one per field) instead.
-    fn take_health(&mut self, h: &GatewayHealth) {
-        if self.retry_at.is_some() && self.lines >= self.batch_lines.saturating_mul(4) {
-            let n = line::GATEWAY_FIELDS.len() as u64;
-            self.metrics.outbox.lost_samples.fetch_add(n, Ordering::Relaxed);
-        } else {
-            self.encoder.gateway(h, &mut self.pending);
-            self.lines += 1;
+    fn take_health(&mut self, extra: &Extra) {
+        let full = self.retry_at.is_some() && self.lines >= self.batch_lines.saturating_mul(4);
+        match extra {
+            Extra::Health(_) if full => {
+                let n = line::GATEWAY_FIELDS.len() as u64;
+                self.metrics.outbox.lost_samples.fetch_add(n, Ordering::Relaxed);
+            }
+            Extra::Health(h) => {
+                self.encoder.gateway(h, &mut self.pending);
+                self.lines += 1;
+            }
+            // A day is sent again on every start until it is known handed over, and overwrites
+            // itself in the store: kept even over the bound, it is a few lines a meter a day.
+            Extra::EnergyDays(days) => {
+                for d in days {
+                    self.encoder.energy_day(d, &mut self.pending);
+                    self.lines += 1;
+                }
+            }
         }
     }
 
@@ -575,7 +588,7 @@ impl Appender {
 }
 
 /// The next health reading; pending forever once every sender is gone.
-async fn recv_health(rx: &mut Option<mpsc::Receiver<GatewayHealth>>) -> GatewayHealth {
+async fn recv_health(rx: &mut Option<mpsc::Receiver<Extra>>) -> Extra {
     loop {
         match rx {
             Some(r) => match r.recv().await {

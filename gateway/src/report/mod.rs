@@ -252,6 +252,32 @@ fn buckets(
     Ok((hours, Some(cut)))
 }
 
+/// The local days whose energy accounts are due for the central store at `now_ms`: from the day
+/// after `last_sent` (from `last_sent` itself on the first turn after a start, since a crash may have
+/// come between handing it over and its commit) to yesterday, once today is `settle_ms` old (the
+/// history writes a minute a few seconds after it ends); at most `max_days`, the newest.
+pub fn energy_days_due(
+    tz: chrono_tz::Tz,
+    now_ms: i64,
+    last_sent: Option<NaiveDate>,
+    first_turn: bool,
+    settle_ms: i64,
+    max_days: i64,
+) -> Option<Period> {
+    let today = tz.timestamp_millis_opt(now_ms).single()?.date_naive();
+    if now_ms < local_ms(tz, today, 0) + settle_ms {
+        return None;
+    }
+    let yesterday = today.pred_opt()?;
+    let first = match last_sent {
+        Some(d) if first_turn => d,
+        Some(d) => d.succ_opt()?,
+        None => yesterday,
+    };
+    let first = first.max(yesterday - chrono::Duration::days(max_days - 1));
+    (first <= yesterday).then(|| Period { label: format!("{first}..{yesterday}"), first, last: yesterday })
+}
+
 /// Whether `v` exceeds `limit` as the standards word it (strictly), treating values within a few
 /// ULPs of the limit as on it, like the rules' `above`.
 pub fn above(v: f64, limit: f64) -> bool {

@@ -453,3 +453,24 @@ params = { class2_ugm3 = 70.0 }
     let pm = get(2, "pm25");
     assert_eq!((pm[0].class.as_str(), pm[0].high, pm[0].overridden), ("2", 60.0, true));
 }
+
+#[test]
+fn energy_days_are_due_once_each_and_again_after_a_start() {
+    let at = |d: u32, h: u32, m: u32| local(2026, 11, d, h, m);
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    let due =
+        |now, last, first| energy_days_due(tz(), now, last, first, 10 * MIN, 35).map(|p| (p.first.day(), p.last.day()));
+    use chrono::Datelike;
+    // Nothing sent yet: yesterday, once today is ten minutes old.
+    assert_eq!(due(at(5, 0, 5), None, true), None);
+    assert_eq!(due(at(5, 0, 10), None, true), Some((4, 4)));
+    // Running: the next day only when it has closed.
+    assert_eq!(due(at(5, 12, 0), Some(day(4)), false), None);
+    assert_eq!(due(at(6, 0, 30), Some(day(4)), false), Some((5, 5)));
+    // After a start the last day sent goes again (it may not have been committed), then the rest.
+    assert_eq!(due(at(9, 8, 0), Some(day(4)), true), Some((4, 8)));
+    // A long stop: at most 35 days back, the newest.
+    let p = energy_days_due(tz(), at(30, 8, 0), Some(NaiveDate::from_ymd_opt(2026, 9, 1).unwrap()), true, 10 * MIN, 35)
+        .unwrap();
+    assert_eq!((p.first, p.last), (NaiveDate::from_ymd_opt(2026, 10, 26).unwrap(), day(29)));
+}

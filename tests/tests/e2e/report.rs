@@ -5,7 +5,7 @@
 use chrono::TimeZone;
 use parkwatch::history::rollup::{Kind, Roller, Skipped};
 use parkwatch::history::store;
-use parkwatch_e2e::{create_token, http_get_as, parkwatch_cli, Gateway};
+use parkwatch_e2e::{create_token, http_get_as, parkwatch_cli, wait_until, Gateway, Victoria};
 use serde_json::Value;
 
 use crate::dashboard::{artifacts, Browser};
@@ -54,9 +54,18 @@ tou = [{ bucket = "valley", from = "23:00", to = "07:00" }, { bucket = "peak", f
 /// 2026-11-05 (Asia/Shanghai) a reading a minute, from the evening before to the morning after:
 /// SO2 100 µg/m³ with 600 from 10:00 to 11:59, noise 50 dB(A), a meter at 15 kW.
 fn fill(history: &std::path::Path) {
+    fill_day(history, chrono::NaiveDate::from_ymd_opt(2026, 11, 5).unwrap());
+}
+
+/// As [`fill`], for the local day `day`.
+fn fill_day(history: &std::path::Path, day: chrono::NaiveDate) {
     let tz = chrono_tz::Asia::Shanghai;
-    let start = tz.with_ymd_and_hms(2026, 11, 4, 23, 0, 0).unwrap().timestamp_millis();
-    let end = tz.with_ymd_and_hms(2026, 11, 6, 7, 0, 0).unwrap().timestamp_millis();
+    let local = |d: chrono::NaiveDate, h: u32| {
+        tz.from_local_datetime(&d.and_hms_opt(h, 0, 0).unwrap()).single().unwrap().timestamp_millis()
+    };
+    let start = local(day.pred_opt().unwrap(), 23);
+    let end = local(day.succ_opt().unwrap(), 7);
+    let rise = day.format("%d").to_string();
     let names = [("aq1", "so2"), ("nz1", "noise"), ("em1", "energy")];
     let mut conn = store::open(history, 1 << 30).unwrap();
     let series = store::series(&mut conn, &names).unwrap();
@@ -66,7 +75,7 @@ fn fill(history: &std::path::Path) {
     let mut counter = 1_000.0;
     while t < end {
         let hour = tz.timestamp_millis_opt(t).unwrap().format("%d %H").to_string();
-        let so2 = if hour == "05 10" || hour == "05 11" { 600.0 } else { 100.0 };
+        let so2 = if hour == format!("{rise} 10") || hour == format!("{rise} 11") { 600.0 } else { 100.0 };
         counter += 0.25;
         for (i, v) in [so2, 50.0, counter].into_iter().enumerate() {
             roller.push(i as u32, t * 1_000_000, v, true, &mut skipped);
@@ -140,4 +149,50 @@ fn reports_from_the_api_and_the_cli_agree_and_render_in_chromium() {
         let size = browser.print_pdf(&dir.join(format!("report-{kind}-{lang}.pdf")));
         assert!(size > 2_000, "a PDF of {size} bytes");
     }
+}
+
+/// Yesterday's energy accounts reach the central store as `energy_daily` (VictoriaMetrics maps it to
+/// `energy_daily_<field>`), sent again after a restart without changing the stored figures.
+#[test]
+fn closed_days_of_the_energy_accounts_reach_the_central_store() {
+    let tz = chrono_tz::Asia::Shanghai;
+    // The day is handed over ten minutes after it ends: not in the first ten minutes of a day.
+    wait_until(std::time::Duration::from_secs(660), "ten minutes into the local day", || {
+        let now = chrono::Utc::now().with_timezone(&tz);
+        (now.time() >= chrono::NaiveTime::from_hms_opt(0, 10, 30).unwrap()).then_some(())
+    });
+    let store = Victoria::start();
+    let config = CONFIG.replace(
+        "[rules]",
+        &format!(
+            "[forward]\noutbox = \"outbox.db\"\n[[forward.targets]]\nid = \"central\"\nurl = \"{}\"\norg = \"park\"\nbucket = \"telemetry\"\ntoken = \"t\"\n\n[rules]",
+            store.url()
+        ),
+    );
+    let mut gw = Gateway::start(&config);
+    let yesterday = chrono::Utc::now().with_timezone(&tz).date_naive().pred_opt().unwrap();
+    fill_day(&gw.dir.path().join("history.db"), yesterday);
+    // The first turn at start found no readings for yesterday; after a restart the day goes again.
+    gw.signal("TERM");
+    gw.restart();
+    let day_start =
+        tz.from_local_datetime(&yesterday.and_hms_opt(0, 0, 0).unwrap()).single().unwrap().timestamp_millis();
+    let series = wait_until(std::time::Duration::from_secs(60), "energy_daily in the store", || {
+        let s = store.export(r#"{__name__=~"energy_daily_.*",device="em1"}"#);
+        (s.len() >= 4).then_some(s)
+    });
+    let value = |name: &str| -> (f64, i64) {
+        let s = series.iter().find(|s| s["metric"]["__name__"] == name).unwrap_or_else(|| panic!("{name}: {series:?}"));
+        assert_eq!(
+            (s["metric"]["building"].as_str(), s["metric"]["tenant"].as_str(), s["metric"]["site"].as_str()),
+            (Some("B1"), Some("T1"), Some("rp"))
+        );
+        (s["values"][0].as_f64().unwrap(), s["timestamps"][0].as_i64().unwrap())
+    };
+    // 1,440 readings of 0.25 kWh; 15 kW in every quarter; valley 23:00-07:00 is 480 minutes.
+    assert_eq!(value("energy_daily_kwh"), (360.0, day_start));
+    assert_eq!(value("energy_daily_peak_kw"), (15.0, day_start));
+    assert_eq!(value("energy_daily_tou_valley"), (120.0, day_start));
+    assert_eq!(value("energy_daily_tou_peak"), (60.0, day_start));
+    assert!(gw.log().contains("Daily energy accounts handed to the outbox."), "{}", gw.log());
 }

@@ -374,6 +374,25 @@ points = [{ name = "noise" }]
     };
     enc.audit(&record, &mut out);
     enc.gateway(&GatewayHealth { ts: 7, samples_total: 1, ..GatewayHealth::default() }, &mut out);
+    enc.energy_day(
+        &EnergyDay {
+            day_ns: 11,
+            device: "m1".into(),
+            point: "energy".into(),
+            grid: "g1".into(),
+            building: "B 1".into(),
+            tenant: "T1".into(),
+            kwh: 360.0,
+            peak_kw: Some(15.0),
+            gap_minutes: 0.0,
+            tou: ENERGY_DAILY_TOU_BUCKETS.iter().map(|b| (*b, 1.0)).collect(),
+        },
+        &mut out,
+    );
+    assert!(
+        out.ends_with("energy_daily,building=B\\ 1,device=m1,grid=g1,point=energy,site=xh,tenant=T1 kwh=360.0,peak_kw=15.0,gap_minutes=0.0,tou_sharp=1.0,tou_peak=1.0,tou_flat=1.0,tou_valley=1.0 11\n"),
+        "{out}"
+    );
     let lines = parse(&out).unwrap();
     let schema = schema(&reg);
     let mut seen = std::collections::BTreeSet::new();
@@ -394,7 +413,7 @@ points = [{ name = "noise" }]
         }
     }
     // Each measurement the encoder writes was written, with every tag and field the schema lists.
-    let written = ["audit", "electrical", "environment", "gateway", "incident"];
+    let written = ["audit", "electrical", "energy_daily", "environment", "gateway", "incident"];
     assert_eq!(seen.iter().map(String::as_str).collect::<Vec<_>>(), written);
     for name in written {
         let m = schema.get(name).unwrap();
