@@ -273,6 +273,15 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
     let streams = api::stream::Streams::default();
+    // Linkage: the only commands the gateway sends, each checked before anything is written.
+    let (actions, actions_task) = if config.actions.is_empty() {
+        (None, None)
+    } else {
+        let (a, t) =
+            crate::actions::start(config.clone(), registry.clone(), handle.clone(), audit.clone(), shutdown.clone());
+        info!(actions = config.actions.len(), "Linkage actions declared.");
+        (Some(a), Some(t))
+    };
     let state = AppState {
         registry: registry.clone(),
         core: handle,
@@ -293,6 +302,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         streams: streams.clone(),
         hj212: hj212_status,
         reports: Arc::new(crate::report::Reporter::new(&config, registry.clone())),
+        actions: actions.clone(),
     };
     let health_task = tokio::spawn(api::health::Evaluator::new(&state).run(shutdown.clone()));
     // The gateway's own health goes to the central stores once a minute (measurement `gateway`),
@@ -416,6 +426,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     let _ = health_task.await;
+    if let Some(t) = actions_task {
+        let _ = t.await;
+    }
     if let Some(t) = gateway_health {
         let _ = t.await;
     }

@@ -3,6 +3,7 @@
 //! Sources (MQTT, later Modbus) turn field data into batches of samples and events; the core task owns
 //! point state; the API shows it. See `ARCHITECTURE.md` for the map and the rules between modules.
 
+pub mod actions;
 pub mod api;
 pub mod app;
 pub mod audit;

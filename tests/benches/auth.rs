@@ -89,6 +89,7 @@ async fn state(dir: &std::path::Path) -> (AppState, String) {
     let auth = Auth::open(&auth_path, Default::default(), audit.clone()).unwrap();
     let state = AppState {
         reports: Arc::new(parkwatch::report::Reporter::new(&config, registry.clone())),
+        actions: None,
         registry,
         core: handle,
         metrics,

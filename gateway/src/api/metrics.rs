@@ -131,6 +131,9 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     if let Some(store) = &st.incidents {
         incident_store(&mut out, &store.metrics);
     }
+    if let Some(a) = &st.actions {
+        actions(&mut out, &a.metrics);
+    }
     if let Some(h) = &st.history {
         history(&mut out, &h.metrics);
     }
@@ -595,6 +598,21 @@ async fn grids(out: &mut String, st: &AppState) {
             let _ = writeln!(out, "parkwatch_grid_patrol_missed{{grid=\"{}\"}} {}", label(g), c.missed);
         }
     }
+}
+
+fn actions(out: &mut String, m: &crate::actions::ActionMetrics) {
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_actions_total Linkage action requests by outcome.\n# TYPE parkwatch_actions_total counter"
+    );
+    for (outcome, v) in [("done", &m.done), ("refused", &m.refused), ("failed", &m.failed), ("expired", &m.expired)] {
+        let _ = writeln!(out, "parkwatch_actions_total{{outcome=\"{outcome}\"}} {}", v.load(Relaxed));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP parkwatch_actions_awaiting_confirmation Critical actions waiting for a second person.\n# TYPE parkwatch_actions_awaiting_confirmation gauge\nparkwatch_actions_awaiting_confirmation {}",
+        m.awaiting.load(Relaxed)
+    );
 }
 
 fn history(out: &mut String, m: &crate::history::HistoryMetrics) {

@@ -15,6 +15,7 @@
 //! listener. May import every room but `app`.
 
 pub mod access;
+mod actions;
 mod audit;
 pub mod dashboard;
 mod grids;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub hj212: Arc<crate::source::hj212::Hj212Status>,
     /// Emission and energy reports from the history.
     pub reports: Arc<crate::report::Reporter>,
+    /// The linkage engine, when `[[actions]]` are declared.
+    pub actions: Option<crate::actions::Actions>,
 }
 
 /// Authentication and what the config says about it.
@@ -219,6 +222,11 @@ pub fn routes() -> Vec<Route> {
         // Grid-scoped like the points: a caller's report holds the monitoring points of their grids.
         get_r("/api/v1/reports/emissions", viewer, reports::emissions),
         get_r("/api/v1/reports/energy", viewer, reports::energy),
+        // Linkage: each action names the role that may trigger it by hand; the engine checks it, the
+        // grid and everything else, and answers why it refused.
+        get_r("/api/v1/actions", viewer, actions::list),
+        post_r("/api/v1/actions/{id}", officer, actions::run),
+        post_r("/api/v1/actions/requests/{n}/confirm", officer, actions::confirm),
         get_r("/api/v1/notifications", viewer, incidents::notifications),
         get_r("/api/v1/rules", viewer, incidents::rules),
         post_r("/api/v1/rules/reload", admin, incidents::reload),

@@ -78,6 +78,7 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
     let state = AppState {
         people: Arc::new(crate::people::Directory::from_config(&config)),
         // Like `history`: this state keeps none.
+        actions: None,
         reports: Arc::new(crate::report::Reporter {
             history: None,
             ..crate::report::Reporter::new(&config, registry.clone())

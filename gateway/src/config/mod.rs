@@ -6,6 +6,7 @@
 //! Owns: the TOML model and its validation. May import: `model`; validation still reaches into
 //! `source` for topic patterns and Modbus profiles (to become a resolution step).
 
+pub mod actions;
 pub mod device_files;
 pub mod dlt645;
 pub mod history;
@@ -93,6 +94,9 @@ pub struct Config {
     /// How emission results are judged for disclosure and how energy is accounted.
     #[serde(default)]
     pub reports: report::Reports,
+    /// Linkage: the only commands the gateway may send to devices and systems.
+    #[serde(default)]
+    pub actions: Vec<actions::Action>,
 }
 
 impl Config {

@@ -498,6 +498,7 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
     p.0.extend(super::history::validate(&mut config.history, base));
     p.0.extend(super::hj212::validate(config, base));
     p.0.extend(super::report::validate(&config.reports, &config.devices));
+    validate_actions(config, &mut p);
     if config.broker.embedded && config.broker.listen == config.api.listen {
         p.push(
             "broker.listen",
@@ -569,6 +570,45 @@ fn check_pointer(ptr: &str, path: &str, p: &mut Problems) {
             format!("{ptr:?} is not a JSON pointer; expected \"\" or a path starting with '/', like \"/data/ua\""),
         );
     }
+}
+
+/// Checks `[[actions]]`, Modbus targets against the profiles: only points a profile declares
+/// writable, in a table and type that can be written alone, on a Modbus TCP connection.
+fn validate_actions(config: &Config, p: &mut Problems) {
+    use crate::source::modbus::{profile, writable_table};
+    if config.actions.is_empty() {
+        return;
+    }
+    let profiles = profile::load_all(&config.modbus.profile_dirs).unwrap_or_default();
+    let writable = |d: &super::Device, point: &str| -> Result<(), String> {
+        let m = d.modbus.as_ref().ok_or_else(|| format!("device {:?} is not polled over Modbus", d.id))?;
+        let kind = config.modbus.connections.iter().find(|c| c.id == m.connection).map(|c| c.kind);
+        if kind != Some(super::ModbusKind::Tcp) {
+            return Err(format!(
+                "device {:?} is on connection {:?}, which is not Modbus TCP; writes over a serial line would collide with its poller and are refused",
+                d.id, m.connection
+            ));
+        }
+        let prof = profiles.get(&m.profile).ok_or_else(|| format!("profile {:?} is not known", m.profile))?;
+        let pt =
+            prof.points.iter().find(|x| x.name == point).ok_or_else(|| {
+                format!("{point:?} is not a point of profile {:?}; expected a writable point", m.profile)
+            })?;
+        if !pt.writable {
+            return Err(format!(
+                "{point:?} is read-only in profile {:?}; expected a point declared `writable = true`",
+                m.profile
+            ));
+        }
+        if !writable_table(pt.table, pt.ty) {
+            return Err(format!(
+                "{point:?} of profile {:?} cannot be written alone (an input, a discrete input, a bit inside a register or a string)",
+                m.profile
+            ));
+        }
+        Ok(())
+    };
+    p.0.extend(super::actions::validate(&config.actions, &config.devices, &writable));
 }
 
 /// Parses local `HH:MM` into minutes since midnight.

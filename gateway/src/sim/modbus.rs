@@ -27,6 +27,10 @@ pub struct Unit {
     /// A dead unit does not answer at all.
     pub dead: bool,
     pub requests: u64,
+    /// Every write request answered: (table, first address, words or bits as 0/1), in order.
+    pub writes: Vec<(Table, u16, Vec<u16>)>,
+    /// Answers writes as done without storing them (a device that ignores commands).
+    pub ignore_writes: bool,
 }
 
 impl Unit {
@@ -119,21 +123,29 @@ impl tokio_modbus::server::Service for Service {
             Request::ReadCoils(a, n) => Ok(Some(Response::ReadCoils(bits(&unit.coils, a, n)))),
             Request::ReadDiscreteInputs(a, n) => Ok(Some(Response::ReadDiscreteInputs(bits(&unit.discrete, a, n)))),
             Request::WriteSingleRegister(a, w) => {
-                unit.holding.insert(a, w);
+                unit.writes.push((Table::Holding, a, vec![w]));
+                if !unit.ignore_writes {
+                    unit.holding.insert(a, w);
+                }
                 Ok(Some(Response::WriteSingleRegister(a, w)))
             }
             Request::WriteMultipleRegisters(a, ws) => {
-                for (i, w) in ws.iter().enumerate() {
+                unit.writes.push((Table::Holding, a, ws.to_vec()));
+                for (i, w) in ws.iter().enumerate().filter(|_| !unit.ignore_writes) {
                     unit.holding.insert(a.wrapping_add(i as u16), *w);
                 }
                 Ok(Some(Response::WriteMultipleRegisters(a, ws.len() as u16)))
             }
             Request::WriteSingleCoil(a, c) => {
-                unit.coils.insert(a, c);
+                unit.writes.push((Table::Coil, a, vec![u16::from(c)]));
+                if !unit.ignore_writes {
+                    unit.coils.insert(a, c);
+                }
                 Ok(Some(Response::WriteSingleCoil(a, c)))
             }
             Request::WriteMultipleCoils(a, cs) => {
-                for (i, c) in cs.iter().enumerate() {
+                unit.writes.push((Table::Coil, a, cs.iter().map(|c| u16::from(*c)).collect()));
+                for (i, c) in cs.iter().enumerate().filter(|_| !unit.ignore_writes) {
                     unit.coils.insert(a.wrapping_add(i as u16), *c);
                 }
                 Ok(Some(Response::WriteMultipleCoils(a, cs.len() as u16)))

@@ -27,6 +27,9 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("notify", &["config", "incident", "people"][..]),
         // Its `[history]` settings; samples come in through the core's tap, wired by `app`.
         ("history", &["config"][..]),
+        // Commands go out through the Modbus source; interlocks read the core's latest values; every
+        // outcome is audited; roles decide who may ask.
+        ("actions", &["config", "source", "core", "audit", "auth"][..]),
         // Reports read the history's rollups and the incidents through their read sides.
         ("report", &["config", "history", "incident"][..]),
         ("broker", &["config"][..]),
@@ -36,15 +39,15 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         (
             "api",
             &[
-                "audit", "auth", "config", "core", "forward", "history", "incident", "metrics", "notify", "people",
-                "report", "source",
+                "actions", "audit", "auth", "config", "core", "forward", "history", "incident", "metrics", "notify",
+                "people", "report", "source",
             ][..],
         ),
         (
             "app",
             &[
-                "api", "audit", "auth", "broker", "config", "core", "forward", "history", "incident", "metrics",
-                "notify", "people", "report", "sim", "source",
+                "actions", "api", "audit", "auth", "broker", "config", "core", "forward", "history", "incident",
+                "metrics", "notify", "people", "report", "sim", "source",
             ][..],
         ),
     ])

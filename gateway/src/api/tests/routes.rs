@@ -59,6 +59,9 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("GET", "/api/v1/grids/{id}/kpis") => (viewer, ""),
         ("GET", "/api/v1/reports/emissions") => (viewer, ""),
         ("GET", "/api/v1/reports/energy") => (viewer, ""),
+        ("GET", "/api/v1/actions") => (viewer, ""),
+        ("POST", "/api/v1/actions/{id}") => (officer, r#"{"value": 1, "reason": "drill"}"#),
+        ("POST", "/api/v1/actions/requests/{n}/confirm") => (officer, ""),
         ("GET", "/api/v1/notifications") => (viewer, ""),
         ("GET", "/api/v1/rules") => (viewer, ""),
         ("POST", "/api/v1/rules/reload") => (Need::Role(Role::Admin), ""),
@@ -101,6 +104,8 @@ fn expected(method: &str, path: &str, caller: Option<&(Role, Grids)>, own: bool)
         "/api/v1/incidents/{id}/shelve" => StatusCode::CONFLICT,
         // This state's site has no plan.
         "/api/v1/site/plan" => StatusCode::NOT_FOUND,
+        // This state declares no actions.
+        "/api/v1/actions/{id}" | "/api/v1/actions/requests/{n}/confirm" => StatusCode::NOT_FOUND,
         // This state keeps no history, which reports are computed from.
         "/api/v1/reports/emissions" | "/api/v1/reports/energy" => StatusCode::NOT_FOUND,
         // No rules run in this state, so there is nothing to reload.
@@ -171,6 +176,7 @@ async fn every_route_every_role_in_and_out_of_grid() {
                 };
                 let mut uri = route.path.replace("{id}", &id);
                 uri = uri.replace("{name}", &crate::api::dashboard::asset_names()[0]);
+                uri = uri.replace("{n}", "1");
                 // m1 is in g1, e1 in g2.
                 uri = uri.replace("{device}/{point}", if own { "m1/ua" } else { "e1/noise" });
                 // Grid-scoped reads name their grid in the query.

@@ -481,5 +481,95 @@ pub async fn write(config: &config::Config, device: &str, point: &str, value: f6
     }
 }
 
+/// Writes `value` to each of `points` of `device` (writable points of its profile only; coils with
+/// function 5, registers with 6 or 16) and reads every one back, all within `deadline`: the values
+/// read, in the order of `points`, for the caller to compare. For linkage actions.
+///
+/// # Errors
+/// A point is not writable, the device is not polled over Modbus TCP, the write or read failed, or
+/// the deadline passed.
+pub async fn command(
+    config: &config::Config,
+    device: &str,
+    points: &[String],
+    value: f64,
+    deadline: std::time::Duration,
+) -> Result<Vec<f64>, ModbusError> {
+    let d = config.devices.iter().find(|d| d.id == device).ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
+    let m = d.modbus.as_ref().ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
+    let profiles = profile::load_all(&config.modbus.profile_dirs)
+        .map_err(|p| ModbusError::Profiles(format!("{} problem(s)", p.len())))?;
+    let profile = profiles.get(&m.profile).ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
+    let mut targets = Vec::with_capacity(points.len());
+    for point in points {
+        let pt = profile
+            .points
+            .iter()
+            .find(|x| x.name == *point)
+            .filter(|x| x.writable && writable_table(x.table, x.ty))
+            .ok_or_else(|| ModbusError::NotWritable { device: device.into(), point: point.clone() })?;
+        targets.push(pt);
+    }
+    let conn = config
+        .modbus
+        .connections
+        .iter()
+        .find(|c| c.id == m.connection)
+        .filter(|c| c.kind == ModbusKind::Tcp)
+        .ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
+    let work = async {
+        let mut c = connect(conn).await?;
+        c.set_slave(Slave(m.unit));
+        let check = |r: Result<Result<(), ExceptionCode>, tokio_modbus::Error>| match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(code)) => Err(ModbusError::Exception(code)),
+            Err(e) => Err(ModbusError::Protocol(e.to_string())),
+        };
+        for pt in &targets {
+            let raw = (value - pt.offset) / pt.scale;
+            let r = match pt.table {
+                Table::Coil => c.write_single_coil(pt.address, raw != 0.0).await,
+                _ if pt.ty.words(1) == 1 => {
+                    c.write_single_register(pt.address, decode::encode(raw, pt.ty, pt.order)[0]).await
+                }
+                _ => c.write_multiple_registers(pt.address, &decode::encode(raw, pt.ty, pt.order)).await,
+            };
+            check(r)?;
+        }
+        let mut read = Vec::with_capacity(targets.len());
+        for pt in &targets {
+            let v = match pt.table {
+                Table::Coil => match c.read_coils(pt.address, 1).await {
+                    Ok(Ok(bits)) => f64::from(u8::from(bits.first().copied().unwrap_or(false))),
+                    Ok(Err(code)) => return Err(ModbusError::Exception(code)),
+                    Err(e) => return Err(ModbusError::Protocol(e.to_string())),
+                },
+                _ => match c.read_holding_registers(pt.address, pt.ty.words(1)).await {
+                    Ok(Ok(words)) => decode::number(&words, pt.ty, pt.order, pt.bit)
+                        .map(|raw| raw * pt.scale + pt.offset)
+                        .ok_or_else(|| ModbusError::Protocol("short read-back answer".into()))?,
+                    Ok(Err(code)) => return Err(ModbusError::Exception(code)),
+                    Err(e) => return Err(ModbusError::Protocol(e.to_string())),
+                },
+            };
+            read.push(v);
+        }
+        Ok(read)
+    };
+    tokio::time::timeout(deadline, work)
+        .await
+        .map_err(|_| ModbusError::Protocol(format!("no answer within {deadline:?}")))?
+}
+
+/// Whether a point of this table and type can be written on its own: coils, and whole holding
+/// registers (a bit inside a register would overwrite its neighbours).
+pub fn writable_table(table: Table, ty: DataType) -> bool {
+    match table {
+        Table::Coil => true,
+        Table::Holding => !matches!(ty, DataType::Bit | DataType::String),
+        Table::Input | Table::Discrete => false,
+    }
+}
+
 #[cfg(test)]
 mod proptests;

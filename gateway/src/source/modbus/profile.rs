@@ -11,13 +11,14 @@ use super::plan::Table;
 use crate::config::PointKind;
 
 /// The shipped profiles.
-pub const BUILTIN: [(&str, &str); 6] = [
+pub const BUILTIN: [(&str, &str); 7] = [
     ("eastron-sdm630", include_str!("../../../../configs/profiles/eastron-sdm630.toml")),
     ("acrel-adw300", include_str!("../../../../configs/profiles/acrel-adw300.toml")),
     ("chint-dtsu666", include_str!("../../../../configs/profiles/chint-dtsu666.toml")),
     ("fire-detector", include_str!("../../../../configs/profiles/fire-detector.toml")),
     ("noise-transmitter", include_str!("../../../../configs/profiles/noise-transmitter.toml")),
     ("pm-transmitter", include_str!("../../../../configs/profiles/pm-transmitter.toml")),
+    ("access-controller", include_str!("../../../../configs/profiles/access-controller.toml")),
 ];
 
 /// A register map.
