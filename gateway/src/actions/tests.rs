@@ -12,6 +12,10 @@ use crate::model::{Batch, PointId, Sample};
 use crate::source::modbus::plan::Table;
 
 fn config(port: u16) -> Config {
+    config_with(port, "")
+}
+
+fn config_with(port: u16, extra: &str) -> Config {
     let text = format!(
         r#"
 [site]
@@ -74,7 +78,7 @@ allowed = [1]
 role = "supervisor"
 critical = true
 confirm_secs = 1
-"#
+{extra}"#
     );
     crate::config::from_str(&text, "t.toml".as_ref(), ".".as_ref()).unwrap()
 }
@@ -95,6 +99,10 @@ impl Drop for Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with("").await
+}
+
+async fn rig_with(extra: &str) -> Rig {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let units: crate::sim::modbus::Units = Arc::new(Mutex::new(HashMap::new()));
@@ -105,7 +113,7 @@ async fn rig() -> Rig {
     }
     let stop = CancellationToken::new();
     tokio::spawn(crate::sim::modbus::serve(listener, units.clone(), stop.clone()));
-    let config = Arc::new(config(port));
+    let config = Arc::new(config_with(port, extra));
     let registry = Arc::new(Registry::from_config(&config));
     let (tx, rx) = mpsc::channel(8);
     let core = crate::core::Core::new(
@@ -296,4 +304,67 @@ async fn a_critical_action_waits_for_a_second_person_and_expires_without_one() {
     let c = rig.actions.confirm(r.id, caller("zhang", Role::SafetyManager)).await.unwrap();
     assert!(c.detail.contains("not awaiting confirmation"), "{c:?}");
     assert_eq!(writes(&rig, 2).len(), 4);
+}
+
+/// A one-connection-at-a-time HTTP receiver answering `status`; the requests it read (head and body).
+fn receiver(status: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            while let Ok(n) = s.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if n == 0 || text.contains("\r\n\r\n") && text.contains("}") {
+                    break;
+                }
+            }
+            log.lock().unwrap().push(String::from_utf8_lossy(&got).to_string());
+            let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn an_http_action_calls_the_system_and_fails_on_another_status() {
+    let (ok, seen) = receiver(200);
+    let (bad, _) = receiver(500);
+    let extra = format!(
+        r#"
+[[actions]]
+id = "camera_preset"
+device = "acc-b3"
+kind = "http"
+method = "POST"
+url = "http://127.0.0.1:{ok}/cameras/3/preset/{{value}}"
+body = '{{"action": "{{action}}", "reason": "{{reason}}"}}'
+allowed = [2]
+role = "officer"
+readback_ms = 2000
+[[actions]]
+id = "camera_broken"
+device = "acc-b3"
+kind = "http"
+url = "http://127.0.0.1:{bad}/preset"
+allowed = [1]
+role = "officer"
+"#
+    );
+    let rig = rig_with(&extra).await;
+    let r =
+        rig.actions.request("camera_preset", Some(2.0), person("wang", Role::Officer, Some(&["g3"]))).await.unwrap();
+    assert_eq!(r.state, State::Done, "{r:?}");
+    let got = seen.lock().unwrap().join("\n");
+    assert!(got.starts_with("POST /cameras/3/preset/2 HTTP/1.1"), "{got}");
+    assert!(got.contains(r#"{"action": "camera_preset", "reason": "fire drill"}"#), "{got}");
+    let r = rig.actions.request("camera_broken", Some(1.0), person("wang", Role::Officer, None)).await.unwrap();
+    assert!(r.state == State::Failed && r.detail.contains("answered 500, expected 200"), "{r:?}");
 }
