@@ -11,10 +11,6 @@ use crate::model::pool::SamplePool;
 use crate::model::{Batch, PointId, Sample};
 use crate::source::modbus::plan::Table;
 
-fn config(port: u16) -> Config {
-    config_with(port, "")
-}
-
 fn config_with(port: u16, extra: &str) -> Config {
     let text = format!(
         r#"
