@@ -33,13 +33,8 @@ use crate::model::sound;
 /// The report as data; rendered by `render`.
 #[derive(Debug, Clone, Serialize)]
 pub struct EmissionReport {
-    pub site: String,
-    pub site_name: String,
-    pub timezone: String,
-    pub period: String,
-    /// First and last local date.
-    pub from: String,
-    pub to: String,
+    #[serde(flatten)]
+    pub head: super::Head,
     pub validity: Validity,
     pub points: Vec<PointReport>,
     /// Monitoring points not judged, and why.
@@ -123,6 +118,25 @@ pub struct WindowValue {
     /// means (8 h max), covered share (noise).
     pub have: f64,
     pub need: f64,
+}
+
+impl WindowValue {
+    /// A window `[start, end)` (UTC ms) not yet judged.
+    fn new(start_ms: i64, end_ms: i64, have: f64, need: f64) -> Self {
+        Self {
+            start: String::new(),
+            end: String::new(),
+            start_ms,
+            end_ms,
+            value: None,
+            lo: None,
+            hi: None,
+            valid: false,
+            exceeded: false,
+            have,
+            need,
+        }
+    }
 }
 
 /// Consecutive exceeding windows.
@@ -307,12 +321,7 @@ impl Reporter {
         }
         let hhmm = |m: u32| format!("{:02}:{:02}", m / 60, m % 60);
         Ok(EmissionReport {
-            site: reg.site.id.clone(),
-            site_name: reg.site.name.clone(),
-            timezone: tz.name().to_owned(),
-            period: period.label.clone(),
-            from: period.first.to_string(),
-            to: period.last.to_string(),
+            head: self.head(period),
             validity: Validity {
                 hour_min_minutes: s.hour_min_minutes,
                 day_min_hours: s.day_min_hours,
@@ -354,17 +363,17 @@ impl Reporter {
                     }
                 };
                 WindowValue {
-                    start: String::new(),
-                    end: String::new(),
-                    start_ms: h.start,
-                    end_ms: h.end,
                     value,
                     lo,
                     hi,
                     valid,
                     exceeded,
-                    have: (h.held / 60.0 * 1e6).round() / 1e6,
-                    need: f64::from(self.settings.hour_min_minutes),
+                    ..WindowValue::new(
+                        h.start,
+                        h.end,
+                        (h.held / 60.0 * 1e6).round() / 1e6,
+                        f64::from(self.settings.hour_min_minutes),
+                    )
                 }
             })
             .collect()
@@ -378,17 +387,12 @@ impl Reporter {
                 let valid = means.len() >= need as usize;
                 let value = valid.then(|| means.iter().sum::<f64>() / means.len() as f64);
                 WindowValue {
-                    start: String::new(),
-                    end: String::new(),
-                    start_ms: d.start,
-                    end_ms: d.end,
                     value,
                     lo: of_day.iter().filter_map(|h| finite(h.min)).reduce(f64::min),
                     hi: of_day.iter().filter_map(|h| finite(h.max)).reduce(f64::max),
                     valid,
                     exceeded: value.is_some_and(|v| above(v, l.high)),
-                    have: means.len() as f64,
-                    need: f64::from(need),
+                    ..WindowValue::new(d.start, d.end, means.len() as f64, f64::from(need))
                 }
             })
             .collect()
@@ -410,17 +414,12 @@ impl Reporter {
                 let valid = means.len() >= s.o3_day_min_8h as usize;
                 let value = if valid { means.iter().copied().reduce(f64::max) } else { None };
                 WindowValue {
-                    start: String::new(),
-                    end: String::new(),
-                    start_ms: d.start,
-                    end_ms: d.end,
                     value,
                     lo: of_day.iter().filter_map(|h| finite(h.min)).reduce(f64::min),
                     hi: of_day.iter().filter_map(|h| finite(h.max)).reduce(f64::max),
                     valid,
                     exceeded: value.is_some_and(|v| above(v, l.high)),
-                    have: means.len() as f64,
-                    need: f64::from(s.o3_day_min_8h),
+                    ..WindowValue::new(d.start, d.end, means.len() as f64, f64::from(s.o3_day_min_8h))
                 }
             })
             .collect()
@@ -444,17 +443,12 @@ impl Reporter {
                 // Leq to 0.01 dB: sums of floats in another order must not change the report's bytes.
                 let value = (valid && held > 0.0).then(|| (sound::level(energy / held) * 100.0).round() / 100.0);
                 WindowValue {
-                    start: String::new(),
-                    end: String::new(),
-                    start_ms: from,
-                    end_ms: to,
                     value,
                     lo: part.iter().filter_map(|r| finite(r.min)).reduce(f64::min),
                     hi: part.iter().filter_map(|r| finite(r.max)).reduce(f64::max),
                     valid,
                     exceeded: value.is_some_and(|v| above(v, l.high)),
-                    have: (share * 1e4).round() / 1e4,
-                    need: self.settings.noise_min_coverage,
+                    ..WindowValue::new(from, to, (share * 1e4).round() / 1e4, self.settings.noise_min_coverage)
                 }
             })
             .collect()

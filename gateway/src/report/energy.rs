@@ -30,12 +30,8 @@ const QUARTER_MS: i64 = 15 * MINUTE_MS;
 /// The energy report as data.
 #[derive(Debug, Clone, Serialize)]
 pub struct EnergyReport {
-    pub site: String,
-    pub site_name: String,
-    pub timezone: String,
-    pub period: String,
-    pub from: String,
-    pub to: String,
+    #[serde(flatten)]
+    pub head: super::Head,
     /// The time-of-use buckets in use, in order.
     pub buckets: Vec<&'static str>,
     pub meters: Vec<MeterReport>,
@@ -358,12 +354,7 @@ impl Reporter {
             }
         }
         Ok(EnergyReport {
-            site: reg.site.id.clone(),
-            site_name: reg.site.name.clone(),
-            timezone: tz.name().to_owned(),
-            period: period.label.clone(),
-            from: period.first.to_string(),
-            to: period.last.to_string(),
+            head: self.head(period),
             buckets: used.iter().map(|b| TOU_BUCKETS[*b]).collect(),
             meters,
             groups,

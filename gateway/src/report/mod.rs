@@ -162,6 +162,18 @@ pub fn rfc3339(tz: chrono_tz::Tz, ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// What every report starts with: the site, its time zone and the period (local dates).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Head {
+    pub site: String,
+    pub site_name: String,
+    pub timezone: String,
+    pub period: String,
+    /// First and last local date.
+    pub from: String,
+    pub to: String,
+}
+
 /// Makes reports for one configuration; cheap to share.
 #[derive(Debug, Clone)]
 pub struct Reporter {
@@ -195,6 +207,17 @@ impl Reporter {
 
     fn tz(&self) -> chrono_tz::Tz {
         self.registry.site.timezone
+    }
+
+    fn head(&self, period: &Period) -> Head {
+        Head {
+            site: self.registry.site.id.clone(),
+            site_name: self.registry.site.name.clone(),
+            timezone: self.tz().name().to_owned(),
+            period: period.label.clone(),
+            from: period.first.to_string(),
+            to: period.last.to_string(),
+        }
     }
 
     fn open_history(&self) -> Result<rusqlite::Connection, ReportError> {

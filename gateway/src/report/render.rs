@@ -207,7 +207,7 @@ fn energy_csv(r: &EnergyReport) -> String {
             m.grid.clone(),
             m.building.clone(),
             m.tenant.clone(),
-            format!("{}..{}", r.from, r.to),
+            format!("{}..{}", r.head.from, r.head.to),
             num(Some(m.kwh), 3),
         ];
         f.extend(m.tou.iter().map(|v| num(Some(*v), 3)));
@@ -229,7 +229,7 @@ fn energy_csv(r: &EnergyReport) -> String {
             if g.kind == "grid" { g.id.clone() } else { String::new() },
             if g.kind == "building" { g.id.clone() } else { String::new() },
             if g.kind == "tenant" { g.id.clone() } else { String::new() },
-            format!("{}..{}", r.from, r.to),
+            format!("{}..{}", r.head.from, r.head.to),
             num(Some(g.kwh), 3),
         ];
         f.extend(g.tou.iter().map(|v| num(Some(*v), 3)));
@@ -380,21 +380,25 @@ fn daily_values(p: &PointReport, l: &LimitReport) -> Vec<Option<f64>> {
 
 fn emissions_html(r: &EmissionReport, lang: Lang) -> String {
     let mut out = String::new();
-    let title =
-        format!("{} {} {}", t(lang, "排放达标与信息公开报告", "Emission compliance report"), r.site_name, r.period);
+    let title = format!(
+        "{} {} {}",
+        t(lang, "排放达标与信息公开报告", "Emission compliance report"),
+        r.head.site_name,
+        r.head.period
+    );
     head(&mut out, lang, &title);
     let _ = write!(
         out,
         "<h1>{}</h1><p>{} {} ({}) · {} {} – {} · {} {}</p>",
         esc(&title),
         t(lang, "园区", "Site"),
-        esc(&r.site_name),
-        esc(&r.site),
+        esc(&r.head.site_name),
+        esc(&r.head.site),
         t(lang, "统计期", "Period"),
-        esc(&r.from),
-        esc(&r.to),
+        esc(&r.head.from),
+        esc(&r.head.to),
         t(lang, "时区", "Time zone"),
-        esc(&r.timezone)
+        esc(&r.head.timezone)
     );
     let v = &r.validity;
     let _ = write!(
@@ -415,19 +419,20 @@ fn emissions_html(r: &EmissionReport, lang: Lang) -> String {
         let _ = write!(out, "<p class=\"bad\">{}</p>", esc(p));
     }
     // Summary.
-    let _ = write!(
-        out,
-        "<h2>{}</h2><table><tr><th class=\"l\">{}</th><th class=\"l\">{}</th><th class=\"l\">{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
-        t(lang, "汇总", "Summary"),
-        t(lang, "监测点", "Monitoring point"),
-        t(lang, "项目", "Item"),
-        t(lang, "标准", "Standard"),
-        t(lang, "限值", "Limit"),
-        t(lang, "已评价", "Judged"),
-        t(lang, "超标", "Exceeded"),
-        t(lang, "无法评价", "Not judgeable"),
-        t(lang, "超标次数", "Exceedances")
+    let head = th(
+        lang,
+        &[
+            ("监测点", "Monitoring point", true),
+            ("项目", "Item", true),
+            ("标准", "Standard", true),
+            ("限值", "Limit", false),
+            ("已评价", "Judged", false),
+            ("超标", "Exceeded", false),
+            ("无法评价", "Not judgeable", false),
+            ("超标次数", "Exceedances", false),
+        ],
     );
+    let _ = write!(out, "<h2>{}</h2><table><tr>{head}</tr>", t(lang, "汇总", "Summary"));
     for p in &r.points {
         for l in &p.limits {
             let _ = write!(
@@ -507,15 +512,17 @@ fn emissions_html(r: &EmissionReport, lang: Lang) -> String {
                 let _ =
                     write!(out, "<p class=\"ok\">{}</p>", t(lang, "统计期内未超标。", "No exceedance in the period."));
             } else {
-                let _ = write!(
-                    out,
-                    "<table><tr><th class=\"l\">{}</th><th>{}</th><th>{}</th><th>{}</th><th class=\"l\">{}</th></tr>",
-                    t(lang, "开始", "Start"),
-                    t(lang, "持续", "Duration"),
-                    t(lang, "最大值", "Worst"),
-                    t(lang, "窗口数", "Windows"),
-                    t(lang, "关联事件", "Incidents")
+                let head = th(
+                    lang,
+                    &[
+                        ("开始", "Start", true),
+                        ("持续", "Duration", false),
+                        ("最大值", "Worst", false),
+                        ("窗口数", "Windows", false),
+                        ("关联事件", "Incidents", true),
+                    ],
                 );
+                let _ = write!(out, "<table><tr>{head}</tr>");
                 for e in &l.exceedances {
                     let ids: Vec<String> = e.incidents.iter().map(|i| format!("#{i}")).collect();
                     let _ = write!(
@@ -571,6 +578,14 @@ fn emissions_html(r: &EmissionReport, lang: Lang) -> String {
     out
 }
 
+/// Header cells: `(Chinese, English, left-aligned)`.
+fn th(lang: Lang, cells: &[(&'static str, &'static str, bool)]) -> String {
+    cells
+        .iter()
+        .map(|(zh, en, left)| format!("<th{}>{}</th>", if *left { " class=\"l\"" } else { "" }, t(lang, zh, en)))
+        .collect()
+}
+
 fn limit_text(l: &LimitReport) -> String {
     match l.low {
         Some(lo) => format!("{lo}–{} {}", l.limit, l.unit),
@@ -608,17 +623,17 @@ fn bucket_name(b: &str, lang: Lang) -> &'static str {
 
 fn energy_html(r: &EnergyReport, lang: Lang) -> String {
     let mut out = String::new();
-    let title = format!("{} {} {}", t(lang, "能耗台账", "Energy accounts"), r.site_name, r.period);
+    let title = format!("{} {} {}", t(lang, "能耗台账", "Energy accounts"), r.head.site_name, r.head.period);
     head(&mut out, lang, &title);
     let _ = write!(
         out,
         "<h1>{}</h1><p>{} {} – {} · {} {} · {}</p>",
         esc(&title),
         t(lang, "统计期", "Period"),
-        esc(&r.from),
-        esc(&r.to),
+        esc(&r.head.from),
+        esc(&r.head.to),
         t(lang, "时区", "Time zone"),
-        esc(&r.timezone),
+        esc(&r.head.timezone),
         t(
             lang,
             "单位 kWh；最大需量为 15 分钟平均功率最大值（kW）。",
@@ -626,16 +641,15 @@ fn energy_html(r: &EnergyReport, lang: Lang) -> String {
         )
     );
     let tou_head: String = r.buckets.iter().map(|b| format!("<th>{}</th>", bucket_name(b, lang))).collect();
+    let head = th(
+        lang,
+        &[("类别", "Kind", true), ("名称", "Name", true), ("表计数", "Meters", false), ("电量", "Energy", false)],
+    );
+    let tail = th(lang, &[("最大需量", "Peak demand", false), ("出现时间", "At", true)]);
     let _ = write!(
         out,
-        "<h2>{}</h2><table><tr><th class=\"l\">{}</th><th class=\"l\">{}</th><th>{}</th><th>{}</th>{tou_head}<th>{}</th><th class=\"l\">{}</th></tr>",
-        t(lang, "按楼宇、企业与网格", "By building, tenant and grid"),
-        t(lang, "类别", "Kind"),
-        t(lang, "名称", "Name"),
-        t(lang, "表计数", "Meters"),
-        t(lang, "电量", "Energy"),
-        t(lang, "最大需量", "Peak demand"),
-        t(lang, "出现时间", "At")
+        "<h2>{}</h2><table><tr>{head}{tou_head}{tail}</tr>",
+        t(lang, "按楼宇、企业与网格", "By building, tenant and grid")
     );
     for g in &r.groups {
         let kind = match g.kind {
@@ -686,15 +700,12 @@ fn energy_html(r: &EnergyReport, lang: Lang) -> String {
                 let _ = write!(out, "<p><b>{label}</b>: {}</p>", esc(&items.join("; ")));
             }
         }
-        let _ = write!(
-            out,
-            "<table><tr><th class=\"l\">{}</th><th>{}</th>{tou_head}<th>{}</th><th>{}</th><th class=\"l\">{}</th></tr>",
-            t(lang, "日期", "Date"),
-            t(lang, "电量", "Energy"),
-            t(lang, "缺口(分钟)", "Gap (min)"),
-            t(lang, "最大需量", "Peak demand"),
-            t(lang, "出现时间", "At")
+        let head = th(lang, &[("日期", "Date", true), ("电量", "Energy", false)]);
+        let tail = th(
+            lang,
+            &[("缺口(分钟)", "Gap (min)", false), ("最大需量", "Peak demand", false), ("出现时间", "At", true)],
         );
+        let _ = write!(out, "<table><tr>{head}{tou_head}{tail}</tr>");
         for d in &m.days {
             let tou: String = d.tou.iter().map(|v| format!("<td>{v:.3}</td>")).collect();
             let _ = write!(
