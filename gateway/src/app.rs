@@ -280,7 +280,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let (a, t) =
             crate::actions::start(config.clone(), registry.clone(), handle.clone(), audit.clone(), shutdown.clone());
         info!(actions = config.actions.len(), "Linkage actions declared.");
-        (Some(a), Some(t))
+        // Rules act through the committed change log, like every other sink.
+        let follow = tokio::spawn(crate::actions::follow(a.clone(), store.clone(), handle.clone(), shutdown.clone()));
+        (Some(a), Some((t, follow)))
     };
     let state = AppState {
         registry: registry.clone(),
@@ -426,8 +428,9 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     let _ = health_task.await;
-    if let Some(t) = actions_task {
-        let _ = t.await;
+    if let Some((engine, follow)) = actions_task {
+        let _ = follow.await;
+        let _ = engine.await;
     }
     if let Some(t) = gateway_health {
         let _ = t.await;

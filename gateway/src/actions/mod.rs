@@ -36,12 +36,15 @@ use crate::model::{Quality, Registry};
 
 /// Outcomes kept for the API.
 pub const LEDGER: usize = 1_000;
+/// A rule's raise or return older than this (s) is not acted on: after a long stop the situation
+/// that asked for the action may be over.
+pub const FRESH_SECS: f64 = 60.0;
 
 /// Who asks.
 #[derive(Debug, Clone)]
 pub enum Trigger {
-    /// A rule raising or returning, for one of its incidents.
-    Rule { rule: String, incident: i64 },
+    /// A rule raising or returning, for one of its incidents, at `at` (UTC ns of the change).
+    Rule { rule: String, incident: i64, at: i64 },
     /// A person (or token) through the API.
     Manual(Caller),
 }
@@ -260,7 +263,7 @@ impl Engine {
         self.next += 1;
         let device = self.action(action).map(|a| a.device.clone()).unwrap_or_default();
         let (kind, rule, incident, who, reason) = match trigger {
-            Trigger::Rule { rule, incident } => {
+            Trigger::Rule { rule, incident, .. } => {
                 ("rule", Some(rule.clone()), Some(*incident), rule.clone(), String::new())
             }
             Trigger::Manual(c) => ("manual", None, None, c.name.clone(), c.reason.clone()),
@@ -306,7 +309,15 @@ impl Engine {
             Trigger::Rule { rule, .. } if !a.rules.contains(rule) => {
                 return self.refuse(r, format!("rule {rule:?} may not trigger this action (allowed: {:?})", a.rules));
             }
-            Trigger::Rule { .. } => {}
+            Trigger::Rule { at, .. } => {
+                let age = (now_ns() - at) as f64 / 1e9;
+                if age > FRESH_SECS {
+                    return self.refuse(
+                        r,
+                        format!("the alarm changed {age:.0} s ago (before a restart?); linkage acts only on alarms at most {FRESH_SECS} s old"),
+                    );
+                }
+            }
             Trigger::Manual(c) => {
                 if let Err(why) = self.may(&a, c, &r.grid) {
                     return self.refuse(r, why);
@@ -580,6 +591,83 @@ impl Engine {
             outcome,
             detail: format!("request {} {}", r.id, r.detail),
         });
+    }
+}
+
+/// The sink name of the linkage follower in the change log's cursors.
+const SINK: &str = "actions";
+
+/// Follows the incident store's committed change log and runs each rule's `on_raise` actions when
+/// one of its incidents is raised (once per episode: a reactivation or chattering is not a raise) and
+/// its `on_return` actions when it returns; each outcome is also written on the incident's history.
+/// Starts at the head the first time (the past is not acted on); the cursor is saved after each
+/// change, and a change older than [`FRESH_SECS`] found after a stop is refused, not acted on.
+pub async fn follow(
+    actions: Actions,
+    store: crate::incident::IncidentStore,
+    core: CoreHandle,
+    shutdown: CancellationToken,
+) {
+    let log = match store.change_log() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "Linkage cannot read the incident change log; rules will not act.");
+            return;
+        }
+    };
+    let mut cursor = match log.cursor(SINK) {
+        Ok(Some(c)) => c,
+        _ => {
+            let head = log.head().unwrap_or(0);
+            let _ = log.save_cursor(SINK, head);
+            head
+        }
+    };
+    let mut committed = store.committed();
+    let mut by_rule: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let rows = match log.after(cursor, 256) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "Linkage cannot read the change log; retrying.");
+                Vec::new()
+            }
+        };
+        for row in &rows {
+            if matches!(row.change.as_str(), "raised" | "returned") {
+                if !by_rule.contains_key(&row.rule) {
+                    // Rules are reloaded at run time: ask again for a rule not seen yet.
+                    if let Ok(report) = core.rules().await {
+                        by_rule = report.rules.into_iter().map(|r| (r.id, (r.on_raise, r.on_return))).collect();
+                    }
+                }
+                let ids = by_rule
+                    .get(&row.rule)
+                    .map(|(raise, ret)| if row.change == "raised" { raise.clone() } else { ret.clone() })
+                    .unwrap_or_default();
+                for id in ids {
+                    let trigger = Trigger::Rule { rule: row.rule.clone(), incident: row.id, at: row.ts };
+                    let Ok(r) = actions.request(&id, None, trigger).await else { return };
+                    let text = format!("联动 Linkage {id}: {} — {}", r.state.as_str(), r.detail);
+                    if let Err(e) = store.comment(row.id, "parkwatch".into(), text, now_ns()).await {
+                        tracing::warn!(error = %e, incident = row.id, "Cannot note a linkage outcome on its incident.");
+                    }
+                }
+            }
+            cursor = row.seq;
+            if let Err(e) = log.save_cursor(SINK, cursor) {
+                tracing::warn!(error = %e, "Cannot save the linkage cursor; changes may be looked at again.");
+            }
+        }
+        if rows.len() == 256 {
+            continue;
+        }
+        tokio::select! {
+            r = committed.changed() => if r.is_err() { return },
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

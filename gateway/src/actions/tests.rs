@@ -157,7 +157,7 @@ async fn a_permitted_action_writes_its_points_once_and_reads_them_back() {
     let rig = rig().await;
     let r = rig
         .actions
-        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 7 })
+        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 7, at: now_ns() })
         .await
         .unwrap();
     assert_eq!(r.state, State::Done, "{r:?}");
@@ -185,7 +185,7 @@ async fn every_unsafe_request_is_refused_with_its_reason_and_nothing_is_written(
         (
             "unlock_b3",
             None,
-            Trigger::Rule { rule: "electrical.overload".into(), incident: 1 },
+            Trigger::Rule { rule: "electrical.overload".into(), incident: 1, at: now_ns() },
             "may not trigger this action",
         ),
         (
@@ -242,7 +242,7 @@ async fn a_device_that_ignores_the_write_fails_the_action_within_the_deadline() 
     let t = Instant::now();
     let r = rig
         .actions
-        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 3 })
+        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 3, at: now_ns() })
         .await
         .unwrap();
     assert!(t.elapsed() < Duration::from_millis(1_000), "within readback_ms");
@@ -259,7 +259,7 @@ async fn a_device_that_ignores_the_write_fails_the_action_within_the_deadline() 
     let t = Instant::now();
     let r = rig
         .actions
-        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 3 })
+        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 3, at: now_ns() })
         .await
         .unwrap();
     assert_eq!(r.state, State::Failed, "{r:?}");

@@ -109,6 +109,9 @@ pub struct RuleInfo {
     pub off_delay_ms: i64,
     pub plan: String,
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Linkage actions run when an incident of the rule is raised, and when it returns.
+    pub on_raise: Vec<String>,
+    pub on_return: Vec<String>,
     #[serde(flatten)]
     pub stats: RuleStats,
 }
@@ -484,6 +487,8 @@ impl Core {
                 on_delay_ms: r.behaviour.on_delay / 1_000_000,
                 off_delay_ms: r.behaviour.off_delay / 1_000_000,
                 plan: r.plan.clone(),
+                on_raise: r.on_raise.clone(),
+                on_return: r.on_return.clone(),
                 params: r
                     .params
                     .iter()

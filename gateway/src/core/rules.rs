@@ -104,6 +104,10 @@ pub struct Rule {
     pub hold: bool,
     /// The unit the rule's limits are written in, per watched point (`residual_current` → `mA`).
     pub units: BTreeMap<String, String>,
+    /// Linkage actions (`[[actions]]` ids) run when an incident of the rule is raised, once per
+    /// episode, and when it returns.
+    pub on_raise: Vec<String>,
+    pub on_return: Vec<String>,
 }
 
 /// Sandbox limits for rule scripts.
@@ -269,6 +273,8 @@ fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, Strin
     let hold = take_bool(&mut m, "hold").map_err(fail)?;
     let message = take_str(&mut m, "message").map_err(fail)?.unwrap_or_else(|| title.clone());
     let plan = take_str(&mut m, "plan").map_err(fail)?.unwrap_or_default();
+    let on_raise = take_list(&mut m, "on_raise").map_err(fail)?;
+    let on_return = take_list(&mut m, "on_return").map_err(fail)?;
     let mut params = BTreeMap::new();
     if let Some(p) = m.remove("params") {
         let Some(p) = p.try_cast::<Map>() else { return Err(fail("`params` must be a map".into())) };
@@ -316,7 +322,7 @@ fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, Strin
     if let Some(k) = m.keys().next() {
         return Err(fail(format!(
             "unknown key `{k}`; expected id, title, category, severity, watch, condition, clear, on_delay, off_delay, \
-             window, every, latch, hold, message, plan, params, units"
+             window, every, latch, hold, message, plan, params, units, on_raise, on_return"
         )));
     }
     if let Some(p) = units.keys().find(|p| !watch.points.contains(p)) {
@@ -339,6 +345,8 @@ fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, Strin
         every,
         hold,
         units,
+        on_raise,
+        on_return,
     })
 }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests against real peers on loopback, compiled into one binary.
 
+mod actions;
 mod audit;
 mod auth;
 mod config_check;

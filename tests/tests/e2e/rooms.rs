@@ -28,8 +28,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         // Its `[history]` settings; samples come in through the core's tap, wired by `app`.
         ("history", &["config"][..]),
         // Commands go out through the Modbus source; interlocks read the core's latest values; every
-        // outcome is audited; roles decide who may ask.
-        ("actions", &["config", "source", "core", "audit", "auth"][..]),
+        // outcome is audited; roles decide who may ask; rules act through the incident change log.
+        ("actions", &["config", "source", "core", "audit", "auth", "incident"][..]),
         // Reports read the history's rollups and the incidents through their read sides.
         ("report", &["config", "history", "incident"][..]),
         ("broker", &["config"][..]),
