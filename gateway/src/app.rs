@@ -281,7 +281,13 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
             crate::actions::start(config.clone(), registry.clone(), handle.clone(), audit.clone(), shutdown.clone());
         info!(actions = config.actions.len(), "Linkage actions declared.");
         // Rules act through the committed change log, like every other sink.
-        let follow = tokio::spawn(crate::actions::follow(a.clone(), store.clone(), handle.clone(), shutdown.clone()));
+        let follow = tokio::spawn(crate::actions::follow(
+            a.clone(),
+            store.clone(),
+            handle.clone(),
+            registry.clone(),
+            shutdown.clone(),
+        ));
         (Some(a), Some((t, follow)))
     };
     let state = AppState {

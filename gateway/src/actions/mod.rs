@@ -43,8 +43,9 @@ pub const FRESH_SECS: f64 = 60.0;
 /// Who asks.
 #[derive(Debug, Clone)]
 pub enum Trigger {
-    /// A rule raising or returning, for one of its incidents, at `at` (UTC ns of the change).
-    Rule { rule: String, incident: i64, at: i64 },
+    /// A rule raising (or escalating) or returning, for one of its incidents, at `at` (UTC ns of
+    /// the change), at the incident's `severity`.
+    Rule { rule: String, incident: i64, at: i64, severity: String },
     /// A person (or token) through the API.
     Manual(Caller),
 }
@@ -309,7 +310,13 @@ impl Engine {
             Trigger::Rule { rule, .. } if !a.rules.contains(rule) => {
                 return self.refuse(r, format!("rule {rule:?} may not trigger this action (allowed: {:?})", a.rules));
             }
-            Trigger::Rule { at, .. } => {
+            Trigger::Rule { at, severity, .. } => {
+                let rank = |s: &str| crate::config::actions::SEVERITIES.iter().position(|x| *x == s);
+                if let Some(min) = &a.min_severity {
+                    if rank(severity) < rank(min) {
+                        return self.refuse(r, format!("the incident is {severity}; this action needs {min} or more"));
+                    }
+                }
                 let age = (now_ns() - at) as f64 / 1e9;
                 if age > FRESH_SECS {
                     return self.refuse(
@@ -597,15 +604,40 @@ impl Engine {
 /// The sink name of the linkage follower in the change log's cursors.
 const SINK: &str = "actions";
 
+/// Fills `{device}`, `{grid}` and `{<tag>}` (the device's tags, such as `{building}`) in an action id
+/// a rule names; `None` when a placeholder has no value (the device has no such tag).
+pub fn fill_template(id: &str, device: &str, grid: &str, tags: &BTreeMap<String, String>) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = id;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}')? + open;
+        let key = &rest[open + 1..close];
+        let v = match key {
+            "device" => device,
+            "grid" => grid,
+            k => tags.get(k).map(String::as_str).filter(|v| !v.is_empty())?,
+        };
+        out.push_str(v);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// Follows the incident store's committed change log and runs each rule's `on_raise` actions when
-/// one of its incidents is raised (once per episode: a reactivation or chattering is not a raise) and
-/// its `on_return` actions when it returns; each outcome is also written on the incident's history.
+/// one of its incidents is raised or escalated (once per incident and action: a reactivation or
+/// chattering is the same episode) and its `on_return` actions when it returns; each outcome is also
+/// written on the incident's history. Action ids may be templates (`unlock_exits_{building}`): one
+/// that cannot be filled, or that names no declared action, is how the built-in packs offer linkage a
+/// site has not enabled, and is skipped; a literal id that is not declared is refused and noted.
 /// Starts at the head the first time (the past is not acted on); the cursor is saved after each
 /// change, and a change older than [`FRESH_SECS`] found after a stop is refused, not acted on.
 pub async fn follow(
     actions: Actions,
     store: crate::incident::IncidentStore,
     core: CoreHandle,
+    registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) {
     let log = match store.change_log() {
@@ -625,6 +657,8 @@ pub async fn follow(
     };
     let mut committed = store.committed();
     let mut by_rule: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+    // (incident, action) asked on raise, so an escalation does not ask again.
+    let mut asked: std::collections::HashSet<(i64, String)> = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let rows = match log.after(cursor, 256) {
@@ -635,25 +669,47 @@ pub async fn follow(
             }
         };
         for row in &rows {
-            if matches!(row.change.as_str(), "raised" | "returned") {
+            let raise = matches!(row.change.as_str(), "raised" | "escalated");
+            if raise || row.change == "returned" {
                 if !by_rule.contains_key(&row.rule) {
                     // Rules are reloaded at run time: ask again for a rule not seen yet.
                     if let Ok(report) = core.rules().await {
                         by_rule = report.rules.into_iter().map(|r| (r.id, (r.on_raise, r.on_return))).collect();
                     }
                 }
-                let ids = by_rule
+                let names = by_rule
                     .get(&row.rule)
-                    .map(|(raise, ret)| if row.change == "raised" { raise.clone() } else { ret.clone() })
+                    .map(|(on_raise, on_return)| if raise { on_raise.clone() } else { on_return.clone() })
                     .unwrap_or_default();
-                for id in ids {
-                    let trigger = Trigger::Rule { rule: row.rule.clone(), incident: row.id, at: row.ts };
+                let tags = registry.device_id(&row.device).map(|d| registry.device(d).tags.clone()).unwrap_or_default();
+                for name in names {
+                    let templated = name.contains('{');
+                    let Some(id) = fill_template(&name, &row.device, &row.grid, &tags) else { continue };
+                    if templated && !actions.declared.iter().any(|a| a.id == id) {
+                        continue;
+                    }
+                    if raise && !asked.insert((row.id, id.clone())) {
+                        continue;
+                    }
+                    let trigger = Trigger::Rule {
+                        rule: row.rule.clone(),
+                        incident: row.id,
+                        at: row.ts,
+                        severity: row.severity.clone(),
+                    };
                     let Ok(r) = actions.request(&id, None, trigger).await else { return };
+                    // Below its severity the action may still come with an escalation.
+                    if r.state == State::Refused && r.detail.contains("this action needs") {
+                        asked.remove(&(row.id, id.clone()));
+                    }
                     let text = format!("联动 Linkage {id}: {} — {}", r.state.as_str(), r.detail);
                     if let Err(e) = store.comment(row.id, "parkwatch".into(), text, now_ns()).await {
                         tracing::warn!(error = %e, incident = row.id, "Cannot note a linkage outcome on its incident.");
                     }
                 }
+            }
+            if matches!(row.change.as_str(), "closed") {
+                asked.retain(|(i, _)| *i != row.id);
             }
             cursor = row.seq;
             if let Err(e) = log.save_cursor(SINK, cursor) {

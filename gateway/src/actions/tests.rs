@@ -157,7 +157,16 @@ async fn a_permitted_action_writes_its_points_once_and_reads_them_back() {
     let rig = rig().await;
     let r = rig
         .actions
-        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 7, at: now_ns() })
+        .request(
+            "unlock_b3",
+            None,
+            Trigger::Rule {
+                rule: "linkage.fire_unlock".into(),
+                incident: 7,
+                at: now_ns(),
+                severity: "critical".into(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(r.state, State::Done, "{r:?}");
@@ -185,7 +194,12 @@ async fn every_unsafe_request_is_refused_with_its_reason_and_nothing_is_written(
         (
             "unlock_b3",
             None,
-            Trigger::Rule { rule: "electrical.overload".into(), incident: 1, at: now_ns() },
+            Trigger::Rule {
+                rule: "electrical.overload".into(),
+                incident: 1,
+                at: now_ns(),
+                severity: "critical".into(),
+            },
             "may not trigger this action",
         ),
         (
@@ -242,7 +256,16 @@ async fn a_device_that_ignores_the_write_fails_the_action_within_the_deadline() 
     let t = Instant::now();
     let r = rig
         .actions
-        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 3, at: now_ns() })
+        .request(
+            "unlock_b3",
+            None,
+            Trigger::Rule {
+                rule: "linkage.fire_unlock".into(),
+                incident: 3,
+                at: now_ns(),
+                severity: "critical".into(),
+            },
+        )
         .await
         .unwrap();
     assert!(t.elapsed() < Duration::from_millis(1_000), "within readback_ms");
@@ -259,7 +282,16 @@ async fn a_device_that_ignores_the_write_fails_the_action_within_the_deadline() 
     let t = Instant::now();
     let r = rig
         .actions
-        .request("unlock_b3", None, Trigger::Rule { rule: "linkage.fire_unlock".into(), incident: 3, at: now_ns() })
+        .request(
+            "unlock_b3",
+            None,
+            Trigger::Rule {
+                rule: "linkage.fire_unlock".into(),
+                incident: 3,
+                at: now_ns(),
+                severity: "critical".into(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(r.state, State::Failed, "{r:?}");
@@ -363,4 +395,44 @@ role = "officer"
     assert!(got.contains(r#"{"action": "camera_preset", "reason": "fire drill"}"#), "{got}");
     let r = rig.actions.request("camera_broken", Some(1.0), person("wang", Role::Officer, None)).await.unwrap();
     assert!(r.state == State::Failed && r.detail.contains("answered 500, expected 200"), "{r:?}");
+}
+
+#[test]
+fn action_ids_are_filled_from_the_device() {
+    let tags = std::collections::BTreeMap::from([("building".to_owned(), "B3".to_owned())]);
+    assert_eq!(fill_template("unlock_exits_{building}", "fd-1", "g3", &tags).as_deref(), Some("unlock_exits_B3"));
+    assert_eq!(fill_template("trip_{device}_{grid}", "fd-1", "g3", &tags).as_deref(), Some("trip_fd-1_g3"));
+    assert_eq!(fill_template("plain", "d", "g", &tags).as_deref(), Some("plain"));
+    assert_eq!(fill_template("unlock_{tenant}", "d", "g", &tags), None);
+    assert_eq!(fill_template("broken_{building", "d", "g", &tags), None);
+}
+
+#[tokio::test]
+async fn a_rule_acts_only_at_the_action_s_severity_and_only_while_fresh() {
+    let extra = r#"
+[[actions]]
+id = "trip_feeder_fd-b3"
+device = "acc-b4"
+kind = "modbus"
+points = ["lock_3"]
+value = 1
+allowed = [1]
+rules = ["electrical.cable_temperature"]
+min_severity = "critical"
+"#;
+    let rig = rig_with(extra).await;
+    let rule = |severity: &str, age_secs: i64| Trigger::Rule {
+        rule: "electrical.cable_temperature".into(),
+        incident: 9,
+        at: now_ns() - age_secs * 1_000_000_000,
+        severity: severity.into(),
+    };
+    let r = rig.actions.request("trip_feeder_fd-b3", None, rule("warning", 0)).await.unwrap();
+    assert!(r.state == State::Refused && r.detail.contains("needs critical"), "{r:?}");
+    let r = rig.actions.request("trip_feeder_fd-b3", None, rule("critical", 120)).await.unwrap();
+    assert!(r.state == State::Refused && r.detail.contains("at most 60 s old"), "{r:?}");
+    assert!(writes(&rig, 2).is_empty());
+    let r = rig.actions.request("trip_feeder_fd-b3", None, rule("critical", 0)).await.unwrap();
+    assert_eq!(r.state, State::Done, "{r:?}");
+    assert_eq!(writes(&rig, 2), [(Table::Coil, 2, vec![1])]);
 }

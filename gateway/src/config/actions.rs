@@ -36,6 +36,9 @@ pub struct Action {
     /// Rules that may trigger the action when they raise or return.
     #[serde(default)]
     pub rules: Vec<String>,
+    /// A rule acts only when its incident is at least this severe (`warning`, `minor`, `major`,
+    /// `critical`); an incident escalating to it acts then. Default: any.
+    pub min_severity: Option<String>,
     /// The least role that may trigger it by hand (`officer`, `supervisor`, `safety_manager`,
     /// `admin`); without it, only rules can.
     pub role: Option<String>,
@@ -105,6 +108,8 @@ impl Interlock {
 
 /// Operators an interlock may use.
 pub const OPS: [&str; 6] = ["==", "!=", ">", ">=", "<", "<="];
+/// Severities, least first.
+pub const SEVERITIES: [&str; 4] = ["warning", "minor", "major", "critical"];
 /// Roles that may be named in `role`.
 pub const ROLES: [&str; 4] = ["officer", "supervisor", "safety_manager", "admin"];
 
@@ -190,6 +195,11 @@ pub(super) fn validate(
             }
         } else if !a.rules.is_empty() {
             push(at("value"), "missing; expected the value the rules' trigger writes".into());
+        }
+        if let Some(s) = &a.min_severity {
+            if !SEVERITIES.contains(&s.as_str()) {
+                push(at("min_severity"), format!("{s:?}; expected one of {}", SEVERITIES.join(", ")));
+            }
         }
         if let Some(r) = &a.role {
             if !ROLES.contains(&r.as_str()) {
