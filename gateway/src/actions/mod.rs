@@ -748,6 +748,31 @@ async fn run(config: &Config, a: &Action, value: f64, r: &Record) -> Result<(Vec
                 Err((read, format!("read-back mismatch after writing {value}: {}", bad.join(", "))))
             }
         }
+        ActionKind::Mqtt => {
+            let b = a.broker.as_deref().and_then(|id| config.mqtt.brokers.iter().find(|b| b.id == id));
+            let Some(b) = b else { return Err((Vec::new(), "the action's broker is not configured".into())) };
+            let correlation = format!("pw-{}-{}", r.id, now_ns());
+            let fill = |t: &str| {
+                t.replace("{correlation}", &correlation)
+                    .replace("{action}", &a.id)
+                    .replace("{value}", &value.to_string())
+                    .replace("{device}", &a.device)
+                    .replace("{reason}", &r.reason)
+            };
+            let topic = fill(a.topic.as_deref().unwrap_or_default());
+            let payload = fill(a.payload.as_deref().unwrap_or_default());
+            let options = crate::source::mqtt::options(b, format!("parkwatch-action-{}", correlation))
+                .map_err(|e| (Vec::new(), format!("mqtt: {e}")))?;
+            let reply = a.reply_topic.clone();
+            let call = tokio::task::spawn_blocking(move || {
+                mqtt_command(options, &topic, payload, reply, &correlation, deadline)
+            });
+            match call.await {
+                Ok(Ok(detail)) => Ok((Vec::new(), detail)),
+                Ok(Err(why)) => Err((Vec::new(), why)),
+                Err(e) => Err((Vec::new(), format!("command task ended: {e}"))),
+            }
+        }
         ActionKind::Http => {
             let fill = |t: &str| {
                 t.replace("{action}", &a.id)
@@ -780,6 +805,56 @@ async fn run(config: &Config, a: &Action, value: f64, r: &Record) -> Result<(Vec
             }
         }
     }
+}
+
+/// Publishes `payload` on `topic` at QoS 1 on a connection of its own and waits for the broker's
+/// PUBACK and, with `reply`, for a message on that topic that carries `correlation`, all within
+/// `deadline`. The reply subscription is confirmed before the command goes out, so a fast device's
+/// answer is not missed.
+fn mqtt_command(
+    mut options: rumqttc::MqttOptions,
+    topic: &str,
+    payload: String,
+    reply: Option<String>,
+    correlation: &str,
+    deadline: Duration,
+) -> Result<String, String> {
+    use rumqttc::{Event, Packet, QoS};
+    options.set_clean_session(true);
+    let (client, mut connection) = rumqttc::Client::new(options, 8);
+    let end = Instant::now() + deadline;
+    let mut next = |what: &str| -> Result<Packet, String> {
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match connection.recv_timeout(left) {
+                Ok(Ok(Event::Incoming(p))) => return Ok(p),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("mqtt: {e}")),
+                Err(_) => return Err(format!("mqtt: no {what} within {} ms", deadline.as_millis())),
+            }
+        }
+    };
+    if let Some(r) = &reply {
+        client.subscribe(r, QoS::AtLeastOnce).map_err(|e| format!("mqtt: {e}"))?;
+        while !matches!(next("SUBACK")?, Packet::SubAck(_)) {}
+    }
+    client.publish(topic, QoS::AtLeastOnce, false, payload.into_bytes()).map_err(|e| format!("mqtt: {e}"))?;
+    let mut acked = false;
+    let mut answer = None;
+    while !acked || (reply.is_some() && answer.is_none()) {
+        match next(if acked { "correlated reply" } else { "PUBACK" })? {
+            Packet::PubAck(_) => acked = true,
+            Packet::Publish(p) if String::from_utf8_lossy(&p.payload).contains(correlation) => {
+                answer = Some(String::from_utf8_lossy(&p.payload).chars().take(200).collect::<String>());
+            }
+            _ => {}
+        }
+    }
+    let _ = client.disconnect();
+    Ok(match answer {
+        Some(a) => format!("published on {topic}; the device answered {a}"),
+        None => format!("published on {topic}; the broker has it"),
+    })
 }
 
 #[cfg(test)]

@@ -436,3 +436,84 @@ min_severity = "critical"
     assert_eq!(r.state, State::Done, "{r:?}");
     assert_eq!(writes(&rig, 2), [(Table::Coil, 2, vec![1])]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_command_is_correlated_with_its_reply_and_fails_without_one() {
+    let mqtt_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let broker = crate::config::EmbeddedBroker {
+        embedded: true,
+        listen: format!("127.0.0.1:{mqtt_port}").parse().unwrap(),
+        ..Default::default()
+    };
+    std::thread::spawn(move || crate::broker::start(&broker));
+    // A device that answers commands on park/cmd/gate-1 with the correlation id they carry.
+    let mut o = rumqttc::MqttOptions::new("gate-1", "127.0.0.1", mqtt_port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (device, mut conn) = rumqttc::Client::new(o, 8);
+    device.subscribe("park/cmd/gate-1", rumqttc::QoS::AtLeastOnce).unwrap();
+    let answering = device.clone();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let cmd: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                    let reply = serde_json::json!({ "id": cmd["id"], "ok": true }).to_string();
+                    let _ = answering.publish("park/reply/gate-1", rumqttc::QoS::AtLeastOnce, false, reply);
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    let extra = format!(
+        r#"
+[[mqtt.brokers]]
+id = "local"
+host = "127.0.0.1"
+port = {mqtt_port}
+[[mqtt.subscriptions]]
+broker = "local"
+topic = "park/{{grid}}/{{device}}/{{point}}"
+format = "number"
+[[actions]]
+id = "open_gate"
+device = "acc-b3"
+kind = "mqtt"
+broker = "local"
+topic = "park/cmd/gate-1"
+payload = '{{"id": "{{correlation}}", "cmd": "open", "value": {{value}}}}'
+reply_topic = "park/reply/gate-1"
+allowed = [1]
+role = "officer"
+readback_ms = 3000
+[[actions]]
+id = "open_silent_gate"
+device = "acc-b3"
+kind = "mqtt"
+broker = "local"
+topic = "park/cmd/gate-2"
+payload = '{{"id": "{{correlation}}"}}'
+reply_topic = "park/reply/gate-2"
+allowed = [1]
+role = "officer"
+readback_ms = 1000
+"#
+    );
+    let rig = rig_with(&extra).await;
+    // The device's subscription is in place once a command of its own comes back.
+    let mut answered = None;
+    for _ in 0..50 {
+        let r = rig.actions.request("open_gate", Some(1.0), person("wang", Role::Officer, None)).await.unwrap();
+        if r.state == State::Done {
+            answered = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = answered.expect("the gate never answered");
+    assert!(r.detail.contains("the device answered") && r.detail.contains(&format!("pw-{}-", r.id)), "{r:?}");
+    let t = Instant::now();
+    let r = rig.actions.request("open_silent_gate", Some(1.0), person("wang", Role::Officer, None)).await.unwrap();
+    assert!(r.state == State::Failed && r.detail.contains("no correlated reply"), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+}

@@ -15,9 +15,17 @@ pub struct Action {
     pub title: Option<String>,
     /// The device acted on (its grid scopes who may trigger the action by hand).
     pub device: String,
-    /// `modbus` (write points of the device's profile declared writable) or `http` (a call to an
-    /// access-control or video system).
+    /// `modbus` (write points of the device's profile declared writable), `mqtt` (a command
+    /// published at QoS 1, with an optional correlated reply) or `http` (a call to an access-control
+    /// or video system).
     pub kind: ActionKind,
+    /// MQTT: the `[[mqtt.brokers]]` id, the command topic and payload (`{correlation}`, `{action}`,
+    /// `{value}`, `{device}`, `{reason}` replaced), and the topic the device answers on; the answer
+    /// must carry the correlation id and arrive within `readback_ms`.
+    pub broker: Option<String>,
+    pub topic: Option<String>,
+    pub payload: Option<String>,
+    pub reply_topic: Option<String>,
     /// Modbus: the writable points written, each with the same value.
     #[serde(default)]
     pub points: Vec<String>,
@@ -66,6 +74,7 @@ pub struct Action {
 #[serde(rename_all = "lowercase")]
 pub enum ActionKind {
     Modbus,
+    Mqtt,
     Http,
 }
 
@@ -128,6 +137,7 @@ fn default_max_age() -> u64 {
 pub(super) fn validate(
     actions: &[Action],
     devices: &[super::Device],
+    brokers: &[&str],
     writable: &dyn Fn(&super::Device, &str) -> Result<(), String>,
 ) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -168,6 +178,34 @@ pub(super) fn validate(
                     };
                     if set {
                         push(at(k), "set on a modbus action; expected it only with kind = \"http\"".into());
+                    }
+                }
+            }
+            ActionKind::Mqtt => {
+                match a.broker.as_deref() {
+                    Some(b) if brokers.contains(&b) => {}
+                    other => push(
+                        at("broker"),
+                        format!("{other:?}; expected the id of one of [[mqtt.brokers]] ({})", brokers.join(", ")),
+                    ),
+                }
+                match a.topic.as_deref() {
+                    Some(t) if !t.is_empty() && !t.contains(['+', '#']) => {}
+                    other => push(at("topic"), format!("{other:?}; expected a topic without wildcards")),
+                }
+                if a.payload.is_none() {
+                    push(at("payload"), "missing; expected the command's payload template".into());
+                }
+                if let Some(r) = &a.reply_topic {
+                    if r.is_empty() || r.contains('#') {
+                        push(at("reply_topic"), format!("{r:?}; expected a topic (+ is allowed, # is not)"));
+                    }
+                    if !a.payload.as_deref().unwrap_or_default().contains("{correlation}") {
+                        push(
+                            at("payload"),
+                            "has no {correlation}; expected it when a reply is awaited, so the reply can be matched"
+                                .into(),
+                        );
                     }
                 }
             }
@@ -354,5 +392,26 @@ critical = true
         assert!(writable_table(Table::Coil, DataType::Bit) && writable_table(Table::Holding, DataType::F32));
         assert!(!writable_table(Table::Holding, DataType::Bit) && !writable_table(Table::Input, DataType::U16));
         assert!(p[4].1.contains("not Modbus TCP"), "{p:?}");
+    }
+
+    #[test]
+    fn an_mqtt_command_names_its_broker_and_can_be_correlated() {
+        let p = problems(
+            r#"
+[[actions]]
+id = "gate"
+device = "acc"
+kind = "mqtt"
+broker = "nowhere"
+topic = "park/cmd/#"
+payload = '{"cmd": "open"}'
+reply_topic = "park/reply"
+allowed = [1]
+role = "officer"
+"#,
+        );
+        let paths: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(paths, ["actions[0].broker", "actions[0].topic", "actions[0].payload"], "{p:?}");
+        assert!(p[2].1.contains("{correlation}"), "{p:?}");
     }
 }

@@ -608,7 +608,8 @@ fn validate_actions(config: &Config, p: &mut Problems) {
         }
         Ok(())
     };
-    p.0.extend(super::actions::validate(&config.actions, &config.devices, &writable));
+    let brokers: Vec<&str> = config.mqtt.brokers.iter().map(|b| b.id.as_str()).collect();
+    p.0.extend(super::actions::validate(&config.actions, &config.devices, &brokers, &writable));
 }
 
 /// Parses local `HH:MM` into minutes since midnight.
