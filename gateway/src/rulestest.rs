@@ -14,6 +14,10 @@
 //! until = "10s"
 //! expect = [{ at = "3s", rule = "electrical.residual_current", kind = "raised", severity = "critical" }]
 //! ```
+//!
+//! An expectation may also name the linkage actions the transition would ask for (`actions =
+//! ["unlock_exits_B3"]`: the rule's `on_raise` for a raise or escalation, `on_return` for a return,
+//! filled in with the test device's id, grid and tags); nothing is sent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -117,6 +121,8 @@ struct Expect {
     rule: String,
     kind: String,
     severity: Option<String>,
+    /// The linkage actions this transition asks for (offline: nothing is sent).
+    actions: Option<Vec<String>>,
 }
 
 /// The outcome of one test file.
@@ -227,7 +233,36 @@ fn nudged(nudge: &Nudge, case: &Case, rule: &rules::Rule) -> Result<rhai::Dynami
 
 fn run_case(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
     let (_, actual) = transitions(case, packs, None)?;
-    check(case, &actual)
+    check(case, &actual)?;
+    check_actions(case, packs)
+}
+
+/// The linkage actions each expectation names against what its rule would ask for, filled in for the
+/// test device.
+fn check_actions(case: &Case, packs: &[(String, String)]) -> Result<(), String> {
+    if case.expect.iter().all(|e| e.actions.is_none()) {
+        return Ok(());
+    }
+    let set = rules::load(packs, Limits::default())
+        .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+    let d = &case.device;
+    for e in &case.expect {
+        let Some(want) = &e.actions else { continue };
+        let rule = set.rules.iter().find(|r| r.id == e.rule).ok_or_else(|| format!("no rule {:?}", e.rule))?;
+        let names = match e.kind.as_str() {
+            "raised" | "escalated" => &rule.on_raise,
+            "returned" => &rule.on_return,
+            _ => &Vec::new(),
+        };
+        let got: Vec<String> = names.iter().filter_map(|n| rules::fill_template(n, &d.id, &d.grid, &d.tags)).collect();
+        if &got != want {
+            return Err(format!(
+                "at {} {} {}: expected actions {want:?}, the rule asks for {got:?}",
+                e.at, e.rule, e.kind
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Which shipped limits no test case sits on: for every rule and every limit parameter, some case of

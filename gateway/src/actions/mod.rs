@@ -604,26 +604,7 @@ impl Engine {
 /// The sink name of the linkage follower in the change log's cursors.
 const SINK: &str = "actions";
 
-/// Fills `{device}`, `{grid}` and `{<tag>}` (the device's tags, such as `{building}`) in an action id
-/// a rule names; `None` when a placeholder has no value (the device has no such tag).
-pub fn fill_template(id: &str, device: &str, grid: &str, tags: &BTreeMap<String, String>) -> Option<String> {
-    let mut out = String::new();
-    let mut rest = id;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let close = rest[open..].find('}')? + open;
-        let key = &rest[open + 1..close];
-        let v = match key {
-            "device" => device,
-            "grid" => grid,
-            k => tags.get(k).map(String::as_str).filter(|v| !v.is_empty())?,
-        };
-        out.push_str(v);
-        rest = &rest[close + 1..];
-    }
-    out.push_str(rest);
-    Some(out)
-}
+pub use crate::core::rules::fill_template;
 
 /// Follows the incident store's committed change log and runs each rule's `on_raise` actions when
 /// one of its incidents is raised or escalated (once per incident and action: a reactivation or

@@ -350,6 +350,27 @@ fn rule_from_map(mut m: Map, pack: usize) -> Result<Rule, (Option<String>, Strin
     })
 }
 
+/// Fills `{device}`, `{grid}` and `{<tag>}` (the device's tags, such as `{building}`) in an action id
+/// a rule names; `None` when a placeholder has no value (the device has no such tag).
+pub fn fill_template(id: &str, device: &str, grid: &str, tags: &BTreeMap<String, String>) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = id;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}')? + open;
+        let key = &rest[open + 1..close];
+        let v = match key {
+            "device" => device,
+            "grid" => grid,
+            k => tags.get(k).map(String::as_str).filter(|v| !v.is_empty())?,
+        };
+        out.push_str(v);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// Whether two spellings name the same unit: `µg/m³` = `ug/m3` = `μg/m³`, `°C` = `℃`, `dB(A)` = `dBA`,
 /// `mg/L` = `mg/l`. Otherwise exact: `mA` is not `A`, `mg/m³` is not `µg/m³`.
 pub fn same_unit(a: &str, b: &str) -> bool {
