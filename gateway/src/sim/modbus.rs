@@ -29,6 +29,8 @@ pub struct Unit {
     pub requests: u64,
     /// Every write request answered: (table, first address, words or bits as 0/1), in order.
     pub writes: Vec<(Table, u16, Vec<u16>)>,
+    /// When each of `writes` arrived.
+    pub write_times: Vec<std::time::Instant>,
     /// Answers writes as done without storing them (a device that ignores commands).
     pub ignore_writes: bool,
 }
@@ -68,7 +70,8 @@ impl Unit {
 
     /// Fills the unit with values for every numeric point of `profile` from `value(name)`.
     pub fn load_profile(&mut self, profile: &Profile, mut value: impl FnMut(&str) -> f64) {
-        for p in &profile.points {
+        // Writable points are commands the device holds as written, not readings it makes up.
+        for p in profile.points.iter().filter(|p| !p.writable) {
             match p.ty {
                 DataType::String => {}
                 DataType::Bit if matches!(p.table, Table::Holding | Table::Input) => {
@@ -113,6 +116,15 @@ impl tokio_modbus::server::Service for Service {
         let bits = |m: &HashMap<u16, bool>, a: u16, n: u16| {
             (0..n).map(|i| *m.get(&a.wrapping_add(i)).unwrap_or(&false)).collect()
         };
+        if matches!(
+            req.request,
+            Request::WriteSingleRegister(..)
+                | Request::WriteMultipleRegisters(..)
+                | Request::WriteSingleCoil(..)
+                | Request::WriteMultipleCoils(..)
+        ) {
+            unit.write_times.push(std::time::Instant::now());
+        }
         let r = match req.request {
             Request::ReadHoldingRegisters(a, n) if refused(Table::Holding, a, n) => {
                 Err(ExceptionCode::IllegalDataAddress)
@@ -172,8 +184,14 @@ pub async fn serve(listener: tokio::net::TcpListener, units: Units, shutdown: Ca
         .await;
 }
 
+/// When the demo's simulated fire starts (the first fire detector's temperature alarm bit), after the
+/// park starts, and how long the bit stays up.
+pub const FIRE_AT: std::time::Duration = std::time::Duration::from_secs(12);
+const FIRE_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Serves simulated devices `(unit, profile)` on `listener`, their values walking every `period` like
-/// the MQTT park's (same baselines and bounds), until `shutdown`.
+/// the MQTT park's (same baselines and bounds), until `shutdown`. Status bits stay 0, except the first
+/// fire detector's temperature alarm, which rises once at [`FIRE_AT`]: the demo's fire.
 pub async fn run_park(
     devices: Vec<(u8, Profile)>,
     listener: tokio::net::TcpListener,
@@ -183,7 +201,15 @@ pub async fn run_park(
     let mut rng = fastrand::Rng::with_seed(0x6d6f_6462);
     let mut values: Vec<HashMap<String, f64>> = devices
         .iter()
-        .map(|(_, p)| p.points.iter().map(|pt| (pt.name.clone(), super::baseline(&pt.name, &mut rng).0)).collect())
+        .map(|(_, p)| {
+            p.points
+                .iter()
+                .map(|pt| {
+                    let v = super::baseline(&pt.name, &mut rng).0;
+                    (pt.name.clone(), if pt.kind == crate::config::PointKind::Bool { 0.0 } else { v })
+                })
+                .collect()
+        })
         .collect();
     let units: Units = Arc::new(Mutex::new(HashMap::new()));
     let write = |units: &Units, values: &[HashMap<String, f64>]| {
@@ -196,18 +222,30 @@ pub async fn run_park(
     write(&units, &values);
     tracing::info!(units = devices.len(), addr = ?listener.local_addr().ok(), "Simulated Modbus devices serving.");
     let server = tokio::spawn(serve(listener, units.clone(), shutdown.clone()));
+    let started = std::time::Instant::now();
+    let fire_unit = devices.iter().position(|(_, p)| p.points.iter().any(|x| x.name == "alarm_temperature"));
+    let bits: Vec<Vec<String>> = devices
+        .iter()
+        .map(|(_, p)| {
+            p.points.iter().filter(|x| x.kind == crate::config::PointKind::Bool).map(|x| x.name.clone()).collect()
+        })
+        .collect();
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        for vals in &mut values {
+        let since = started.elapsed();
+        let fire = since >= FIRE_AT && since < FIRE_AT + FIRE_FOR;
+        for (i, vals) in values.iter_mut().enumerate() {
             for (name, v) in vals.iter_mut() {
                 let (_, walk) = super::baseline(name, &mut rng);
                 let (lo, hi) = super::bounds(name);
                 *v = match name.as_str() {
                     "energy" | "energy_total" => *v + 0.01 + rng.f64() * 0.05,
+                    "alarm_temperature" if fire && Some(i) == fire_unit => 1.0,
+                    n if bits[i].iter().any(|b| b == n) => 0.0,
                     n if n.starts_with("alarm") || n == "arc_fault" || n == "fault" => 0.0,
                     _ => (*v + (rng.f64() - 0.5) * 2.0 * walk).clamp(lo, hi),
                 };

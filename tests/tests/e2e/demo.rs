@@ -118,3 +118,49 @@ fn the_demo_inbox_prints_the_notification_of_the_first_hazard() {
     assert!(text.contains("网格：") || text.contains("汇总"), "{text}");
     assert!(text.contains(&format!("http://{api}/#/incidents")), "{text}");
 }
+
+/// The demo's simulated fire (fd-g2's temperature alarm, about 12 s in) releases the exits of its
+/// building B20 through the simulated access controller: visible in /api/v1/actions and with the
+/// controller in /api/v1/devices.
+#[test]
+fn the_demo_fire_unlocks_its_building_s_exits() {
+    let api = format!("127.0.0.1:{}", free_port());
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let modbus = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(gateway_bin())
+        .args(["demo", "--listen", &api, "--mqtt-listen", &mqtt, "--modbus-listen", &modbus, "--duration", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = api.parse().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let token = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(n > 0, "the demo printed no PARKWATCH_TOKEN line");
+        if let Some(t) = line.trim().strip_prefix("PARKWATCH_TOKEN=") {
+            break t.to_owned();
+        }
+    };
+    let get = |path: &str| -> Option<serde_json::Value> {
+        let (status, body) = http_get_as(addr, path, Some(&token)).ok()?;
+        serde_json::from_str(&body).ok().filter(|_| status == 200)
+    };
+    let done = wait_until(Duration::from_secs(45), "the demo fire's linkage", || {
+        let a = get("/api/v1/actions")?;
+        a["recent"].as_array()?.iter().find(|r| r["action"] == "unlock_exits_B20").cloned()
+    });
+    assert_eq!(
+        (done["state"].as_str(), done["rule"].as_str()),
+        (Some("done"), Some("electrical.detector_alarm")),
+        "{done}"
+    );
+    assert_eq!(done["read_back"], serde_json::json!([1.0, 1.0, 1.0, 1.0]));
+    let devices = get("/api/v1/devices").unwrap();
+    assert!(devices.to_string().contains("acc-b20"), "{devices}");
+    let declared = get("/api/v1/actions").unwrap();
+    assert!(declared["declared"].to_string().contains("trip_breaker_B20"), "{declared}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

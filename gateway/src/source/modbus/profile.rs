@@ -11,7 +11,7 @@ use super::plan::Table;
 use crate::config::PointKind;
 
 /// The shipped profiles.
-pub const BUILTIN: [(&str, &str); 7] = [
+pub const BUILTIN: [(&str, &str); 8] = [
     ("eastron-sdm630", include_str!("../../../../configs/profiles/eastron-sdm630.toml")),
     ("acrel-adw300", include_str!("../../../../configs/profiles/acrel-adw300.toml")),
     ("chint-dtsu666", include_str!("../../../../configs/profiles/chint-dtsu666.toml")),
@@ -19,6 +19,7 @@ pub const BUILTIN: [(&str, &str); 7] = [
     ("noise-transmitter", include_str!("../../../../configs/profiles/noise-transmitter.toml")),
     ("pm-transmitter", include_str!("../../../../configs/profiles/pm-transmitter.toml")),
     ("access-controller", include_str!("../../../../configs/profiles/access-controller.toml")),
+    ("breaker", include_str!("../../../../configs/profiles/breaker.toml")),
 ];
 
 /// A register map.
