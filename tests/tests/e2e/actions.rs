@@ -147,6 +147,17 @@ fn a_fire_alarm_unlocks_its_building_once_however_it_chatters() {
     let metrics = http_metrics(&gw);
     assert!(metrics.contains("parkwatch_actions_total{outcome=\"done\"} 2"), "{metrics}");
     assert!(metrics.contains("parkwatch_actions_total{outcome=\"refused\"} 1"), "{metrics}");
+    // A controller that ignores the command: the read-back fails the action within its deadline and
+    // an incident of its own says so.
+    units.lock().unwrap().get_mut(&1).unwrap().ignore_writes = true;
+    let (status, body) = gw.post("/api/v1/actions/unlock_b3", &json!({ "value": 1, "reason": "drill" })).unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("read-back mismatch"), "{body}");
+    let failed = wait_until(Duration::from_secs(5), "the action-failed incident", || {
+        let open = gw.json("/api/v1/incidents");
+        open.as_array()?.iter().find(|i| i["rule"] == "system.linkage.action_failed").cloned()
+    });
+    assert!(failed["message"].as_str().unwrap_or_default().contains("unlock_b3"), "{failed}");
     stop.cancel();
 }
 
