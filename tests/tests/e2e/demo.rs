@@ -5,20 +5,32 @@ use std::time::Duration;
 
 use parkwatch_e2e::{free_port, gateway_bin, http_get, http_get_as, wait_until};
 
-#[test]
-fn demo_serves_a_simulated_park_and_stops_by_itself() {
+/// Starts `parkwatch demo` for `secs` with every listener on a port of its own (so demos can run side
+/// by side): the process, its API address and the admin token it printed (with what it printed up to
+/// there), and the rest of its standard output.
+fn start_demo(
+    secs: u32,
+) -> (std::process::Child, std::net::SocketAddr, String, String, std::io::BufReader<std::process::ChildStdout>) {
     let api = format!("127.0.0.1:{}", free_port());
     let mqtt = format!("127.0.0.1:{}", free_port());
-    // Every listener on a port of its own, so demos can run side by side.
     let modbus = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(gateway_bin())
-        .args(["demo", "--listen", &api, "--mqtt-listen", &mqtt, "--modbus-listen", &modbus, "--duration", "8"])
+        .args([
+            "demo",
+            "--listen",
+            &api,
+            "--mqtt-listen",
+            &mqtt,
+            "--modbus-listen",
+            &modbus,
+            "--duration",
+            &secs.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let addr = api.parse().unwrap();
-    // The demo prints its admin token as a line PARKWATCH_TOKEN=…; the rest of its output is read below.
+    // The demo prints its admin token as a line PARKWATCH_TOKEN=…; the rest of its output is read later.
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut out = String::new();
     let token = loop {
@@ -30,6 +42,13 @@ fn demo_serves_a_simulated_park_and_stops_by_itself() {
             break t.to_owned();
         }
     };
+    (child, api.parse().unwrap(), token, out, stdout)
+}
+
+#[test]
+fn demo_serves_a_simulated_park_and_stops_by_itself() {
+    let (mut child, addr, token, mut out, mut stdout) = start_demo(8);
+    let api = addr.to_string();
     let points = wait_until(Duration::from_secs(20), "demo points from every grid and category", || {
         let (status, body) = http_get_as(addr, "/api/v1/points", Some(&token)).ok()?;
         let points: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
@@ -124,25 +143,7 @@ fn the_demo_inbox_prints_the_notification_of_the_first_hazard() {
 /// controller in /api/v1/devices.
 #[test]
 fn the_demo_fire_unlocks_its_building_s_exits() {
-    let api = format!("127.0.0.1:{}", free_port());
-    let mqtt = format!("127.0.0.1:{}", free_port());
-    let modbus = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(gateway_bin())
-        .args(["demo", "--listen", &api, "--mqtt-listen", &mqtt, "--modbus-listen", &modbus, "--duration", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = api.parse().unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let token = loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-        assert!(n > 0, "the demo printed no PARKWATCH_TOKEN line");
-        if let Some(t) = line.trim().strip_prefix("PARKWATCH_TOKEN=") {
-            break t.to_owned();
-        }
-    };
+    let (mut child, addr, token, _, _stdout) = start_demo(60);
     let get = |path: &str| -> Option<serde_json::Value> {
         let (status, body) = http_get_as(addr, path, Some(&token)).ok()?;
         serde_json::from_str(&body).ok().filter(|_| status == 200)
