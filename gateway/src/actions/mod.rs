@@ -547,7 +547,11 @@ impl Engine {
         counter.fetch_add(1, Relaxed);
         if r.state == State::Failed {
             let message = format!("Linkage action {} on {} failed: {}", r.action, r.device, r.detail);
-            if !self.core.system_incident("linkage.action_failed", message.clone()) {
+            let sent = match self.registry.device_id(&r.device) {
+                Some(d) => self.core.system_incident_for("linkage.action_failed", d, message.clone()),
+                None => self.core.system_incident("linkage.action_failed", message.clone()),
+            };
+            if !sent {
                 tracing::error!(action = %r.action, "{message}");
             }
         }

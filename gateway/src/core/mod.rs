@@ -78,7 +78,7 @@ pub enum Query {
     /// Swap in a new rule engine (a reload that compiled), keeping alarms of rules that remain.
     Reload { engine: Box<Engine>, reply: oneshot::Sender<()> },
     /// Open a `system` incident (data dropped, a store failing), from outside the core.
-    System { rule: String, message: String },
+    System { rule: String, device: Option<DeviceId>, message: String },
     /// Patrol coverage of a grid over `[from, to]` (UTC ns), per shift of `roster`; `None` without
     /// checkpoints.
     Patrols { grid: String, roster: Option<Box<Roster>>, from: i64, to: i64, reply: oneshot::Sender<Option<Coverage>> },
@@ -166,7 +166,13 @@ impl CoreHandle {
     /// Asks for a `system` incident without waiting; returns false when the core is busy or gone
     /// (the caller logs instead).
     pub fn system_incident(&self, rule: &str, message: String) -> bool {
-        self.tx.try_send(Query::System { rule: rule.to_owned(), message }).is_ok()
+        self.tx.try_send(Query::System { rule: rule.to_owned(), device: None, message }).is_ok()
+    }
+
+    /// As [`CoreHandle::system_incident`], about `device`: the incident carries its id and grid, so
+    /// the people of that grid see it.
+    pub fn system_incident_for(&self, rule: &str, device: DeviceId, message: String) -> bool {
+        self.tx.try_send(Query::System { rule: rule.to_owned(), device: Some(device), message }).is_ok()
     }
 
     /// Patrol coverage of `grid` from `from` to `to` (UTC ns; slots that have not ended yet do not
@@ -439,9 +445,9 @@ impl Core {
                 self.loaded_at = self.clock.wall_ns();
                 let _ = reply.send(());
             }
-            Query::System { rule, message } => {
+            Query::System { rule, device, message } => {
                 if let Some(engine) = &mut self.engine {
-                    engine.system_incident(self.clock.wall_ns(), &rule, DeviceId(u32::MAX), message);
+                    engine.system_incident(self.clock.wall_ns(), &rule, device.unwrap_or(DeviceId(u32::MAX)), message);
                 }
             }
             Query::Patrols { grid, roster, from, to, reply } => {

@@ -158,6 +158,8 @@ fn a_fire_alarm_unlocks_its_building_once_however_it_chatters() {
         open.as_array()?.iter().find(|i| i["rule"] == "system.linkage.action_failed").cloned()
     });
     assert!(failed["message"].as_str().unwrap_or_default().contains("unlock_b3"), "{failed}");
+    // About the controller, in its grid: the grid's people see it.
+    assert_eq!((failed["device"].as_str(), failed["grid"].as_str()), (Some("acc-b3"), Some("g3")), "{failed}");
     stop.cancel();
 }
 
