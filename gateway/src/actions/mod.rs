@@ -188,7 +188,10 @@ pub fn start(
     let metrics = Arc::new(ActionMetrics::default());
     let declared = Arc::new(config.actions.clone());
     let handle = Actions { tx, ledger: ledger.clone(), metrics: metrics.clone(), declared };
+    // Parsed once: a command must not wait for the register maps to be read again.
+    let profiles = Arc::new(crate::source::modbus::profile::load_all(&config.modbus.profile_dirs).unwrap_or_default());
     let engine = Engine {
+        profiles,
         config,
         registry,
         core,
@@ -210,6 +213,7 @@ struct Pending {
 
 struct Engine {
     config: Arc<Config>,
+    profiles: Arc<BTreeMap<String, crate::source::modbus::profile::Profile>>,
     registry: Arc<Registry>,
     core: CoreHandle,
     audit: AuditLog,
@@ -495,11 +499,12 @@ impl Engine {
     async fn execute(&mut self, a: &Action, value: f64, r: Record) -> Record {
         self.runs.entry(a.id.clone()).or_default().push_back(Instant::now());
         let config = self.config.clone();
+        let profiles = self.profiles.clone();
         let a = a.clone();
         let started = r.clone();
         let task = tokio::spawn(async move {
             let mut r = started;
-            match run(&config, &a, value, &r).await {
+            match run(&config, &profiles, &a, value, &r).await {
                 Ok((read, detail)) => {
                     r.state = State::Done;
                     r.read_back = read;
@@ -713,11 +718,17 @@ pub async fn follow(
 }
 
 /// The command itself: the values read back (Modbus) and what happened, or why it failed.
-async fn run(config: &Config, a: &Action, value: f64, r: &Record) -> Result<(Vec<f64>, String), (Vec<f64>, String)> {
+async fn run(
+    config: &Config,
+    profiles: &BTreeMap<String, crate::source::modbus::profile::Profile>,
+    a: &Action,
+    value: f64,
+    r: &Record,
+) -> Result<(Vec<f64>, String), (Vec<f64>, String)> {
     let deadline = Duration::from_millis(a.readback_ms);
     match a.kind {
         ActionKind::Modbus => {
-            let read = crate::source::modbus::command(config, &a.device, &a.points, value, deadline)
+            let read = crate::source::modbus::command(config, profiles, &a.device, &a.points, value, deadline)
                 .await
                 .map_err(|e| (Vec::new(), format!("write or read-back failed: {e}")))?;
             let bad: Vec<String> = a

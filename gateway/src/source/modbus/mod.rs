@@ -442,47 +442,8 @@ async fn connect(conn: &ModbusConnection) -> Result<Context, ModbusError> {
     }
 }
 
-/// Writes a value to a writable point (functions 5/15 for coils, 6/16 for registers), for linkage
-/// actions. Nothing is written unless the profile declares the point writable.
-///
-/// # Errors
-/// The point is not writable, the device is not polled over Modbus, or the write failed.
-pub async fn write(config: &config::Config, device: &str, point: &str, value: f64) -> Result<(), ModbusError> {
-    let d = config.devices.iter().find(|d| d.id == device).ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
-    let m = d.modbus.as_ref().ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
-    let profiles = profile::load_all(&config.modbus.profile_dirs)
-        .map_err(|p| ModbusError::Profiles(format!("{} problem(s)", p.len())))?;
-    let pt = profiles
-        .get(&m.profile)
-        .and_then(|p| p.points.iter().find(|x| x.name == point))
-        .filter(|x| x.writable)
-        .ok_or_else(|| ModbusError::NotWritable { device: device.into(), point: point.into() })?;
-    let conn = config
-        .modbus
-        .connections
-        .iter()
-        .find(|c| c.id == m.connection)
-        .ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
-    let mut c = connect(conn).await?;
-    c.set_slave(Slave(m.unit));
-    let raw = (value - pt.offset) / pt.scale;
-    let r = match (pt.table, pt.ty) {
-        (Table::Coil, _) => c.write_single_coil(pt.address, raw != 0.0).await,
-        (Table::Holding, DataType::U16 | DataType::I16) => {
-            c.write_single_register(pt.address, decode::encode(raw, pt.ty, pt.order)[0]).await
-        }
-        (Table::Holding, ty) => c.write_multiple_registers(pt.address, &decode::encode(raw, ty, pt.order)).await,
-        _ => return Err(ModbusError::NotWritable { device: device.into(), point: point.into() }),
-    };
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(code)) => Err(ModbusError::Exception(code)),
-        Err(e) => Err(ModbusError::Protocol(e.to_string())),
-    }
-}
-
-/// Writes `value` to each of `points` of `device` (writable points of its profile only; coils with
-/// function 5, registers with 6 or 16) and reads every one back, all within `deadline`: the values
+/// Writes `value` to each of `points` of `device` (writable points of its profile in `profiles`, as
+/// loaded once by the caller; coils with function 5, registers with 6 or 16) and reads every one back, all within `deadline`: the values
 /// read, in the order of `points`, for the caller to compare. For linkage actions.
 ///
 /// # Errors
@@ -490,6 +451,7 @@ pub async fn write(config: &config::Config, device: &str, point: &str, value: f6
 /// the deadline passed.
 pub async fn command(
     config: &config::Config,
+    profiles: &std::collections::BTreeMap<String, Profile>,
     device: &str,
     points: &[String],
     value: f64,
@@ -497,8 +459,6 @@ pub async fn command(
 ) -> Result<Vec<f64>, ModbusError> {
     let d = config.devices.iter().find(|d| d.id == device).ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
     let m = d.modbus.as_ref().ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
-    let profiles = profile::load_all(&config.modbus.profile_dirs)
-        .map_err(|p| ModbusError::Profiles(format!("{} problem(s)", p.len())))?;
     let profile = profiles.get(&m.profile).ok_or_else(|| ModbusError::UnknownDevice(device.into()))?;
     let mut targets = Vec::with_capacity(points.len());
     for point in points {
