@@ -20,7 +20,7 @@ use crate::incident::changes::ChangeLog;
 use crate::incident::{self, Manual, StoreError};
 use crate::metrics::Metrics;
 use crate::model::pool::SamplePool;
-use crate::model::Registry;
+use crate::model::{Registry, SharedRegistry};
 use crate::sim;
 use crate::source::mqtt::{MqttError, MqttSource, SourceContext};
 
@@ -109,6 +109,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         None => None,
     };
     let registry = Arc::new(Registry::from_config(&config));
+    let shared = SharedRegistry::new(registry.clone());
     if config.broker.embedded {
         let cfg = config.broker.clone();
         tokio::task::spawn_blocking(move || broker::start(&cfg))
@@ -186,7 +187,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let directory =
             Arc::new(crate::notify::people::SiteDirectory::new(people.clone(), config.notify.contacts.clone()));
         let planner =
-            crate::notify::Planner::new(&config, registry.clone(), directory).with_mqtt(notify_mqtt_options(&config)?);
+            crate::notify::Planner::new(&config, shared.clone(), directory).with_mqtt(notify_mqtt_options(&config)?);
         let path = config.notify.db_path(&config.incidents.path);
         let log = ChangeLog::open(&config.incidents.path)?;
         let notifier = crate::notify::Notifier::open(planner, &path, log, clock.clone())?;
@@ -203,7 +204,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     // never waits for it.
     let (history, history_thread) = match crate::history::Settings::from_config(&config) {
         // A history that cannot open stays off: trends are not worth the ingestion and alarms.
-        Some(s) => match crate::history::start(&s, &registry, clock.clone()) {
+        Some(s) => match crate::history::start(&s, &shared, clock.clone()) {
             Ok((tap, reader, thread)) => (Some((tap, reader)), Some(thread)),
             Err(e) => {
                 tracing::error!(error = %e, "Edge history cannot open; running without it.");
@@ -229,7 +230,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let log = ChangeLog::open(&config.incidents.path)?;
         let incidents = Some((log, store.committed()));
         let trail = Some((AuditReader::open(audit.path())?, audit.committed()));
-        Some(crate::forward::start(&config, registry.clone(), pool.clone(), fwd_rx, incidents, trail, handle.clone())?)
+        Some(crate::forward::start(&config, shared.clone(), pool.clone(), fwd_rx, incidents, trail, handle.clone())?)
     } else {
         drop(fwd_rx);
         None
@@ -291,7 +292,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         (Some(a), Some((t, follow)))
     };
     let state = AppState {
-        registry: registry.clone(),
+        registry: shared.clone(),
         core: handle,
         metrics: metrics.clone(),
         batches: tx.downgrade(),
@@ -324,7 +325,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         tokio::spawn(energy_daily(state.reports.clone(), f.health_sender(), state_file, shutdown.clone()))
     });
     let ctx = SourceContext {
-        registry: registry.clone(),
+        registry: shared.clone(),
         metrics: metrics.clone(),
         pool,
         tx,

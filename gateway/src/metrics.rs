@@ -19,21 +19,40 @@ use crate::model::reject::RejectReason;
 pub struct Metrics {
     pub started: Instant,
     pub brokers: Vec<BrokerMetrics>,
-    pub subscriptions: Vec<SubscriptionMetrics>,
+    /// Grows when a reload adds a subscription; a removed one keeps its counters (they never go back).
+    pub subscriptions: std::sync::RwLock<Vec<std::sync::Arc<SubscriptionMetrics>>>,
     pub core: CoreMetrics,
     pub rejects: RejectLog,
 }
 
 impl Metrics {
+    /// The counters of subscription `topic` on `broker`, made on first use.
+    pub fn subscription(&self, broker: &str, topic: &str) -> std::sync::Arc<SubscriptionMetrics> {
+        let mut subs = self.subscriptions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = subs.iter().find(|s| s.broker == broker && s.topic == topic) {
+            return s.clone();
+        }
+        let s = std::sync::Arc::new(SubscriptionMetrics::new(broker.to_owned(), topic.to_owned()));
+        subs.push(s.clone());
+        s
+    }
+
+    /// The counters of every subscription so far.
+    pub fn subscriptions(&self) -> Vec<std::sync::Arc<SubscriptionMetrics>> {
+        self.subscriptions.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// Counters for these brokers and subscriptions (`(broker id, topic)`), keeping `rejects_kept` rejects.
     pub fn new(brokers: Vec<String>, subscriptions: Vec<(String, String)>, rejects_kept: usize) -> Self {
         Self {
             started: Instant::now(),
             brokers: brokers.into_iter().map(BrokerMetrics::new).collect(),
-            subscriptions: subscriptions
-                .into_iter()
-                .map(|(broker, topic)| SubscriptionMetrics::new(broker, topic))
-                .collect(),
+            subscriptions: std::sync::RwLock::new(
+                subscriptions
+                    .into_iter()
+                    .map(|(broker, topic)| std::sync::Arc::new(SubscriptionMetrics::new(broker, topic)))
+                    .collect(),
+            ),
             core: CoreMetrics::default(),
             rejects: RejectLog::new(rejects_kept),
         }

@@ -49,7 +49,7 @@ fn answer(r: Record) -> Response {
 
 pub(super) async fn list(State(st): State<AppState>, Extension(who): Extension<Principal>) -> Json<serde_json::Value> {
     let Some(a) = st.actions.clone() else { return Json(json!({ "declared": [], "recent": [] })) };
-    let reg = &st.registry;
+    let reg = st.registry.load();
     let grid_of =
         |device: &str| reg.device_id(device).map(|d| reg.grid(reg.device(d).grid).id.clone()).unwrap_or_default();
     let declared: Vec<serde_json::Value> = a

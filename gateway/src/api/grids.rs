@@ -32,8 +32,8 @@ pub(super) async fn list(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    let reg = &st.registry;
-    let scope = who.grid_ids(reg);
+    let reg = st.registry.load();
+    let scope = who.grid_ids(&reg);
     let open = match &st.incidents {
         Some(store) => {
             let filter = Filter { state: Some("open".into()), scope: who.scope(), limit: COUNTED, ..Filter::default() };
@@ -57,7 +57,7 @@ pub(super) async fn list(
         .collect();
     let mut grids = Vec::new();
     for (gi, g) in reg.grids.iter().enumerate() {
-        if !who.identity.sees(&g.id) {
+        if g.retired || !who.identity.sees(&g.id) {
             continue;
         }
         let mut by_severity: BTreeMap<&str, u64> = BTreeMap::new();
@@ -73,7 +73,7 @@ pub(super) async fn list(
             }
         }
         let (mut online, mut offline, mut event_only) = (0u64, 0u64, 0u64);
-        for (di, d) in reg.devices.iter().enumerate().filter(|(_, d)| d.grid.0 as usize == gi) {
+        for (di, d) in reg.devices.iter().enumerate().filter(|(_, d)| !d.retired && d.grid.0 as usize == gi) {
             let polled = st.modbus.devices.iter().find(|m| m.device == d.id).map(|m| &m.online);
             let polled = polled.or_else(|| st.dlt645.meters.iter().find(|m| m.device == d.id).map(|m| &m.online));
             let up = !silent.contains(d.id.as_str())
@@ -119,7 +119,7 @@ pub(super) async fn list(
 
 /// The site plan image; 404 when none is configured.
 pub(super) async fn plan(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let Some(plan) = st.registry.site.plan.clone() else {
+    let Some(plan) = st.registry.load().site.plan.clone() else {
         return Err(ApiError::NotFound("no site plan is configured (site.plan)".into()));
     };
     Ok((

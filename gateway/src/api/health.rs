@@ -318,7 +318,7 @@ pub(super) async fn readyz(State(st): State<AppState>) -> Response {
 
 /// `GET /api/v1/health`: every component with its status, reason and since.
 pub(super) async fn health(State(st): State<AppState>) -> Json<Value> {
-    let tz = st.registry.site.timezone;
+    let tz = st.registry.load().site.timezone;
     let components: Vec<Value> = st
         .health
         .snapshot()
@@ -335,7 +335,7 @@ pub(super) async fn health(State(st): State<AppState>) -> Json<Value> {
         .collect();
     Json(json!({
         "status": st.health.overall(),
-        "site": st.registry.site.id,
+        "site": st.registry.load().site.id,
         "timezone": tz.name(),
         "components": components,
     }))
@@ -351,7 +351,7 @@ pub const GATEWAY_HEALTH_EVERY: Duration = Duration::from_secs(60);
 /// `parkwatch_history_dropped_samples_total`.
 pub fn gateway_health(st: &AppState, ts: i64) -> crate::forward::line::GatewayHealth {
     let m = &st.metrics;
-    let mqtt_rejects: u64 = m.subscriptions.iter().flat_map(|s| s.rejects.iter()).map(|r| r.load(Relaxed)).sum();
+    let mqtt_rejects: u64 = m.subscriptions().iter().flat_map(|s| s.rejects.iter()).map(|r| r.load(Relaxed)).sum();
     let hj212_rejects: u64 = st
         .hj212
         .listeners

@@ -55,7 +55,7 @@ pub(super) async fn point_history(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let reg = &st.registry;
+    let reg = st.registry.load();
     // A device of another grid is answered like one that does not exist.
     let not_found = || ApiError::NotFound(format!("no point {point:?} of device {device:?}"));
     let d = reg

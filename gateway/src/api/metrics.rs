@@ -85,7 +85,7 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
         ("parkwatch_mqtt_events_total", "Events accepted per subscription.", 2),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for s in &m.subscriptions {
+        for s in &m.subscriptions() {
             let v = match get {
                 0 => s.messages.load(Relaxed),
                 1 => s.samples.load(Relaxed),
@@ -95,7 +95,7 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
         }
     }
     let _ = writeln!(out, "# HELP parkwatch_mqtt_rejects_total Rejected messages or values per subscription and reason.\n# TYPE parkwatch_mqtt_rejects_total counter");
-    for s in &m.subscriptions {
+    for s in &m.subscriptions() {
         for r in RejectReason::ALL {
             let _ = writeln!(
                 out,
@@ -511,7 +511,7 @@ async fn grids(out: &mut String, st: &AppState) {
     let Some(store) = &st.incidents else { return };
     let to = crate::model::time::now_ns();
     let from = to - 86_400 * 1_000_000_000;
-    let ids: Vec<String> = st.registry.grids.iter().map(|g| g.id.clone()).collect();
+    let ids: Vec<String> = st.registry.load().live_grids().map(|(_, g)| g.id.clone()).collect();
     let kpis = match store.kpis(ids.clone(), from, to).await {
         Ok(k) => k,
         Err(e) => {

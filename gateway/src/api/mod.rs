@@ -46,12 +46,13 @@ use crate::config::PointKind;
 use crate::core::{CoreHandle, PointFilter};
 use crate::metrics::Metrics;
 use crate::model::time::fmt_ns;
-use crate::model::{Batch, Quality, Registry};
+use crate::model::{Batch, Quality, SharedRegistry};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub registry: Arc<Registry>,
+    /// Swapped by reloads and auto-provisioning; load it per request.
+    pub registry: SharedRegistry,
     pub core: CoreHandle,
     pub metrics: Arc<Metrics>,
     /// Weak, so the API never keeps the core channel open at shutdown.
@@ -256,7 +257,7 @@ async fn healthz(State(st): State<AppState>) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "site": st.registry.site.id,
+        "site": st.registry.load().site.id,
         "uptime_s": st.metrics.started.elapsed().as_secs(),
         "mqtt": brokers,
     }))
@@ -290,7 +291,7 @@ async fn points(
     query: Result<Query<PointsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let reg = &st.registry;
+    let reg = st.registry.load();
     // A grid or device outside the caller's grids is answered like one that does not exist.
     let filter = PointFilter {
         grid: match &q.grid {
@@ -309,7 +310,7 @@ async fn points(
             ),
             None => None,
         },
-        scope: who.grid_ids(reg),
+        scope: who.grid_ids(&reg),
         category: q.category.clone(),
     };
     let states = st.core.points(filter).await?;
@@ -344,11 +345,11 @@ fn typed(kind: PointKind, v: f64) -> Value {
 }
 
 async fn devices(State(st): State<AppState>, Extension(who): Extension<Principal>) -> Json<Value> {
-    let reg = &st.registry;
+    let reg = st.registry.load();
     let list: Vec<Value> = reg
         .devices
         .iter()
-        .filter(|d| who.identity.sees(&reg.grid(d.grid).id))
+        .filter(|d| !d.retired && who.identity.sees(&reg.grid(d.grid).id))
         .map(|d| {
             let points: Vec<Value> = d
                 .points
@@ -364,6 +365,9 @@ async fn devices(State(st): State<AppState>, Extension(who): Extension<Principal
             });
             if !d.device_type.is_empty() {
                 v["type"] = json!(d.device_type);
+            }
+            if d.provisioned {
+                v["provisioned"] = json!(true);
             }
             if let Some(m) = st.modbus.devices.iter().find(|m| m.device == d.id) {
                 v["modbus"] = modbus_status(m);
@@ -444,8 +448,8 @@ async fn events(
     query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let events = st.core.events(q.limit.unwrap_or(100).min(10_000), who.grid_ids(&st.registry)).await?;
-    let reg = &st.registry;
+    let events = st.core.events(q.limit.unwrap_or(100).min(10_000), who.grid_ids(&st.registry.load())).await?;
+    let reg = st.registry.load();
     let list: Vec<Value> = events
         .iter()
         .map(|e| {

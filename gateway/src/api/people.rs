@@ -31,6 +31,7 @@ fn instant(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
 /// The grid `id` if it exists and the caller may see it.
 fn visible_grid(st: &AppState, who: &Principal, id: &str) -> Result<String, ApiError> {
     st.registry
+        .peek()
         .grid_id(id)
         .filter(|_| who.identity.sees(id))
         .map(|_| id.to_owned())
@@ -104,7 +105,7 @@ pub(super) async fn patrols(
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let grids: Vec<String> = match &q.grid {
         Some(g) => vec![visible_grid(&st, &who, g)?],
-        None => st.registry.grids.iter().map(|g| g.id.clone()).filter(|g| who.identity.sees(g)).collect(),
+        None => st.registry.load().live_grids().map(|(_, g)| g.id.clone()).filter(|g| who.identity.sees(g)).collect(),
     };
     let to = instant("to", q.to.as_deref())?.unwrap_or_else(now_ns);
     let from = instant("from", q.from.as_deref())?.unwrap_or(to - 86_400 * 1_000_000_000);
@@ -177,7 +178,8 @@ pub(super) async fn kpis(
                     "since": local(&st, s.since), "age_s": s.age_s })
         })
         .collect();
-    let name = st.registry.grid_id(&grid).map(|g| st.registry.grid(g).name.clone()).unwrap_or_default();
+    let reg = st.registry.peek();
+    let name = reg.grid_id(&grid).map(|g| reg.grid(g).name.clone()).unwrap_or_default();
     Ok(Json(json!({
         "grid": grid,
         "name": name,

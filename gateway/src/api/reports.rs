@@ -57,7 +57,7 @@ async fn make(
     energy: bool,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let tz = st.registry.site.timezone;
+    let tz = st.registry.load().site.timezone;
     let period = match &q.period {
         Some(p) => Period::parse(p)?,
         None => {

@@ -482,7 +482,7 @@ mod health {
     async fn gateway_health_reads_what_metrics_shows() {
         let st = with_components();
         st.metrics.core.samples.store(1234, Relaxed);
-        st.metrics.subscriptions[0].rejects[0].store(3, Relaxed);
+        st.metrics.subscriptions()[0].rejects[0].store(3, Relaxed);
         st.hj212.listeners[0].rejects[0].store(1, Relaxed);
         st.hj212.loggers[0].rejects[1].store(2, Relaxed);
         let f = st.forward.as_ref().unwrap();

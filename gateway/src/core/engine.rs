@@ -265,8 +265,7 @@ impl Engine {
         self.stats = vec![RuleStats::default(); self.set.rules.len()];
         for (ri, rule) in self.set.rules.iter().enumerate() {
             let mut rule_slots = Vec::new();
-            for (di, dev) in reg.devices.iter().enumerate() {
-                let device = DeviceId(di as u32);
+            for (device, dev) in reg.live_devices() {
                 let w = &rule.watch;
                 if w.excludes(&reg, device).is_some() {
                     continue;
@@ -358,6 +357,11 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// The registry the engine's slots were built from.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// The loaded rules.
@@ -820,31 +824,44 @@ impl Engine {
         self.wake_at = i64::MIN;
         self.next_incident = self.next_incident.max(old.next_incident);
         self.changes.append(&mut old.changes);
-        if old.windows.len() == self.windows.len() {
-            for (new, old) in self.windows.iter_mut().zip(old.windows) {
-                if old.retention >= new.retention && old.retention > 0 {
-                    let retention = new.retention;
-                    *new = old;
-                    new.retention = retention;
-                }
+        // Ids are stable across registries (points are only appended), so what was known of a point
+        // carries over by index; points new to this registry start empty.
+        for (i, (new, old)) in self.windows.iter_mut().zip(old.windows).enumerate() {
+            if old.retention >= new.retention && old.retention > 0 && i < self.prev.len() {
+                let retention = new.retention;
+                *new = old;
+                new.retention = retention;
             }
-            self.prev = old.prev;
-            self.changed_at = old.changed_at;
-            self.received_at = old.received_at;
         }
-        if old.device_heard.len() == self.device_heard.len() {
-            self.device_heard = old.device_heard;
-        }
+        let n = old.prev.len().min(self.prev.len());
+        self.prev[..n].copy_from_slice(&old.prev[..n]);
+        let n = old.changed_at.len().min(self.changed_at.len());
+        self.changed_at[..n].copy_from_slice(&old.changed_at[..n]);
+        let n = old.received_at.len().min(self.received_at.len());
+        self.received_at[..n].copy_from_slice(&old.received_at[..n]);
+        let n = old.device_heard.len().min(self.device_heard.len());
+        self.device_heard[..n].copy_from_slice(&old.device_heard[..n]);
         if old.started != i64::MIN {
             self.started = old.started;
         }
         self.device_events = old.device_events;
-        for old_slot in old.slots {
+        // By names, not indexes: a device re-entered with other points has a new id but the same
+        // alarms. A map, since a park has tens of thousands of slots.
+        let by_name: HashMap<(&str, &str), usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((self.registry.device(s.device).id.as_str(), self.set.rules[s.rule as usize].id.as_str()), i))
+            .collect();
+        let mut found_slots = Vec::with_capacity(old.slots.len());
+        for old_slot in &old.slots {
+            let rule_id = old.set.rules[old_slot.rule as usize].id.as_str();
+            let device = old.registry.device(old_slot.device).id.as_str();
+            found_slots.push(by_name.get(&(device, rule_id)).copied());
+        }
+        drop(by_name);
+        for (old_slot, found) in old.slots.into_iter().zip(found_slots) {
             let rule_id = &old.set.rules[old_slot.rule as usize].id;
-            let found = self
-                .slots
-                .iter()
-                .position(|s| s.device == old_slot.device && self.set.rules[s.rule as usize].id == *rule_id);
             match found {
                 Some(i) => {
                     let s = &mut self.slots[i];
@@ -859,6 +876,14 @@ impl Engine {
                 }
                 None => {
                     if let Some(id) = old_slot.incident {
+                        let device = &old.registry.device(old_slot.device).id;
+                        let note = if self.registry.device_id(device).is_none() {
+                            format!("device \"{device}\" was removed by a reload")
+                        } else if self.set.rules.iter().any(|r| r.id == *rule_id) {
+                            format!("rule \"{rule_id}\" no longer applies to device \"{device}\" after a reload")
+                        } else {
+                            format!("rule \"{rule_id}\" was removed by a reload")
+                        };
                         self.changes.push(Change::Update(IncidentUpdate {
                             id,
                             at: now.wall,
@@ -868,7 +893,7 @@ impl Engine {
                             value: None,
                             peak: None,
                             who: None,
-                            note: Some(format!("rule \"{rule_id}\" was removed by a reload")),
+                            note: Some(note),
                             shelved_until: None,
                         }));
                     }

@@ -398,7 +398,8 @@ impl Core {
                     .filter(|(id, _)| {
                         let device_id = reg.point(*id).device;
                         let device = reg.device(device_id);
-                        filter.device.is_none_or(|d| d == device_id)
+                        !device.retired
+                            && filter.device.is_none_or(|d| d == device_id)
                             && filter.grid.is_none_or(|g| g == device.grid)
                             && filter.scope.as_ref().is_none_or(|s| s.contains(&device.grid))
                             && filter.category.as_ref().is_none_or(|c| *c == device.category)
@@ -438,6 +439,13 @@ impl Core {
                 let mut engine = *engine;
                 if let Some(old) = self.engine.take() {
                     engine.adopt(old, self.clock.now());
+                }
+                // A reload may bring devices: their points get state here before any source can
+                // name them (sources see the new registry only after this reply).
+                self.registry = engine.registry().clone();
+                let n = self.registry.points.len();
+                if self.states.len() < n {
+                    self.states.resize(n, PointState::default());
                 }
                 info!(rules = engine.rules().len(), "Rules reloaded.");
                 self.engine = Some(engine);

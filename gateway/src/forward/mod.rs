@@ -36,7 +36,7 @@ use crate::core::CoreHandle;
 use crate::incident::changes::ChangeLog;
 use crate::model::pool::SamplePool;
 use crate::model::time::now_ns;
-use crate::model::{Ack, Batch, Registry};
+use crate::model::{Ack, Batch, Registry, SharedRegistry};
 
 /// Counters of the outbox as a whole.
 #[derive(Debug, Default)]
@@ -109,7 +109,7 @@ pub enum ForwardError {
 /// The outbox cannot be opened, or a thread cannot start.
 pub fn start(
     config: &Config,
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
     pool: Arc<SamplePool>,
     batches: mpsc::Receiver<Batch>,
     incidents: Option<(ChangeLog, watch::Receiver<i64>)>,
@@ -158,8 +158,10 @@ pub fn start(
     let audit_cursor = outbox.audit_cursor()?;
     // A reading a minute: a few slots are plenty; a full channel skips a reading (see `health_sender`).
     let (health, health_rx) = mpsc::channel(4);
+    let current = registry.load();
     let appender = Appender {
-        encoder: Encoder::new(&registry),
+        encoder: Encoder::new(&current),
+        current,
         registry,
         pool,
         outbox,
@@ -235,7 +237,9 @@ const INCIDENT_GATHER: Duration = Duration::from_millis(20);
 
 struct Appender {
     encoder: Encoder,
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
+    /// The registry `encoder` was built for.
+    current: Arc<Registry>,
     pool: Arc<SamplePool>,
     outbox: Outbox,
     metrics: Arc<ForwardMetrics>,
@@ -382,7 +386,13 @@ impl Appender {
                 }
             }
         } else {
-            self.lines += self.encoder.samples(&self.registry, &b.samples, &mut self.pending);
+            // The core applied this batch with a registry at least this new, so every point is known.
+            let reg = self.registry.peek();
+            if !Arc::ptr_eq(&reg, &self.current) {
+                self.current = Arc::clone(&reg);
+                self.encoder = Encoder::new(&self.current);
+            }
+            self.lines += self.encoder.samples(&self.current, &b.samples, &mut self.pending);
             if let Some(a) = b.ack.take() {
                 self.acks.push(a);
             }

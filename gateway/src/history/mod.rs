@@ -31,7 +31,7 @@ pub use self::rollup::{Agg, Kind, Res};
 pub use self::store::HistoryError;
 use crate::model::pool::SamplePool;
 use crate::model::time::Clock;
-use crate::model::{Quality, Registry, Sample};
+use crate::model::{Quality, Sample, SharedRegistry};
 
 /// Batches the channel to the writer holds.
 pub const QUEUE_BATCHES: usize = 1024;
@@ -157,9 +157,10 @@ impl Settings {
 /// The database cannot be opened or the thread not started.
 pub fn start(
     settings: &Settings,
-    registry: &Registry,
+    shared: &SharedRegistry,
     clock: Arc<dyn Clock>,
 ) -> Result<(History, HistoryReader, JoinHandle<()>), HistoryError> {
+    let registry = &*shared.load();
     let mut conn = store::open(&settings.path, settings.max_bytes)?;
     let names: Vec<(&str, &str)> =
         registry.points.iter().map(|p| (registry.device(p.device).id.as_str(), p.name.as_str())).collect();
@@ -182,6 +183,7 @@ pub fn start(
     let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
     let pool = Arc::new(SamplePool::default());
     let writer = Writer {
+        registry: shared.clone(),
         conn,
         path: settings.path.clone(),
         series,
@@ -208,6 +210,8 @@ pub fn start(
 }
 
 struct Writer {
+    /// Where the points a reload or a provisioned device adds are named.
+    registry: SharedRegistry,
     conn: rusqlite::Connection,
     path: PathBuf,
     series: Vec<i64>,
@@ -268,6 +272,9 @@ impl Writer {
     }
 
     fn take(&mut self, samples: &[Sample]) {
+        if samples.iter().any(|s| s.point.0 as usize >= self.series.len()) {
+            self.add_points();
+        }
         let mut skipped = rollup::Skipped::default();
         for s in samples {
             self.roller.push(s.point.0, s.ts, s.value, s.quality == Quality::Good, &mut skipped);
@@ -279,6 +286,28 @@ impl Writer {
         }
         if skipped.out_of_order > 0 {
             m.out_of_order_samples.fetch_add(skipped.out_of_order, Relaxed);
+        }
+    }
+
+    /// Takes on the points the registry gained since the writer last looked (a re-entered device's
+    /// points find their old series by name, so its history continues).
+    fn add_points(&mut self) {
+        let registry = self.registry.load();
+        let have = self.series.len();
+        if registry.points.len() <= have {
+            return;
+        }
+        let new = &registry.points[have..];
+        let names: Vec<(&str, &str)> =
+            new.iter().map(|p| (registry.device(p.device).id.as_str(), p.name.as_str())).collect();
+        match store::series(&mut self.conn, &names) {
+            Ok(ids) => {
+                self.series.extend(ids);
+                self.roller.extend(new.iter().map(|p| Kind::of_unit(&p.unit)));
+                info!(points = new.len(), "History keeps the new points.");
+            }
+            // Their samples are skipped until a later batch gets the series written.
+            Err(e) => warn!(error = %e, points = new.len(), "History cannot name the new points yet."),
         }
     }
 

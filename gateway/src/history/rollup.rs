@@ -215,18 +215,26 @@ fn minute_of(ns: i64) -> i64 {
 impl Roller {
     /// A roller for points of these kinds (indexed like the registry's points).
     pub fn new(kinds: impl IntoIterator<Item = Kind>) -> Self {
-        let points = kinds
-            .into_iter()
-            .map(|kind| PointRoll {
-                kind,
-                newest: i64::MIN,
-                open: None,
-                baseline: None,
-                minute: Agg::empty(i64::MIN),
-                hour: Agg::empty(i64::MIN),
-            })
-            .collect();
-        Self { points, rows: Vec::new() }
+        let mut r = Self { points: Vec::new(), rows: Vec::new() };
+        r.extend(kinds);
+        r
+    }
+
+    /// Adds points (of a reload or a provisioned device) after the ones it has.
+    pub fn extend(&mut self, kinds: impl IntoIterator<Item = Kind>) {
+        self.points.extend(kinds.into_iter().map(|kind| PointRoll {
+            kind,
+            newest: i64::MIN,
+            open: None,
+            baseline: None,
+            minute: Agg::empty(i64::MIN),
+            hour: Agg::empty(i64::MIN),
+        }));
+    }
+
+    /// How many points it rolls up.
+    pub fn len(&self) -> usize {
+        self.points.len()
     }
 
     /// Continues an energy counter from its last stored reading, so the consumption between the

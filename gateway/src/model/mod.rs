@@ -214,6 +214,46 @@ pub struct SiteInfo {
     pub plan: Option<std::sync::Arc<PlanInfo>>,
 }
 
+impl Default for SiteInfo {
+    fn default() -> Self {
+        Self { id: String::new(), name: String::new(), timezone: chrono_tz::Asia::Shanghai, plan: None }
+    }
+}
+
+/// The current [`Registry`], replaced whole when a reload or auto-provisioning changes the devices.
+///
+/// Successors keep ids stable ([`Registry::evolve`]), so a reader holding an older one still resolves
+/// every id it was given then; readers that meet a newer id load again.
+#[derive(Debug, Clone)]
+pub struct SharedRegistry(std::sync::Arc<arc_swap::ArcSwap<Registry>>);
+
+impl SharedRegistry {
+    pub fn new(registry: std::sync::Arc<Registry>) -> Self {
+        Self(std::sync::Arc::new(arc_swap::ArcSwap::new(registry)))
+    }
+
+    /// The registry now.
+    pub fn load(&self) -> std::sync::Arc<Registry> {
+        self.0.load_full()
+    }
+
+    /// A cheap reference to the registry now, for the sample path (no reference count touched).
+    pub fn peek(&self) -> arc_swap::Guard<std::sync::Arc<Registry>> {
+        self.0.load()
+    }
+
+    /// Publishes a successor; readers see it from their next load.
+    pub fn store(&self, registry: std::sync::Arc<Registry>) {
+        self.0.store(registry);
+    }
+}
+
+impl From<std::sync::Arc<Registry>> for SharedRegistry {
+    fn from(r: std::sync::Arc<Registry>) -> Self {
+        Self::new(r)
+    }
+}
+
 /// A site plan: its image and the coordinate space of the grid outlines.
 #[derive(Debug)]
 pub struct PlanInfo {
@@ -231,6 +271,9 @@ pub struct GridInfo {
     pub name: String,
     /// The cell's outline on the site plan (empty without one).
     pub outline: Vec<[f64; 2]>,
+    /// Removed by a reload: kept so ids stay valid, but no longer named or listed.
+    #[serde(skip)]
+    pub retired: bool,
 }
 
 /// A configured device with its points, which occupy a contiguous range of [`PointId`]s.
@@ -246,6 +289,11 @@ pub struct DeviceInfo {
     pub points: Range<u32>,
     /// Poll interval (ms) of a Modbus or DL/T 645 device; 0 for devices that send on their own.
     pub poll_ms: u64,
+    /// Created from a topic by auto-provisioning rather than written in the configuration.
+    pub provisioned: bool,
+    /// Removed (or re-entered with other points) by a reload: its ids stay valid for data already
+    /// under way, but it is no longer named, listed or watched by rules.
+    pub retired: bool,
 }
 
 /// A configured point of a device.
@@ -261,8 +309,9 @@ pub struct PointInfo {
     pub unwatched: Option<String>,
 }
 
-/// All names of the configuration, interned; built once from a validated [`Config`].
-#[derive(Debug, Clone)]
+/// All names of the configuration, interned; built from a validated [`Config`] at start and again,
+/// with stable ids, on each reload ([`Registry::evolve`]).
+#[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub site: SiteInfo,
     pub grids: Vec<GridInfo>,
@@ -278,53 +327,99 @@ impl Registry {
     /// References that validation would have rejected (a device in an unknown grid) are skipped rather
     /// than panicking, so a registry can always be built.
     pub fn from_config(config: &Config) -> Self {
+        Self::default().evolve(config, &[])
+    }
+
+    /// The registry of `config` (plus the `provisioned` devices, in its grids) as a successor of this
+    /// one: ids stay stable, so a [`PointId`] taken from this registry means the same point in the
+    /// successor. A device whose point names changed is re-entered under new ids and its old entry
+    /// retired; removed devices and grids are retired, new ones appended.
+    pub fn evolve(&self, config: &Config, provisioned: &[crate::config::Device]) -> Self {
         let timezone = config.site.timezone.parse().unwrap_or(chrono_tz::Asia::Shanghai);
-        let grids: Vec<GridInfo> = config
-            .grids
-            .iter()
-            .map(|g| GridInfo {
+        let mut grids = self.grids.clone();
+        let mut grid_index = HashMap::with_capacity(config.grids.len());
+        for g in &mut grids {
+            g.retired = true;
+        }
+        for g in &config.grids {
+            let info = GridInfo {
                 id: g.id.clone(),
                 name: g.name.clone().unwrap_or_else(|| g.id.clone()),
                 outline: g.outline.clone(),
-            })
-            .collect();
-        let grid_index: HashMap<String, GridId> =
-            grids.iter().enumerate().map(|(i, g)| (g.id.clone(), GridId(i as u32))).collect();
-        let mut devices = Vec::with_capacity(config.devices.len());
-        let mut points = Vec::new();
-        let mut device_index = HashMap::with_capacity(config.devices.len());
-        for d in &config.devices {
+                retired: false,
+            };
+            let id = match self.grid_index.get(&g.id) {
+                Some(&id) => {
+                    grids[id.0 as usize] = info;
+                    id
+                }
+                None => {
+                    grids.push(info);
+                    GridId(grids.len() as u32 - 1)
+                }
+            };
+            grid_index.insert(g.id.clone(), id);
+        }
+        let mut devices = self.devices.clone();
+        let mut points = self.points.clone();
+        for d in &mut devices {
+            d.retired = true;
+        }
+        let mut device_index = HashMap::with_capacity(config.devices.len() + provisioned.len());
+        let all = config.devices.iter().map(|d| (d, false)).chain(provisioned.iter().map(|d| (d, true)));
+        for (d, is_provisioned) in all {
             let Some(&grid) = grid_index.get(&d.grid) else {
                 continue;
             };
-            let id = DeviceId(devices.len() as u32);
-            let start = points.len() as u32;
-            for p in &d.points {
-                points.push(PointInfo {
+            if device_index.contains_key(&d.id) {
+                continue;
+            }
+            let same_points = |old: &DeviceInfo| {
+                old.points.len() == d.points.len()
+                    && old.points.clone().zip(&d.points).all(|(i, p)| points[i as usize].name == p.name)
+            };
+            let kept = self.device_index.get(&d.id).copied().filter(|&id| same_points(&self.devices[id.0 as usize]));
+            let id = kept.unwrap_or(DeviceId(devices.len() as u32));
+            let range = match kept {
+                Some(id) => self.devices[id.0 as usize].points.clone(),
+                None => points.len() as u32..(points.len() + d.points.len()) as u32,
+            };
+            for (i, p) in range.clone().zip(&d.points) {
+                let info = PointInfo {
                     device: id,
                     name: p.name.clone(),
                     unit: p.unit.clone(),
                     kind: p.kind,
                     event: p.event.clone(),
                     unwatched: p.unwatched.clone(),
-                });
+                };
+                match points.get_mut(i as usize) {
+                    Some(slot) => *slot = info,
+                    None => points.push(info),
+                }
             }
-            device_index.insert(d.id.clone(), id);
-            devices.push(DeviceInfo {
+            let info = DeviceInfo {
                 id: d.id.clone(),
                 name: d.name.clone().unwrap_or_else(|| d.id.clone()),
                 grid,
                 category: d.category.clone(),
                 device_type: d.device_type.clone().unwrap_or_default(),
                 tags: d.tags.clone(),
-                points: start..points.len() as u32,
+                points: range,
                 poll_ms: d
                     .modbus
                     .as_ref()
                     .map(|m| m.interval_ms)
                     .or(d.dlt645.as_ref().map(|m| m.interval_ms))
                     .unwrap_or(0),
-            });
+                provisioned: is_provisioned,
+                retired: false,
+            };
+            match kept {
+                Some(id) => devices[id.0 as usize] = info,
+                None => devices.push(info),
+            }
+            device_index.insert(d.id.clone(), id);
         }
         Self {
             site: SiteInfo {
@@ -346,6 +441,16 @@ impl Registry {
             device_index,
             grid_index,
         }
+    }
+
+    /// The devices still configured (not retired), with their ids.
+    pub fn live_devices(&self) -> impl Iterator<Item = (DeviceId, &DeviceInfo)> {
+        self.devices.iter().enumerate().filter(|(_, d)| !d.retired).map(|(i, d)| (DeviceId(i as u32), d))
+    }
+
+    /// The grids still configured (not retired), with their ids.
+    pub fn live_grids(&self) -> impl Iterator<Item = (GridId, &GridInfo)> {
+        self.grids.iter().enumerate().filter(|(_, g)| !g.retired).map(|(i, g)| (GridId(i as u32), g))
     }
 
     /// The device with this configured id.

@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::incident::changes::{ChangeLog, ChangeRow};
 use crate::model::incident::Severity;
 use crate::model::time::Clock;
-use crate::model::Registry;
+use crate::model::{Registry, SharedRegistry};
 
 /// Notification delivery failed to start or to read its ledger.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,8 @@ pub struct Planner {
     lang: Lang,
     receivers: Vec<Receiver>,
     routes: Vec<Route>,
-    registry: Arc<Registry>,
+    /// Names and tags of devices, including those a reload or auto-provisioning added.
+    registry: SharedRegistry,
     directory: Arc<dyn Directory>,
     /// Connection options of MQTT receivers, by receiver id.
     mqtt: HashMap<String, rumqttc::MqttOptions>,
@@ -119,7 +120,7 @@ const UNACKED: [&str; 2] = ["active_unacked", "returned_unacked"];
 
 impl Planner {
     /// A planner for `config`'s `[notify]`, resolving people through `directory`.
-    pub fn new(config: &Config, registry: Arc<Registry>, directory: Arc<dyn Directory>) -> Self {
+    pub fn new(config: &Config, registry: impl Into<SharedRegistry>, directory: Arc<dyn Directory>) -> Self {
         let n = &config.notify;
         Self {
             site: Site {
@@ -132,7 +133,7 @@ impl Planner {
             lang: n.lang,
             receivers: n.receivers.clone(),
             routes: n.routes.clone(),
-            registry,
+            registry: registry.into(),
             directory,
             mqtt: HashMap::new(),
         }
@@ -151,7 +152,7 @@ impl Planner {
     }
 
     fn item(&self, row: &ChangeRow) -> Item {
-        let reg = &self.registry;
+        let reg = self.registry.peek();
         let device = reg.device_id(&row.device);
         let unit = device.and_then(|d| reg.point_of(d, &row.point)).map(|p| reg.point(p).unit.clone());
         Item {
@@ -196,11 +197,13 @@ impl Planner {
             Some(min) => Severity::parse(&row.severity).is_some_and(|s| s >= min),
             None => true,
         };
-        let tags_ok = r.tags.is_empty()
-            || self.registry.device_id(&row.device).is_some_and(|d| {
-                let tags = &self.registry.device(d).tags;
+        let tags_ok = r.tags.is_empty() || {
+            let reg = self.registry.peek();
+            reg.device_id(&row.device).is_some_and(|d| {
+                let tags = &reg.device(d).tags;
                 r.tags.iter().all(|(k, v)| tags.get(k) == Some(v))
-            });
+            })
+        };
         any(&r.grids, &row.grid)
             && any(&r.categories, &row.category)
             && any(&r.rules, &row.rule)

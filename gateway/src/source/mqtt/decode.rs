@@ -105,6 +105,11 @@ impl Decoder {
         Ok(Self { spec, cache: HashMap::new() })
     }
 
+    /// Drops every resolved topic: the registry they were resolved against was replaced.
+    pub fn forget(&mut self) {
+        self.cache.clear();
+    }
+
     /// The topic pattern of this subscription.
     pub fn pattern(&self) -> &TopicPattern {
         &self.spec.pattern

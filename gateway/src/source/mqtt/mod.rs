@@ -17,16 +17,16 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, TlsConfiguration, Transport};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::decode::{Decoder, Reject};
 use crate::config;
-use crate::metrics::{add, Metrics, RejectRecord};
+use crate::metrics::{add, Metrics, RejectRecord, SubscriptionMetrics};
 use crate::model::pool::SamplePool;
 use crate::model::time::{fmt_ns, now_ns};
-use crate::model::{Ack, Batch, Registry};
+use crate::model::{Ack, Batch, Registry, SharedRegistry};
 
 /// A broker connection that cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -48,22 +48,57 @@ pub struct MqttSource {
     reconnect_min: Duration,
     reconnect_max: Duration,
     subs: Vec<SubState>,
-    registry: Arc<Registry>,
+    registry: SharedRegistry,
+    /// The registry the decoders' topic caches were resolved against.
+    current: Arc<Registry>,
     metrics: Arc<Metrics>,
     pool: Arc<SamplePool>,
     tx: mpsc::Sender<Batch>,
     batch_samples: usize,
+    /// This broker's subscriptions after each reload.
+    updates: Option<watch::Receiver<Arc<Vec<config::Subscription>>>>,
 }
 
 struct SubState {
-    /// Index into `Metrics::subscriptions`.
-    index: usize,
+    metrics: Arc<SubscriptionMetrics>,
+    /// The subscription as configured, to tell on a reload whether it changed.
+    written: String,
     decoder: Decoder,
     qos: QoS,
     last_log: Option<Instant>,
     suppressed: u64,
     /// Rejects kept in the reject log during the current second (the rest are only counted).
     recorded: (Option<Instant>, u32),
+}
+
+impl SubState {
+    fn new(s: &config::Subscription, metrics: &Metrics) -> Result<Self, MqttError> {
+        let decoder = Decoder::new(s).map_err(|message| MqttError::Subscription { topic: s.topic.clone(), message })?;
+        Ok(Self {
+            metrics: metrics.subscription(&s.broker, &s.topic),
+            written: format!("{s:?}"),
+            decoder,
+            qos: if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+            last_log: None,
+            suppressed: 0,
+            recorded: (None, 0),
+        })
+    }
+
+    fn filter(&self) -> SubscribeFilter {
+        SubscribeFilter::new(self.decoder.pattern().filter().to_owned(), self.qos)
+    }
+}
+
+/// Resolves when a reload changed the subscriptions; never without `updates` or once the sender is gone.
+async fn changed(updates: &mut Option<watch::Receiver<Arc<Vec<config::Subscription>>>>) -> Option<()> {
+    match updates {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// How often a subscription may log a reject; the rest are counted and summarised.
@@ -75,7 +110,7 @@ const REJECTS_KEPT_PER_SEC: u32 = 20;
 /// Shared pieces every source task gets.
 #[derive(Clone)]
 pub struct SourceContext {
-    pub registry: Arc<Registry>,
+    pub registry: SharedRegistry,
     pub metrics: Arc<Metrics>,
     pub pool: Arc<SamplePool>,
     pub tx: mpsc::Sender<Batch>,
@@ -93,20 +128,8 @@ impl MqttSource {
         let mut options = options(b, client_id)?;
         options.set_clean_session(!b.persistent_session).set_manual_acks(true);
         let mut subs = Vec::new();
-        for (index, s) in config.mqtt.subscriptions.iter().enumerate() {
-            if s.broker != b.id {
-                continue;
-            }
-            let decoder =
-                Decoder::new(s).map_err(|message| MqttError::Subscription { topic: s.topic.clone(), message })?;
-            subs.push(SubState {
-                index,
-                decoder,
-                qos: if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
-                last_log: None,
-                suppressed: 0,
-                recorded: (None, 0),
-            });
+        for sub in config.mqtt.subscriptions.iter().filter(|s| s.broker == b.id) {
+            subs.push(SubState::new(sub, &ctx.metrics)?);
         }
         Ok(Self {
             broker_index,
@@ -114,12 +137,56 @@ impl MqttSource {
             reconnect_min: Duration::from_millis(b.reconnect_min_ms),
             reconnect_max: Duration::from_millis(b.reconnect_max_ms),
             subs,
+            current: ctx.registry.load(),
             registry: ctx.registry,
             metrics: ctx.metrics,
             pool: ctx.pool,
             tx: ctx.tx,
             batch_samples: ctx.batch_samples,
+            updates: None,
         })
+    }
+
+    /// Takes this broker's subscriptions from `updates` whenever a reload changes them.
+    #[must_use]
+    pub fn with_updates(mut self, updates: watch::Receiver<Arc<Vec<config::Subscription>>>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// Replaces the subscriptions with the reloaded ones: unchanged ones keep their topic caches,
+    /// filters that went are unsubscribed and new ones subscribed on the open connection (a new
+    /// connection subscribes whatever is current).
+    fn resubscribe(&mut self, client: &AsyncClient, broker: &str) {
+        let Some(updates) = self.updates.as_mut() else { return };
+        let wanted = updates.borrow_and_update().clone();
+        let before: Vec<SubscribeFilter> = self.subs.iter().map(SubState::filter).collect();
+        let mut old = std::mem::take(&mut self.subs);
+        for sub in wanted.iter() {
+            let written = format!("{sub:?}");
+            match old.iter().position(|o| o.written == written) {
+                Some(i) => self.subs.push(old.swap_remove(i)),
+                None => match SubState::new(sub, &self.metrics) {
+                    Ok(s) => self.subs.push(s),
+                    Err(e) => warn!(broker, error = %e, "Reloaded subscription not taken."),
+                },
+            }
+        }
+        let after: Vec<SubscribeFilter> = self.subs.iter().map(SubState::filter).collect();
+        let gone: Vec<String> =
+            before.iter().filter(|b| !after.iter().any(|a| a.path == b.path)).map(|b| b.path.clone()).collect();
+        let new: Vec<SubscribeFilter> = after.iter().filter(|a| !before.contains(a)).cloned().collect();
+        for path in &gone {
+            if let Err(e) = client.try_unsubscribe(path.clone()) {
+                warn!(broker, filter = %path, error = %e, "Could not queue an unsubscribe.");
+            }
+        }
+        if !new.is_empty() {
+            if let Err(e) = client.try_subscribe_many(new.clone()) {
+                warn!(broker, error = %e, "Could not queue the new subscriptions.");
+            }
+        }
+        info!(broker, subscriptions = self.subs.len(), added = new.len(), removed = gone.len(), "Subscriptions reloaded.");
     }
 
     /// Runs until `shutdown`, reconnecting with capped exponential backoff and jitter.
@@ -129,8 +196,8 @@ impl MqttSource {
     /// growing delay, the task opens a new session on a fresh connection to have them delivered again.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let broker = self.metrics.brokers[self.broker_index].id.clone();
-        let filters: Vec<SubscribeFilter> =
-            self.subs.iter().map(|s| SubscribeFilter::new(s.decoder.pattern().filter().to_owned(), s.qos)).collect();
+        // What the last SUBSCRIBE asked for, to name refused filters in its SUBACK.
+        let mut filters: Vec<SubscribeFilter> = Vec::new();
         let mut batch = Batch::new(self.pool.take(), Vec::new());
         let mut rejects: Vec<Reject> = Vec::new();
         let mut backoff = self.reconnect_min;
@@ -160,6 +227,10 @@ impl MqttSource {
                         continue;
                     }
                     _ = check.tick(), if undelivered.is_some() => continue,
+                    Some(()) = changed(&mut self.updates) => {
+                        self.resubscribe(&client, &broker);
+                        continue;
+                    }
                     polled = eventloop.poll() => polled,
                 };
                 match polled {
@@ -175,6 +246,7 @@ impl MqttSource {
                         add(&m.connections, 1);
                         backoff = self.reconnect_min;
                         info!(broker = %broker, session_present = ack.session_present, "Connected to MQTT broker.");
+                        filters = self.subs.iter().map(SubState::filter).collect();
                         if !filters.is_empty() {
                             if let Err(e) = client.try_subscribe_many(filters.clone()) {
                                 warn!(broker = %broker, error = %e, "Could not queue subscriptions.");
@@ -328,14 +400,24 @@ impl MqttSource {
     fn handle(&mut self, publish: &Publish, batch: &mut Batch, rejects: &mut Vec<Reject>) {
         let topic = publish.topic.as_str();
         let now = now_ns();
+        {
+            // A reload or a provisioned device replaced the registry: topics resolve afresh.
+            let reg = self.registry.peek();
+            if !Arc::ptr_eq(&reg, &self.current) {
+                self.current = Arc::clone(&reg);
+                for s in &mut self.subs {
+                    s.decoder.forget();
+                }
+            }
+        }
         let Some(sub) = self.subs.iter_mut().find(|s| s.decoder.pattern().matches(topic).is_some()) else {
             return;
         };
-        let m = &self.metrics.subscriptions[sub.index];
+        let m = &*sub.metrics;
         add(&m.messages, 1);
         let samples_before = batch.samples.len();
         let events_before = batch.events.len();
-        sub.decoder.decode(&self.registry, topic, &publish.payload, now, batch, rejects);
+        sub.decoder.decode(&self.current, topic, &publish.payload, now, batch, rejects);
         let samples = batch.samples.len() - samples_before;
         let events = batch.events.len() - events_before;
         if samples > 0 {
