@@ -68,6 +68,8 @@ pub struct Extras {
     /// Run simulated HJ 212 loggers for `[[hj212.loggers]]` against the first HJ 212 listener, one
     /// real-time report per period.
     pub hj212_sim: Option<Duration>,
+    /// The configuration file, read again on SIGHUP; without one only the rule packs reload.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// Session and throttling limits from `[auth]`.
@@ -108,8 +110,20 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         }
         None => None,
     };
-    let registry = Arc::new(Registry::from_config(&config));
+    // Devices provisioned from topics in earlier runs come back with the configured ones.
+    let provision_file = config.incidents.path.with_file_name("provisioned.json");
+    let provisioned = crate::reload::provision::load(&provision_file, &config);
+    let registry =
+        Arc::new(Registry::default().evolve(&config, &crate::reload::provision::devices(&config, &provisioned)));
     let shared = SharedRegistry::new(registry.clone());
+    let provisioning = config.mqtt.subscriptions.iter().any(|s| s.provision.is_some());
+    let (provision_tx, provision_rx) = match provisioning {
+        true => {
+            let (tx, rx) = mpsc::channel(1024);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     if config.broker.embedded {
         let cfg = config.broker.clone();
         tokio::task::spawn_blocking(move || broker::start(&cfg))
@@ -271,8 +285,19 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     let auth =
         crate::auth::Auth::open(&crate::auth::db_path(&config.incidents.path), auth_settings(&config), audit.clone())?;
     let config = Arc::new(config);
-    let reloader = Reloader { config: config.clone(), registry: registry.clone(), core: handle.clone() };
+    let reloader = Reloader::new(config.clone(), shared.clone(), handle.clone());
+    let provisioner = crate::reload::Provisioner::new(reloader.clone(), provision_file, provisioned);
+    let config_reload = Arc::new(crate::reload::ConfigReload::new(
+        extras.config_file.clone(),
+        reloader.clone(),
+        provisioner.status.clone(),
+    ));
+    if let Some(rx) = provision_rx {
+        // Ends when the sources, the only senders, have stopped.
+        tokio::spawn(provisioner.clone().run(rx));
+    }
     let reload_task = tokio::spawn(reloader.clone().watch(shutdown.clone()));
+    let sighup_task = tokio::spawn(config_reload.clone().on_sighup(shutdown.clone()));
     let streams = api::stream::Streams::default();
     // Linkage: the only commands the gateway sends, each checked before anything is written.
     let (actions, actions_task) = if config.actions.is_empty() {
@@ -298,6 +323,8 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         batches: tx.downgrade(),
         incidents: Some(store.clone()),
         reloader: Some(reloader),
+        config_reload: Some(config_reload.clone()),
+        provisioning: provisioning.then(|| provisioner.clone()),
         forward: forwarder.as_ref().map(|f| f.metrics.clone()),
         modbus: modbus_status,
         dlt645: dlt645_status,
@@ -326,6 +353,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     });
     let ctx = SourceContext {
         registry: shared.clone(),
+        provision: provision_tx,
         metrics: metrics.clone(),
         pool,
         tx,
@@ -338,8 +366,11 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
     for p in meter_pollers {
         sources.push(tokio::spawn(p.run(ctx.tx.clone(), shutdown.clone())));
     }
-    for i in 0..config.mqtt.brokers.len() {
-        let source = MqttSource::new(&config, i, ctx.clone())?;
+    for (i, b) in config.mqtt.brokers.iter().enumerate() {
+        let mut source = MqttSource::new(&config, i, ctx.clone())?;
+        if let Some(updates) = config_reload.subscriptions(&b.id) {
+            source = source.with_updates(updates);
+        }
         sources.push(tokio::spawn(source.run(shutdown.clone())));
     }
     if let Some(server) = hj212 {
@@ -418,6 +449,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken, extras: Extras
         let _ = t.await;
     }
     let _ = reload_task.await;
+    let _ = sighup_task.await;
     if let Some(t) = tls_task {
         let _ = t.await;
     }

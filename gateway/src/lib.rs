@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod people;
+pub mod reload;
 pub mod report;
 pub mod rulestest;
 pub mod sim;

@@ -715,7 +715,8 @@ fn run(file: &Path) -> anyhow::Result<()> {
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         stop_on_signals(shutdown.clone())?;
-        app::run(config, shutdown, Extras::default()).await?;
+        let extras = Extras { config_file: Some(file.to_path_buf()), ..Extras::default() };
+        app::run(config, shutdown, extras).await?;
         Ok(())
     })
 }
@@ -805,6 +806,7 @@ fn demo(
             modbus_sim: Some(modbus_listen),
             dlt645_sim: Some(dlt645_listen),
             hj212_sim: Some(Duration::from_secs(5)),
+            config_file: None,
         };
         let result = app::run(config, shutdown, extras).await;
         let _ = std::fs::remove_dir_all(&state_dir);

@@ -88,7 +88,7 @@ fn run(store: &mut Victoria, n: usize, outage: bool, t0: i64) -> Run {
     if outage {
         store.stop();
     }
-    let fwd = forward::start(&cfg, registry.clone(), pool, rx, None, None, handle).unwrap();
+    let fwd = forward::start(&cfg, registry.clone().into(), pool, rx, None, None, handle).unwrap();
     let m: Arc<ForwardMetrics> = fwd.metrics.clone();
     let lines = (n / POINTS) as u64;
     let start = Instant::now();

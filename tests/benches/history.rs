@@ -88,7 +88,7 @@ fn writer(registry: &Registry, secs: f64, rate: f64) {
         history::Settings { path: dir.path().join("history.db"), minute_days: 35, hour_days: 400, max_bytes: 8 << 30 };
     let t0 = (SystemClock::new().wall_ns() / (60 * S) - 24 * 60) * 60 * S;
     let clock = Arc::new(ManualClock::new(t0, 0));
-    let (tap, reader, thread) = history::start(&settings, registry, clock.clone()).unwrap();
+    let (tap, reader, thread) = history::start(&settings, Arc::new(registry.clone()), clock.clone()).unwrap();
     let batches = (secs * rate / BATCH as f64) as usize;
     let every = Duration::from_secs_f64(BATCH as f64 / rate);
     let start = Instant::now();

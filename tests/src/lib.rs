@@ -310,6 +310,18 @@ impl Gateway {
         }
     }
 
+    /// Writes `config` (with `{api}` replaced by this gateway's address) over its configuration file
+    /// and sends SIGHUP, as `systemctl reload` does.
+    pub fn reload_with(&self, config: &str) {
+        let mut text = config.replace("{api}", &self.api.to_string());
+        if !text.contains("[incidents]") {
+            text.push_str("\n[incidents]\npath = \"incidents.db\"\n");
+        }
+        std::fs::write(self.dir.path().join("parkwatch.toml"), text).unwrap();
+        let ok = Command::new("kill").arg("-HUP").arg(self.pid().to_string()).status().unwrap();
+        assert!(ok.success(), "kill -HUP failed");
+    }
+
     /// Adds a user with `parkwatch user add` against this gateway's config (the password on standard
     /// input, never as an argument).
     pub fn add_user(&self, name: &str, role: &str, grids: &[&str], password: &str) {

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::audit::{outcome, with_reason};
 use super::{ApiError, AppState, Principal};
@@ -322,6 +322,71 @@ pub(super) async fn comment(
 
 pub(super) async fn rules(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(Json(st.core.rules().await?).into_response())
+}
+
+pub(super) async fn config_reload(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let Some(reload) = st.config_reload.as_ref() else {
+        return Err(ApiError::NotFound("configuration reload is not available".into()));
+    };
+    let report = reload.reload("api").await;
+    let (status, outcome, detail) = if report.applied {
+        (axum::http::StatusCode::OK, "ok", report.changes.join("; "))
+    } else {
+        // Refused: the configuration that runs stays as it was.
+        (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "refused", report.errors.join("; "))
+    };
+    st.audit.record(who.event("config.reload", "config".into(), outcome, detail));
+    Ok((status, Json(report)).into_response())
+}
+
+pub(super) async fn last_config_reload(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let last = st.config_reload.as_ref().and_then(|r| r.last());
+    Ok(Json(json!({ "last": last })).into_response())
+}
+
+pub(super) async fn provisioning(State(st): State<AppState>) -> Result<Response, ApiError> {
+    use crate::reload::provision::Refusal;
+    let Some(p) = st.provisioning.as_ref() else {
+        return Err(ApiError::NotFound("no subscription provisions devices".into()));
+    };
+    let subscriptions: Vec<Value> = p
+        .subscriptions()
+        .into_iter()
+        .map(|(broker, topic, pr, n)| {
+            json!({ "broker": broker, "topic": topic, "type": pr.device_type, "max": pr.max,
+                    "approve": pr.approve, "provisioned": n })
+        })
+        .collect();
+    let refused: serde_json::Map<String, Value> =
+        Refusal::ALL.iter().map(|r| (r.as_str().to_owned(), json!(p.status.refused(*r)))).collect();
+    Ok(Json(json!({
+        "subscriptions": subscriptions,
+        "provisioned": p.status.provisioned(),
+        "pending": p.status.pending(),
+        "refused": refused,
+    }))
+    .into_response())
+}
+
+pub(super) async fn approve(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(device): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::reload::provision::ProvisionError;
+    let Some(p) = st.provisioning.as_ref() else {
+        return Err(ApiError::NotFound("no subscription provisions devices".into()));
+    };
+    let (r, outcome, detail) = match p.approve(&device).await {
+        Ok(e) => (Ok(Json(json!({ "provisioned": e })).into_response()), "ok", format!("grid {}", e.grid)),
+        Err(e @ ProvisionError::NotPending(_)) => (Err(ApiError::NotFound(e.to_string())), "refused", e.to_string()),
+        Err(e) => (Err(ApiError::Unavailable), "failed", e.to_string()),
+    };
+    st.audit.record(who.event("device.provision", device, outcome, detail));
+    r
 }
 
 pub(super) async fn reload(

@@ -164,6 +164,27 @@ pub(super) async fn render(State(st): State<AppState>) -> impl IntoResponse {
     if let Some(n) = &st.notify {
         notify(&mut out, &n.metrics);
     }
+    if let Some(p) = &st.provisioning {
+        let s = &p.status;
+        for (name, help, v) in [
+            (
+                "parkwatch_provisioned_devices",
+                "Devices created from topics by auto-provisioning.",
+                s.provisioned().len(),
+            ),
+            ("parkwatch_provision_pending", "Devices waiting for approval to be provisioned.", s.pending().len()),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let name = "parkwatch_provision_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Provisioning requests refused, by reason (id, grid, cap).\n# TYPE {name} counter"
+        );
+        for r in crate::reload::provision::Refusal::ALL {
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", r.as_str(), s.refused(r));
+        }
+    }
     modbus(&mut out, &st.modbus);
     dlt645(&mut out, &st.dlt645);
     hj212(&mut out, &st.hj212);

@@ -61,6 +61,10 @@ pub struct AppState {
     pub incidents: Option<crate::incident::IncidentStore>,
     /// Recompiles the rule packs on request.
     pub reloader: Option<crate::core::packs::Reloader>,
+    /// Reloads the configuration file (devices, grids, subscriptions, rules).
+    pub config_reload: Option<Arc<crate::reload::ConfigReload>>,
+    /// Devices created from topics, when a subscription provisions.
+    pub provisioning: Option<crate::reload::Provisioner>,
     /// Forwarding counters, when forwarding is on.
     pub forward: Option<Arc<crate::forward::ForwardMetrics>>,
     /// Health of Modbus-polled devices.
@@ -231,6 +235,11 @@ pub fn routes() -> Vec<Route> {
         get_r("/api/v1/notifications", viewer, incidents::notifications),
         get_r("/api/v1/rules", viewer, incidents::rules),
         post_r("/api/v1/rules/reload", admin, incidents::reload),
+        // The same as SIGHUP: the file is read again; the answer says what changed and what waits.
+        post_r("/api/v1/config/reload", admin, incidents::config_reload),
+        get_r("/api/v1/config/reload", admin, incidents::last_config_reload),
+        get_r("/api/v1/provisioning", admin, incidents::provisioning),
+        post_r("/api/v1/provisioning/{device}/approve", admin, incidents::approve),
         // Who did what, site-wide: for those who answer for the site.
         get_r("/api/v1/audit", site, audit::list),
     ]

@@ -13,7 +13,7 @@ use super::*;
 use crate::auth::Role;
 use crate::core::Core;
 use crate::model::pool::SamplePool;
-use crate::model::{Batch, PointId, Quality, Sample};
+use crate::model::{Batch, PointId, Quality, Registry, Sample};
 
 const CONFIG: &str = r#"
 [site]
@@ -83,12 +83,14 @@ fn state(metrics: Metrics) -> (AppState, mpsc::Sender<Batch>) {
             history: None,
             ..crate::report::Reporter::new(&config, registry.clone())
         }),
-        registry,
+        registry: registry.into(),
         core,
         metrics,
         batches: tx.downgrade(),
         incidents: None,
         reloader: None,
+        config_reload: None,
+        provisioning: None,
         forward: None,
         modbus: Default::default(),
         dlt645: Default::default(),
@@ -410,7 +412,7 @@ mod health {
             message: "syntax error".into(),
             config: false,
         };
-        let core = Core::new(st.registry.clone(), st.metrics.clone(), Arc::new(SamplePool::default()), 10)
+        let core = Core::new(st.registry.load(), st.metrics.clone(), Arc::new(SamplePool::default()), 10)
             .with_load_errors(vec![broken("noise.rhai"), broken("electrical.rhai"), broken("noise.rhai")]);
         (st.core, _) = crate::core::spawn(core, rx, None, None);
         let e = Evaluator::new(&st);

@@ -501,6 +501,35 @@ pub struct Subscription {
     /// Timestamps older than this are rejected, seconds.
     #[serde(default = "default_max_past")]
     pub max_past_secs: u64,
+    /// Devices this subscription hears of that are not configured are created from a device type
+    /// (id and grid from the topic's `{device}` and `{grid}`).
+    pub provision: Option<Provision>,
+}
+
+/// Auto-provisioning of a subscription: unknown devices become devices of a type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provision {
+    /// The `[[device_types]]` entry the devices take their category, points, tags and rule
+    /// parameters from.
+    #[serde(rename = "type")]
+    pub device_type: String,
+    /// At most this many devices provisioned through this subscription; the rest are refused and
+    /// counted.
+    #[serde(default = "default_provision_max")]
+    pub max: usize,
+    /// New devices wait for an admin's approval (`POST /api/v1/provisioning/{device}/approve`).
+    #[serde(default)]
+    pub approve: bool,
+}
+
+fn default_provision_max() -> usize {
+    1000
+}
+
+/// Is `s` usable as a device, grid or type id: 1-64 letters, digits, '-', '_' or '.'.
+pub fn is_identifier(s: &str) -> bool {
+    validate::is_identifier(s)
 }
 
 fn default_qos() -> u8 {

@@ -133,6 +133,22 @@ fn number_payloads_need_a_point() {
 }
 
 #[test]
+fn provisioning_needs_a_known_type_and_the_grid_and_device_in_the_topic() {
+    let text = BASE.replace(
+        "topic = \"park/{grid}/meter/{device}/telemetry\"",
+        "topic = \"park/{device}/telemetry\"\nprovision = { type = \"nope\", max = 0 }",
+    );
+    assert_eq!(
+        paths(&text),
+        [
+            "mqtt.subscriptions[0].provision.type",
+            "mqtt.subscriptions[0].provision",
+            "mqtt.subscriptions[0].provision.max"
+        ]
+    );
+}
+
+#[test]
 fn bad_timezone_and_duplicate_topic() {
     let text = BASE.replace("id = \"p1\"", "id = \"p1\"\ntimezone = \"Mars/Olympus\"")
         + "\n[[mqtt.subscriptions]]\nbroker = \"b1\"\ntopic = \"park/{grid}/meter/{device}/telemetry\"\n";

@@ -24,7 +24,7 @@ impl Problems {
 
 /// Ids are letters (any script: parks name devices in Chinese), digits, `-`, `_` or `.`; no spaces
 /// or MQTT wildcards, so they fit in topics, URLs and store tags without surprises.
-fn is_identifier(s: &str) -> bool {
+pub(super) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.chars().count() <= 64
         && s.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_' || c == '.')
@@ -393,6 +393,24 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
                 format!("device {d:?} is not defined (known devices: {})", known(&device_list)),
             ),
             _ => {}
+        }
+        if let Some(pr) = &s.provision {
+            if !config.device_types.iter().any(|t| t.id == pr.device_type) {
+                let types: Vec<&str> = config.device_types.iter().map(|t| t.id.as_str()).collect();
+                p.push(
+                    format!("{at}.provision.type"),
+                    format!("device type {:?} is not defined (known types: {})", pr.device_type, known(&types)),
+                );
+            }
+            if pattern.is_some() && !(has(Capture::Device) && has(Capture::Grid)) {
+                p.push(
+                    format!("{at}.provision"),
+                    "provisioned devices take their id and grid from the topic; expected {device} and {grid} in it",
+                );
+            }
+            if pr.max == 0 {
+                p.push(format!("{at}.provision.max"), "0; expected at least 1 device");
+            }
         }
         let fixed_device = s.device.as_ref().and_then(|d| config.devices.iter().find(|x| &x.id == d));
         let point_known = |name: &str| fixed_device.is_none_or(|d| d.points.iter().any(|pt| pt.name == name));

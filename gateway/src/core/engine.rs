@@ -851,7 +851,9 @@ impl Engine {
             .slots
             .iter()
             .enumerate()
-            .map(|(i, s)| ((self.registry.device(s.device).id.as_str(), self.set.rules[s.rule as usize].id.as_str()), i))
+            .map(|(i, s)| {
+                ((self.registry.device(s.device).id.as_str(), self.set.rules[s.rule as usize].id.as_str()), i)
+            })
             .collect();
         let mut found_slots = Vec::with_capacity(old.slots.len());
         for old_slot in &old.slots {

@@ -9,7 +9,7 @@ use rhai::Dynamic;
 use super::engine::{Engine, Maintenance, Override, Scope, Settings};
 use super::rules::{self, Calendar, Limits, PackError};
 use crate::config::{validate::parse_hhmm, Config};
-use crate::model::Registry;
+use crate::model::{Registry, SharedRegistry};
 
 /// The default packs, shipped in the binary so an installed gateway needs no repository checkout.
 pub const BUILTIN: [(&str, &str); 4] = [
@@ -211,21 +211,52 @@ pub fn build(
 }
 
 /// Recompiles the rule packs and hands the result to the core: all or nothing.
+///
+/// Shared by every kind of reload (rule packs, the whole configuration, provisioned devices): each
+/// takes `lock`, so each builds on what the one before it left.
 #[derive(Clone)]
 pub struct Reloader {
-    pub config: Arc<Config>,
-    pub registry: Arc<Registry>,
+    /// The configuration as last reloaded.
+    pub config: Arc<std::sync::RwLock<Arc<Config>>>,
+    pub registry: SharedRegistry,
     pub core: super::CoreHandle,
+    pub lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
-    /// Reloads now; returns the number of rules running afterwards.
+    pub fn new(config: Arc<Config>, registry: SharedRegistry, core: super::CoreHandle) -> Self {
+        Self {
+            config: Arc::new(std::sync::RwLock::new(config)),
+            registry,
+            core,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The configuration as last reloaded.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Reloads the rule packs now; returns the number of rules running afterwards.
     ///
     /// # Errors
     /// The packs did not compile (the running rules stay), or the core has stopped.
     pub async fn reload(&self) -> Result<usize, ReloadError> {
-        let (config, registry) = (self.config.clone(), self.registry.clone());
-        let built = tokio::task::spawn_blocking(move || build(&config, registry, 0)).await.map_err(|e| {
+        let _turn = self.lock.lock().await;
+        let (config, registry) = (self.config(), self.registry.load());
+        self.install(config, registry).await
+    }
+
+    /// Builds the rules of `config` over `registry` and hands them to the core; once it has them,
+    /// publishes `registry` to everyone else (so no source names a point the core does not know).
+    /// The caller holds `lock`.
+    ///
+    /// # Errors
+    /// The packs did not compile (the running rules and registry stay), or the core has stopped.
+    pub async fn install(&self, config: Arc<Config>, registry: Arc<Registry>) -> Result<usize, ReloadError> {
+        let r = registry.clone();
+        let built = tokio::task::spawn_blocking(move || build(&config, r, 0)).await.map_err(|e| {
             ReloadError::Failed(vec![PackError {
                 pack: String::new(),
                 rule: None,
@@ -237,6 +268,7 @@ impl Reloader {
             Ok((engine, _)) => {
                 let n = engine.rules().len();
                 self.core.reload(Ok(engine)).await.map_err(|_| ReloadError::Stopped)?;
+                self.registry.store(registry);
                 Ok(n)
             }
             Err(errors) => {
@@ -246,34 +278,28 @@ impl Reloader {
         }
     }
 
-    /// Reloads on SIGHUP and, every `rules.reload_secs`, when a pack file changed.
+    /// Every `rules.reload_secs`, reloads the rules when a pack file changed (SIGHUP is the
+    /// configuration reload's).
     pub async fn watch(self, shutdown: tokio_util::sync::CancellationToken) {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let every = std::time::Duration::from_secs(self.config.rules.reload_secs.max(1));
-        let poll = self.config.rules.reload_secs > 0 && !self.config.rules.dirs.is_empty();
-        let mut seen = fingerprint(&self.config.rules.dirs);
+        let config = self.config();
+        if config.rules.reload_secs == 0 || config.rules.dirs.is_empty() {
+            return;
+        }
+        let every = std::time::Duration::from_secs(config.rules.reload_secs.max(1));
+        let mut seen = fingerprint(&config.rules.dirs);
         loop {
-            let hup_fired = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let why = tokio::select! {
+            tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = hup_fired => "SIGHUP",
-                () = tokio::time::sleep(every), if poll => {
-                    let now = fingerprint(&self.config.rules.dirs);
-                    if now == seen {
-                        continue;
-                    }
-                    seen = now;
-                    "a pack file changed"
-                }
-            };
+                () = tokio::time::sleep(every) => {}
+            }
+            let now = fingerprint(&self.config().rules.dirs);
+            if now == seen {
+                continue;
+            }
+            seen = now;
             match self.reload().await {
-                Ok(n) => tracing::info!(rules = n, why, "Rules reloaded."),
-                Err(e) => tracing::error!(error = %e, why, "Rule reload failed; the running rules stay."),
+                Ok(n) => tracing::info!(rules = n, why = "a pack file changed", "Rules reloaded."),
+                Err(e) => tracing::error!(error = %e, "Rule reload failed; the running rules stay."),
             }
         }
     }

@@ -157,9 +157,10 @@ impl Settings {
 /// The database cannot be opened or the thread not started.
 pub fn start(
     settings: &Settings,
-    shared: &SharedRegistry,
+    registry: impl Into<SharedRegistry>,
     clock: Arc<dyn Clock>,
 ) -> Result<(History, HistoryReader, JoinHandle<()>), HistoryError> {
+    let shared: SharedRegistry = registry.into();
     let registry = &*shared.load();
     let mut conn = store::open(&settings.path, settings.max_bytes)?;
     let names: Vec<(&str, &str)> =

@@ -232,11 +232,6 @@ impl Roller {
         }));
     }
 
-    /// How many points it rolls up.
-    pub fn len(&self) -> usize {
-        self.points.len()
-    }
-
     /// Continues an energy counter from its last stored reading, so the consumption between the
     /// last reading before a restart and the first after it is not lost.
     pub fn resume_counter(&mut self, point: u32, counter: f64) {

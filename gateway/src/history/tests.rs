@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::model::time::ManualClock;
-use crate::model::{PointId, Quality, Sample};
+use crate::model::{PointId, Quality, Registry, Sample};
 
 const S: i64 = 1_000_000_000;
 const MIN: i64 = 60 * S;

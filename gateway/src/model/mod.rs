@@ -220,6 +220,17 @@ impl Default for SiteInfo {
     }
 }
 
+/// A device a provisioning subscription heard of that is not configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionRequest {
+    /// The broker and subscription filter it came through.
+    pub broker: String,
+    pub topic: String,
+    /// The topic's `{device}` and `{grid}`.
+    pub device: String,
+    pub grid: String,
+}
+
 /// The current [`Registry`], replaced whole when a reload or auto-provisioning changes the devices.
 ///
 /// Successors keep ids stable ([`Registry::evolve`]), so a reader holding an older one still resolves
@@ -245,6 +256,18 @@ impl SharedRegistry {
     /// Publishes a successor; readers see it from their next load.
     pub fn store(&self, registry: std::sync::Arc<Registry>) {
         self.0.store(registry);
+    }
+}
+
+impl From<&std::sync::Arc<Registry>> for SharedRegistry {
+    fn from(r: &std::sync::Arc<Registry>) -> Self {
+        Self::new(r.clone())
+    }
+}
+
+impl From<&SharedRegistry> for SharedRegistry {
+    fn from(r: &SharedRegistry) -> Self {
+        r.clone()
     }
 }
 

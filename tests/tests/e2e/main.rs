@@ -15,6 +15,7 @@ mod history;
 mod modbus;
 mod mqtt;
 mod notify;
+mod reload;
 mod report;
 mod rooms;
 mod rules;

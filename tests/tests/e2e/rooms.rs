@@ -35,19 +35,21 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("broker", &["config"][..]),
         ("sim", &["source", "config"][..]),
         ("rulestest", &["config", "core"][..]),
+        // A reload builds the next registry from the file and hands it, with its rules, to the core.
+        ("reload", &["config", "core"][..]),
         // The API shows every room; only `app` wires them together.
         (
             "api",
             &[
                 "actions", "audit", "auth", "config", "core", "forward", "history", "incident", "metrics", "notify",
-                "people", "report", "source",
+                "people", "reload", "report", "source",
             ][..],
         ),
         (
             "app",
             &[
                 "actions", "api", "audit", "auth", "broker", "config", "core", "forward", "history", "incident",
-                "metrics", "notify", "people", "report", "sim", "source",
+                "metrics", "notify", "people", "reload", "report", "sim", "source",
             ][..],
         ),
     ])

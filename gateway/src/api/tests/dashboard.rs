@@ -186,7 +186,7 @@ async fn the_site_plan_is_served_to_callers_and_the_cells_carry_their_outlines()
     );
     let config = crate::config::from_str(&text, "t.toml".as_ref(), dir.path()).unwrap();
     let (mut st, store, _tx) = state_with_incidents(dir.path()).await;
-    st.registry = Arc::new(Registry::from_config(&config));
+    st.registry = Arc::new(Registry::from_config(&config)).into();
     // e1 (g2) is silent past its category's limit: the overview counts it offline.
     let Change::Open(mut silent) = incident(3, "g2", "e1") else { unreachable!() };
     silent.rule = "quality.device_silent".into();

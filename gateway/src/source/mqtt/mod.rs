@@ -26,7 +26,7 @@ use crate::config;
 use crate::metrics::{add, Metrics, RejectRecord, SubscriptionMetrics};
 use crate::model::pool::SamplePool;
 use crate::model::time::{fmt_ns, now_ns};
-use crate::model::{Ack, Batch, Registry, SharedRegistry};
+use crate::model::{Ack, Batch, ProvisionRequest, Registry, SharedRegistry};
 
 /// A broker connection that cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +57,15 @@ pub struct MqttSource {
     batch_samples: usize,
     /// This broker's subscriptions after each reload.
     updates: Option<watch::Receiver<Arc<Vec<config::Subscription>>>>,
+    provision: Option<mpsc::Sender<ProvisionRequest>>,
 }
 
 struct SubState {
     metrics: Arc<SubscriptionMetrics>,
     /// The subscription as configured, to tell on a reload whether it changed.
     written: String,
+    /// Unknown devices are announced for provisioning.
+    provisions: bool,
     decoder: Decoder,
     qos: QoS,
     last_log: Option<Instant>,
@@ -77,6 +80,7 @@ impl SubState {
         Ok(Self {
             metrics: metrics.subscription(&s.broker, &s.topic),
             written: format!("{s:?}"),
+            provisions: s.provision.is_some(),
             decoder,
             qos: if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
             last_log: None,
@@ -111,6 +115,8 @@ const REJECTS_KEPT_PER_SEC: u32 = 20;
 #[derive(Clone)]
 pub struct SourceContext {
     pub registry: SharedRegistry,
+    /// Where unknown devices of provisioning subscriptions are announced.
+    pub provision: Option<mpsc::Sender<ProvisionRequest>>,
     pub metrics: Arc<Metrics>,
     pub pool: Arc<SamplePool>,
     pub tx: mpsc::Sender<Batch>,
@@ -144,6 +150,7 @@ impl MqttSource {
             tx: ctx.tx,
             batch_samples: ctx.batch_samples,
             updates: None,
+            provision: ctx.provision,
         })
     }
 
@@ -186,7 +193,13 @@ impl MqttSource {
                 warn!(broker, error = %e, "Could not queue the new subscriptions.");
             }
         }
-        info!(broker, subscriptions = self.subs.len(), added = new.len(), removed = gone.len(), "Subscriptions reloaded.");
+        info!(
+            broker,
+            subscriptions = self.subs.len(),
+            added = new.len(),
+            removed = gone.len(),
+            "Subscriptions reloaded."
+        );
     }
 
     /// Runs until `shutdown`, reconnecting with capped exponential backoff and jitter.
@@ -425,6 +438,18 @@ impl MqttSource {
         }
         if events > 0 {
             add(&m.events, events as u64);
+        }
+        if sub.provisions && rejects.iter().any(|r| r.reason == decode::RejectReason::UnknownDevice) {
+            let caps = sub.decoder.pattern().matches(topic);
+            if let (Some(tx), Some((Some(device), Some(grid)))) = (&self.provision, caps.map(|c| (c.device, c.grid))) {
+                // A full queue drops the request: the device's next message asks again.
+                let _ = tx.try_send(ProvisionRequest {
+                    broker: m.broker.clone(),
+                    topic: m.topic.clone(),
+                    device: device.to_owned(),
+                    grid: grid.to_owned(),
+                });
+            }
         }
         for r in rejects.drain(..) {
             add(&m.rejects[r.reason.index()], 1);
