@@ -2,7 +2,9 @@
 //! by the gateway. Reports requests per device cycle, the poll rate reached, gateway CPU per 1,000
 //! registers read, and peak RSS.
 //!
-//! `cargo bench -p parkwatch-e2e --bench modbus`; `PARKWATCH_BENCH_SECS` (default 20) sets the window.
+//! `cargo bench -p parkwatch-e2e --bench modbus`; `PARKWATCH_BENCH_SECS` (default 20) sets the window,
+//! `PARKWATCH_BENCH_SERVERS` and `PARKWATCH_BENCH_UNITS` (default 10 × 20) the park's size (20 × 34:
+//! 680 meters, 10,200 points), `PARKWATCH_BENCH_RULES=1` runs the built-in rule packs on the readings.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +14,9 @@ use parkwatch::sim::modbus::{serve, Unit, Units};
 use parkwatch::source::modbus::profile;
 use parkwatch_e2e::{wait_until, Gateway};
 
-const SERVERS: usize = 10;
-const UNITS: u8 = 20;
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 fn proc_stat(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -34,15 +37,19 @@ fn sum(gw: &Gateway, name: &str) -> f64 {
 }
 
 fn main() {
-    let secs: f64 = std::env::var("PARKWATCH_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
+    let secs: f64 = env("PARKWATCH_BENCH_SECS", 20.0);
+    let servers: usize = env("PARKWATCH_BENCH_SERVERS", 10);
+    let units_per_server: u8 = env("PARKWATCH_BENCH_UNITS", 20);
+    let rules = env("PARKWATCH_BENCH_RULES", 0u8) == 1;
     let sdm = profile::load_all(&[]).unwrap()["eastron-sdm630"].clone();
+    let per_meter = sdm.points.len();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            for _ in 0..SERVERS {
+            for _ in 0..servers {
                 let mut units = HashMap::new();
-                for u in 1..=UNITS {
+                for u in 1..=units_per_server {
                     let mut unit = Unit::default();
                     unit.load_profile(&sdm, |name| if name.starts_with('u') { 230.0 } else { 10.0 });
                     units.insert(u, unit);
@@ -55,15 +62,15 @@ fn main() {
             std::future::pending::<()>().await;
         });
     });
-    let ports: Vec<u16> = (0..SERVERS).map(|_| rx.recv().unwrap()).collect();
-    let mut config = String::from(
-        "[site]\nid = \"bench\"\n[api]\nlisten = \"{api}\"\n[rules]\nbuiltin = false\n[[grids]]\nid = \"g1\"\n",
+    let ports: Vec<u16> = (0..servers).map(|_| rx.recv().unwrap()).collect();
+    let mut config = format!(
+        "[site]\nid = \"bench\"\n[api]\nlisten = \"{{api}}\"\n[rules]\nbuiltin = {rules}\n[[grids]]\nid = \"g1\"\n"
     );
     for (s, port) in ports.iter().enumerate() {
         config.push_str(&format!(
             "[[modbus.connections]]\nid = \"c{s}\"\nkind = \"tcp\"\nhost = \"127.0.0.1\"\nport = {port}\n"
         ));
-        for u in 1..=UNITS {
+        for u in 1..=units_per_server {
             config.push_str(&format!(
                 "[[devices]]\nid = \"m{s}-{u}\"\ngrid = \"g1\"\ncategory = \"electrical\"\n\
                  modbus = {{ connection = \"c{s}\", unit = {u}, profile = \"eastron-sdm630\", interval_ms = 1000 }}\n"
@@ -71,7 +78,7 @@ fn main() {
         }
     }
     let gw = Gateway::start(&config);
-    let devices = SERVERS * usize::from(UNITS);
+    let devices = servers * usize::from(units_per_server);
     wait_until(Duration::from_secs(20), "every meter polled", || {
         (sum(&gw, "parkwatch_modbus_online{") as usize == devices).then_some(())
     });
@@ -91,21 +98,40 @@ fn main() {
     let cpu = cpu1 - cpu0;
     let per_cycle = 3.0; // the planner's reads for the SDM630 profile (asserted below)
     let cycles = requests / per_cycle;
-    println!(
-        "modbus: {devices} SDM630 meters on {SERVERS} Modbus TCP connections, polled every 1 s, {elapsed:.1} s window"
-    );
-    println!(
-        "requests {requests:.0} ({:.0}/s), {:.2} device cycles/s of {devices} wanted, {per_cycle} requests per device cycle (15 values)",
+    let mut lines = Vec::new();
+    lines.push(format!(
+        "modbus: {devices} SDM630 meters ({} points) on {servers} Modbus TCP connections, polled every 1 s, built-in rules {}, {elapsed:.1} s window",
+        devices * per_meter,
+        if rules { "on" } else { "off" }
+    ));
+    lines.push(format!(
+        "requests {requests:.0} ({:.0}/s), {:.2} device cycles/s of {devices} wanted, {per_cycle} requests per device cycle ({per_meter} values)",
         requests / elapsed,
         cycles / elapsed
-    );
-    println!(
+    ));
+    lines.push(format!(
         "registers {registers:.0}; gateway CPU {cpu:.2} s = {:.1} % of one core = {:.2} ms CPU per 1,000 registers; peak RSS {rss:.1} MB; overruns {overruns}, errors {errors}",
         100.0 * cpu / elapsed,
         1000.0 * cpu / (registers / 1000.0)
-    );
-    println!(
+    ));
+    lines.push(format!(
         "registers per request {:.1} (the SDM630 plan: 0–17, 52–75, 342–343 = 44 registers in 3 reads)",
         registers / requests
+    ));
+    for l in &lines {
+        println!("{l}");
+    }
+    let dir = parkwatch_e2e::root().join("benches/results");
+    let _ = std::fs::create_dir_all(&dir);
+    let name =
+        format!("modbus-{}-{servers}x{units_per_server}-rules{}.md", parkwatch_e2e::bench::today(), u8::from(rules));
+    let text = format!(
+        "# Modbus benchmark\n\n`PARKWATCH_BENCH_SERVERS={servers} PARKWATCH_BENCH_UNITS={units_per_server} PARKWATCH_BENCH_RULES={} PARKWATCH_BENCH_SECS={secs} cargo bench -p parkwatch-e2e --bench modbus`\n\n{}\n{}\n",
+        u8::from(rules),
+        parkwatch_e2e::bench::machine(&parkwatch_e2e::root()),
+        lines.iter().map(|l| format!("- {l}\n")).collect::<String>()
     );
+    if let Err(e) = std::fs::write(dir.join(&name), text) {
+        eprintln!("cannot write benches/results/{name}: {e}");
+    }
 }

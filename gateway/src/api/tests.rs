@@ -553,7 +553,7 @@ mod health {
         ("LoggerStatus", "last_frame_ns", "parkwatch_hj212_last_frame_timestamp_seconds"),
     ];
     /// Debug structs that hold no counters of ours: the clock, locks, and the reject log's settings.
-    const NOT_COUNTERS: &[&str] = &["Instant", "Mutex", "RejectLog", "Notify"];
+    const NOT_COUNTERS: &[&str] = &["Instant", "Mutex", "RwLock", "RejectLog", "Notify"];
 
     /// Every numeric or boolean field (an atomic prints as its value) in a `{:#?}` rendering, with the
     /// struct it belongs to. The fields come from the structs themselves, so a new counter is found

@@ -65,6 +65,10 @@ fn declared(method: &str, path: &str) -> (Need, &'static str) {
         ("GET", "/api/v1/notifications") => (viewer, ""),
         ("GET", "/api/v1/rules") => (viewer, ""),
         ("POST", "/api/v1/rules/reload") => (Need::Role(Role::Admin), ""),
+        ("POST", "/api/v1/config/reload") => (Need::Role(Role::Admin), ""),
+        ("GET", "/api/v1/config/reload") => (Need::Role(Role::Admin), ""),
+        ("GET", "/api/v1/provisioning") => (Need::Role(Role::Admin), ""),
+        ("POST", "/api/v1/provisioning/{device}/approve") => (Need::Role(Role::Admin), ""),
         ("GET", "/api/v1/audit") => (Need::Role(Role::SafetyManager), ""),
         _ => panic!("route {method} {path} is not in the route table test; declare the role it needs here"),
     }
@@ -110,6 +114,10 @@ fn expected(method: &str, path: &str, caller: Option<&(Role, Grids)>, own: bool)
         "/api/v1/reports/emissions" | "/api/v1/reports/energy" => StatusCode::NOT_FOUND,
         // No rules run in this state, so there is nothing to reload.
         "/api/v1/rules/reload" => StatusCode::NOT_FOUND,
+        // This state has no configuration file to reload (the last reload, none, can be asked) and
+        // no subscription that provisions devices.
+        "/api/v1/config/reload" if method == "POST" => StatusCode::NOT_FOUND,
+        "/api/v1/provisioning" | "/api/v1/provisioning/{device}/approve" => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,
     }
 }
