@@ -128,6 +128,18 @@ fn find(program: &str, dirs: &[&str]) -> Option<PathBuf> {
     path.split(':').chain(dirs.iter().copied()).map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
 
+/// A directory with one rule pack: `t.high`, major, when a device's `ua` is above 300 V.
+pub fn high_voltage_rule() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("high.rhai"),
+        r#"rule(#{ id: "t.high", category: "electrical", severity: "major", watch: #{ points: ["ua"] },
+                  condition: |ctx| ctx.value > 300.0 });"#,
+    )
+    .unwrap();
+    dir
+}
+
 /// Waits until something accepts TCP connections on `port`.
 pub fn wait_for_port(port: u16, what: &str) {
     wait_until(Duration::from_secs(10), what, || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));

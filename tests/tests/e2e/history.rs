@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use parkwatch_e2e::{login, now_ms, wait_until, Gateway, Mosquitto, Publisher};
+use parkwatch_e2e::{high_voltage_rule, login, now_ms, wait_until, Gateway, Mosquitto, Publisher};
 use serde_json::{json, Value};
 
 fn config(mqtt: u16, rules: &std::path::Path, history: &str) -> String {
@@ -54,17 +54,6 @@ dirs = [{rules:?}]
     )
 }
 
-fn rules() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("high.rhai"),
-        r#"rule(#{ id: "t.high", category: "electrical", severity: "major", watch: #{ points: ["ua"] },
-                  condition: |ctx| ctx.value > 300.0 });"#,
-    )
-    .unwrap();
-    dir
-}
-
 /// Three minutes of 1 Hz readings, half an hour ago, plus one that ends the last reading's hold.
 fn publish_three_minutes(p: &Publisher, base: i64) {
     for i in 0..=180 {
@@ -93,7 +82,7 @@ fn rows(gw: &Gateway, path: &str) -> Option<Vec<Value>> {
 #[test]
 fn published_readings_come_back_as_minute_rollups() {
     let broker = Mosquitto::start("");
-    let rules = rules();
+    let rules = high_voltage_rule();
     let gw = Gateway::start(&config(broker.port, rules.path(), ""));
     let p = Publisher::connect(broker.port, "history-pub");
     let base = (now_ms() / 60_000 - 30) * 60_000;
@@ -160,7 +149,7 @@ fn history_health(gw: &Gateway) -> (String, String) {
 #[test]
 fn a_full_disk_degrades_history_never_readings_or_alarms() {
     let broker = Mosquitto::start("");
-    let rules = rules();
+    let rules = high_voltage_rule();
     let disk = parkwatch_e2e::SmallDisk::mount(8 << 20);
     let path = disk.path.join("history.db");
     let gw = Gateway::start(&config(broker.port, rules.path(), &format!("path = {:?}", path.display().to_string())));

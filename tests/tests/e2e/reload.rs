@@ -5,14 +5,15 @@
 
 use std::time::Duration;
 
-use parkwatch_e2e::{wait_until, Gateway, Mosquitto, Publisher};
+use parkwatch_e2e::{high_voltage_rule, wait_until, Gateway, Mosquitto, Publisher};
 use serde_json::{json, Value};
 
-fn config(mqtt: u16, rules: &std::path::Path, grids: &[&str], devices: &[(&str, &str)], topics: &[&str]) -> String {
-    let mut text = format!(
+/// Site `site` with one broker on `mqtt` and the rule pack in `rules`.
+fn head(site: &str, mqtt: u16, rules: &std::path::Path) -> String {
+    format!(
         r#"
 [site]
-id = "rl"
+id = "{site}"
 
 [api]
 listen = "{{api}}"
@@ -26,7 +27,11 @@ id = "local"
 host = "127.0.0.1"
 port = {mqtt}
 "#
-    );
+    )
+}
+
+fn config(mqtt: u16, rules: &std::path::Path, grids: &[&str], devices: &[(&str, &str)], topics: &[&str]) -> String {
+    let mut text = head("rl", mqtt, rules);
     for t in topics {
         text.push_str(&format!("\n[[mqtt.subscriptions]]\nbroker = \"local\"\ntopic = {t:?}\nqos = 1\n"));
     }
@@ -64,13 +69,7 @@ fn next_reload(gw: &Gateway, previous: &Value) -> Value {
 #[test]
 fn sighup_changes_devices_grids_and_subscriptions_without_dropping_the_broker() {
     let broker = Mosquitto::start("");
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(
-        rules.path().join("high.rhai"),
-        r#"rule(#{ id: "t.high", category: "electrical", severity: "major", watch: #{ points: ["ua"] },
-                  condition: |ctx| ctx.value > 300.0 });"#,
-    )
-    .unwrap();
+    let rules = high_voltage_rule();
     let before = config(broker.port, rules.path(), &["g1"], &[("m1", "g1"), ("m3", "g1")], &[TOPIC]);
     let gw = Gateway::start(&before);
     let p = Publisher::connect(broker.port, "reload-pub");
@@ -145,38 +144,23 @@ fn sighup_changes_devices_grids_and_subscriptions_without_dropping_the_broker() 
 }
 
 fn provisioning_config(mqtt: u16, rules: &std::path::Path) -> String {
-    format!(
-        r#"
-[site]
-id = "pv"
-
-[api]
-listen = "{{api}}"
-
-[rules]
-builtin = false
-dirs = [{rules:?}]
-
-[[mqtt.brokers]]
-id = "local"
-host = "127.0.0.1"
-port = {mqtt}
+    head("pv", mqtt, rules)
+        + r#"
+[[mqtt.subscriptions]]
+broker = "local"
+topic = "park/{grid}/meter/{device}/telemetry"
+provision = { type = "meter", max = 2 }
 
 [[mqtt.subscriptions]]
 broker = "local"
-topic = "park/{{grid}}/meter/{{device}}/telemetry"
-provision = {{ type = "meter", max = 2 }}
-
-[[mqtt.subscriptions]]
-broker = "local"
-topic = "lab/{{grid}}/{{device}}"
-provision = {{ type = "meter", approve = true }}
+topic = "lab/{grid}/{device}"
+provision = { type = "meter", approve = true }
 
 [[device_types]]
 id = "meter"
 category = "electrical"
-points = [{{ name = "ua", unit = "V" }}, {{ name = "ia", unit = "A" }}]
-tags = {{ model = "sdm630" }}
+points = [{ name = "ua", unit = "V" }, { name = "ia", unit = "A" }]
+tags = { model = "sdm630" }
 
 [[grids]]
 id = "g1"
@@ -188,7 +172,6 @@ id = "m0"
 grid = "g1"
 type = "meter"
 "#
-    )
 }
 
 fn device(gw: &Gateway, id: &str) -> Option<Value> {
@@ -198,13 +181,7 @@ fn device(gw: &Gateway, id: &str) -> Option<Value> {
 #[test]
 fn unknown_meters_are_provisioned_from_their_topic_up_to_the_cap_and_kept_across_a_restart() {
     let broker = Mosquitto::start("");
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(
-        rules.path().join("high.rhai"),
-        r#"rule(#{ id: "t.high", category: "electrical", severity: "major", watch: #{ points: ["ua"] },
-                  condition: |ctx| ctx.value > 300.0 });"#,
-    )
-    .unwrap();
+    let rules = high_voltage_rule();
     let mut gw = Gateway::start(&provisioning_config(broker.port, rules.path()));
     let p = Publisher::connect(broker.port, "provision-pub");
     // n1 is not configured: its first messages provision it, later ones are its readings.
