@@ -311,8 +311,11 @@ impl Engine {
                 for p in points {
                     self.point_slots[p.0 as usize].push(slot);
                 }
-                // Window helpers may name any point of the device.
-                if rule.window > 0 {
+                // Window helpers may name any point of the device. A rule that watches only events
+                // (counting them over its window) applies to every device: point windows for it
+                // would give every point of the park an hour of buckets (67 KB each, 680 MB for
+                // 10,000 points) that nothing reads.
+                if rule.window > 0 && !w.points.is_empty() {
                     for p in dev.points.clone() {
                         retention[p as usize] = retention[p as usize].max(rule.window);
                     }
@@ -1061,6 +1064,20 @@ pub(crate) mod tests {
         let settings = crate::core::packs::settings(&config, &registry);
         let states = vec![PointState::default(); registry.points.len()];
         (Engine::new(set, registry.clone(), settings, 1), states, registry)
+    }
+
+    /// Point windows are kept for rules that watch points, not for rules that count events.
+    #[test]
+    fn a_rule_counting_events_keeps_no_point_windows() {
+        let events = r#"rule(#{ id: "t.denied", category: "access", severity: "major",
+            watch: #{ events: ["card_denied"] }, window: "1h",
+            condition: |ctx| ctx.events("card_denied", "5m") >= 3 });"#;
+        let (e, _, _) = engine_with(events, &["ua", "ia"]);
+        assert!(e.windows.iter().all(|w| w.memory_bytes() < 1024), "no window for an event rule");
+        let points = r#"rule(#{ id: "t.avg", category: "electrical", severity: "major",
+            watch: #{ points: ["ua"] }, window: "1h", condition: |ctx| ctx.avg("ia", "10m") > 10.0 });"#;
+        let (e, _, _) = engine_with(points, &["ua", "ia"]);
+        assert!(e.windows.iter().all(|w| w.memory_bytes() > 10_000), "every point of the device: {}", e.windows.len());
     }
 
     /// An integer parameter overridden in TOML as `3` or as `3.0` means the same to a script that
