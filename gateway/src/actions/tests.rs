@@ -152,23 +152,15 @@ impl Rig {
     }
 }
 
+/// The fire-unlock rule acting on `incident` now, at critical severity.
+fn fire_unlock(incident: i64) -> Trigger {
+    Trigger::Rule { rule: "linkage.fire_unlock".into(), incident, at: now_ns(), severity: "critical".into() }
+}
+
 #[tokio::test]
 async fn a_permitted_action_writes_its_points_once_and_reads_them_back() {
     let rig = rig().await;
-    let r = rig
-        .actions
-        .request(
-            "unlock_b3",
-            None,
-            Trigger::Rule {
-                rule: "linkage.fire_unlock".into(),
-                incident: 7,
-                at: now_ns(),
-                severity: "critical".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let r = rig.actions.request("unlock_b3", None, fire_unlock(7)).await.unwrap();
     assert_eq!(r.state, State::Done, "{r:?}");
     assert_eq!(r.read_back, [1.0, 1.0]);
     assert_eq!((r.incident, r.grid.as_str()), (Some(7), "g3"));
@@ -254,20 +246,7 @@ async fn a_device_that_ignores_the_write_fails_the_action_within_the_deadline() 
     let rig = rig().await;
     rig.units.lock().unwrap().get_mut(&1).unwrap().ignore_writes = true;
     let t = Instant::now();
-    let r = rig
-        .actions
-        .request(
-            "unlock_b3",
-            None,
-            Trigger::Rule {
-                rule: "linkage.fire_unlock".into(),
-                incident: 3,
-                at: now_ns(),
-                severity: "critical".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let r = rig.actions.request("unlock_b3", None, fire_unlock(3)).await.unwrap();
     assert!(t.elapsed() < Duration::from_millis(1_000), "within readback_ms");
     assert_eq!(r.state, State::Failed, "{r:?}");
     assert!(r.detail.contains("read-back mismatch") && r.detail.contains("lock_1 reads 0"), "{r:?}");
@@ -280,20 +259,7 @@ async fn a_device_that_ignores_the_write_fails_the_action_within_the_deadline() 
         unit.dead = true;
     }
     let t = Instant::now();
-    let r = rig
-        .actions
-        .request(
-            "unlock_b3",
-            None,
-            Trigger::Rule {
-                rule: "linkage.fire_unlock".into(),
-                incident: 3,
-                at: now_ns(),
-                severity: "critical".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let r = rig.actions.request("unlock_b3", None, fire_unlock(3)).await.unwrap();
     assert_eq!(r.state, State::Failed, "{r:?}");
     assert!(
         t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_millis(2_000),

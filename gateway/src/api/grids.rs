@@ -73,7 +73,8 @@ pub(super) async fn list(
             }
         }
         let (mut online, mut offline, mut event_only) = (0u64, 0u64, 0u64);
-        for (di, d) in reg.devices.iter().enumerate().filter(|(_, d)| !d.retired && d.grid.0 as usize == gi) {
+        for (id, d) in reg.live_devices().filter(|(_, d)| d.grid.0 as usize == gi) {
+            let di = id.0 as usize;
             let polled = st.modbus.devices.iter().find(|m| m.device == d.id).map(|m| &m.online);
             let polled = polled.or_else(|| st.dlt645.meters.iter().find(|m| m.device == d.id).map(|m| &m.online));
             let up = !silent.contains(d.id.as_str())

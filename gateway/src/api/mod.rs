@@ -356,10 +356,9 @@ fn typed(kind: PointKind, v: f64) -> Value {
 async fn devices(State(st): State<AppState>, Extension(who): Extension<Principal>) -> Json<Value> {
     let reg = st.registry.load();
     let list: Vec<Value> = reg
-        .devices
-        .iter()
-        .filter(|d| !d.retired && who.identity.sees(&reg.grid(d.grid).id))
-        .map(|d| {
+        .live_devices()
+        .filter(|(_, d)| who.identity.sees(&reg.grid(d.grid).id))
+        .map(|(_, d)| {
             let points: Vec<Value> = d
                 .points
                 .clone()

@@ -829,8 +829,8 @@ impl Engine {
         self.changes.append(&mut old.changes);
         // Ids are stable across registries (points are only appended), so what was known of a point
         // carries over by index; points new to this registry start empty.
-        for (i, (new, old)) in self.windows.iter_mut().zip(old.windows).enumerate() {
-            if old.retention >= new.retention && old.retention > 0 && i < self.prev.len() {
+        for (new, old) in self.windows.iter_mut().zip(old.windows) {
+            if old.retention >= new.retention && old.retention > 0 {
                 let retention = new.retention;
                 *new = old;
                 new.retention = retention;

@@ -273,11 +273,15 @@ impl Writer {
     }
 
     fn take(&mut self, samples: &[Sample]) {
-        if samples.iter().any(|s| s.point.0 as usize >= self.series.len()) {
-            self.add_points();
-        }
         let mut skipped = rollup::Skipped::default();
+        // Points a reload or provisioning added are named once per batch (a failure is not retried
+        // for every sample).
+        let mut named = false;
         for s in samples {
+            if !named && s.point.0 as usize >= self.series.len() {
+                named = true;
+                self.add_points();
+            }
             self.roller.push(s.point.0, s.ts, s.value, s.quality == Quality::Good, &mut skipped);
         }
         let m = &self.metrics;

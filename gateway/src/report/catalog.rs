@@ -337,7 +337,8 @@ pub type Points = BTreeMap<(usize, String), Vec<Resolved>>;
 pub fn monitoring_points(config: &Config, reg: &Registry) -> (Points, Vec<String>) {
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
-    for (di, d) in reg.devices.iter().enumerate().filter(|(_, d)| !d.retired) {
+    for (id, d) in reg.live_devices() {
+        let di = id.0 as usize;
         for p in d.points.clone() {
             let name = &reg.points[p as usize].name;
             if !CATALOG.iter().any(|e| e.point == name) {

@@ -156,7 +156,8 @@ impl Reporter {
         let mut meters = Vec::new();
         // Group → quarter start → kWh, for group peaks.
         let mut quarters: BTreeMap<(&'static str, String), BTreeMap<i64, f64>> = BTreeMap::new();
-        for (di, d) in reg.devices.iter().enumerate().filter(|(_, d)| !d.retired) {
+        for (id, d) in reg.live_devices() {
+            let di = id.0 as usize;
             for p in d.points.clone() {
                 let info = &reg.points[p as usize];
                 let Some(factor) = to_kwh(&info.unit) else { continue };
