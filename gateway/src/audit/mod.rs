@@ -368,9 +368,11 @@ impl AuditReader {
     pub fn after(&self, seq: i64, limit: usize) -> Result<Vec<Record>, AuditError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, time, actor, source, action, target, outcome, detail, prev_hash, hash
-             FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+             FROM audit WHERE seq > ?1 ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![seq, limit as i64], |r| {
+        // The limit is taken here, not bound: a bound `LIMIT ?` makes SQLite prepare the
+        // statement again on every call.
+        let rows = stmt.query_map(params![seq], |r| {
             let time_ns: i64 = r.get(1)?;
             Ok(Record {
                 seq: r.get(0)?,
@@ -386,7 +388,7 @@ impl AuditReader {
                 hash: r.get(9)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows.take(limit).collect::<Result<_, _>>()?)
     }
 
     /// The last committed sequence number (0 when empty).

@@ -416,7 +416,16 @@ pub struct Broker {
     /// `message_size_limit`).
     #[serde(default = "default_max_packet")]
     pub max_packet_bytes: usize,
+    /// The broker's in-flight window for this client: how many QoS 1/2 messages it sends before it
+    /// waits for acknowledgements (Mosquitto `max_inflight_messages`, default 20). Once this many
+    /// wait, the outbox commits at once instead of gathering for `forward.ack_delay_ms`.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
     pub tls: Option<Tls>,
+}
+
+fn default_inflight() -> u16 {
+    20
 }
 
 fn default_mqtt_port() -> u16 {
@@ -927,6 +936,11 @@ pub struct Forward {
     /// …or this many milliseconds after its first line, whichever comes first.
     #[serde(default = "default_batch_ms")]
     pub batch_ms: u64,
+    /// Longest a QoS 1 message's acknowledgement waits to share an outbox commit (one fsync) with
+    /// the messages after it; sooner when a broker's in-flight window is full. 0: every burst is
+    /// committed as soon as it is read. Default 2.
+    #[serde(default = "default_ack_delay")]
+    pub ack_delay_ms: u64,
     /// Outbox size limit, bytes of line protocol; when full the oldest telemetry is dropped first.
     #[serde(default = "default_outbox_bytes")]
     pub max_outbox_bytes: u64,
@@ -961,6 +975,7 @@ impl Default for Forward {
             outbox: default_outbox_path(),
             batch_lines: default_batch_lines(),
             batch_ms: default_batch_ms(),
+            ack_delay_ms: default_ack_delay(),
             max_outbox_bytes: default_outbox_bytes(),
             max_age_secs: default_outbox_age(),
             dead_letter_max_count: default_dead_letter_count(),
@@ -978,6 +993,9 @@ fn default_batch_lines() -> usize {
 }
 fn default_batch_ms() -> u64 {
     1000
+}
+fn default_ack_delay() -> u64 {
+    2
 }
 fn default_outbox_bytes() -> u64 {
     512 * 1024 * 1024

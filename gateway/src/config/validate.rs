@@ -309,6 +309,12 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
                 ),
             );
         }
+        if b.inflight == 0 {
+            p.push(
+                format!("{at}.inflight"),
+                "0; expected the broker's in-flight window, at least 1 (Mosquitto's default is 20)",
+            );
+        }
         if let Some(tls) = &mut b.tls {
             tls.ca_file = base.join(&tls.ca_file);
             if !tls.ca_file.is_file() {

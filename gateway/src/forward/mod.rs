@@ -170,6 +170,8 @@ pub fn start(
         core,
         batch_lines: f.batch_lines,
         batch_time: Duration::from_millis(f.batch_ms),
+        ack_delay: Duration::from_millis(f.ack_delay_ms),
+        urgent: false,
         last_drop_incident: None,
         pending: String::with_capacity(1 << 20),
         lines: 0,
@@ -247,6 +249,10 @@ struct Appender {
     core: CoreHandle,
     batch_lines: usize,
     batch_time: Duration,
+    /// How long acknowledgements may wait to share a commit.
+    ack_delay: Duration,
+    /// A pending acknowledgement's source has a full in-flight window.
+    urgent: bool,
     last_drop_incident: Option<Instant>,
     /// Telemetry lines not yet committed, and the acknowledgements waiting on them.
     pending: String,
@@ -293,20 +299,33 @@ impl Appender {
             // the change log is read on this tick too, in case a wake-up was missed.
             let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
             housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // When the oldest pending acknowledgement arrived.
+            let mut acks_since: Option<tokio::time::Instant> = None;
             loop {
-                let deadline = since.map(|t| t + self.batch_time);
+                let deadline = match (since, acks_since) {
+                    (Some(s), Some(a)) => Some((s + self.batch_time).min(a + self.ack_delay)),
+                    (s, _) => s.map(|t| t + self.batch_time),
+                };
                 tokio::select! {
                     b = batches.recv() => match b {
                         Some(b) => {
-                            self.take(b);
-                            since.get_or_insert_with(tokio::time::Instant::now);
+                            let acked = self.take(b);
+                            let now = tokio::time::Instant::now();
+                            since.get_or_insert(now);
+                            if acked {
+                                acks_since.get_or_insert(now);
+                            }
                             // Messages waiting for an acknowledgement hold the broker's in-flight
-                            // window: commit as soon as the burst is over.
-                            if self.retry_at.is_none()
-                                && (self.lines >= self.batch_lines || (!self.acks.is_empty() && batches.is_empty()))
-                            {
+                            // window. Each commit is an fsync, so at a steady rate they gather for
+                            // up to `ack_delay`, but are committed as soon as the burst is over
+                            // when the window is full (the broker sends nothing more until then).
+                            let due = !self.acks.is_empty()
+                                && batches.is_empty()
+                                && (self.urgent || self.ack_delay.is_zero());
+                            if self.retry_at.is_none() && (self.lines >= self.batch_lines || due) {
                                 self.commit();
                                 since = None;
+                                acks_since = None;
                             }
                         }
                         None => break,
@@ -336,6 +355,7 @@ impl Appender {
                     () = sleep_until(deadline), if self.retry_at.is_none() => {
                         self.commit();
                         since = None;
+                        acks_since = None;
                     }
                     () = sleep_until(self.retry_at) => {
                         self.retry_at = None;
@@ -344,6 +364,7 @@ impl Appender {
                         self.incidents(log.as_ref());
                         self.audit(trail.as_ref());
                         since = None;
+                        acks_since = None;
                     }
                     _ = housekeeping.tick() => {
                         if self.retry_at.is_none() {
@@ -372,7 +393,9 @@ impl Appender {
     /// Encodes a batch into the pending telemetry. While the outbox fails, what does not fit in the
     /// bound is not held: its acknowledgement is withdrawn (the broker delivers it again) or, without
     /// one, its samples are counted lost.
-    fn take(&mut self, mut b: Batch) {
+    /// Returns whether the batch brought an acknowledgement to wait on.
+    fn take(&mut self, mut b: Batch) -> bool {
+        let mut acked = false;
         let m = &self.metrics.outbox;
         if self.retry_at.is_some() && self.lines >= self.batch_lines.saturating_mul(4) {
             let n = b.samples.len() as u64;
@@ -394,10 +417,13 @@ impl Appender {
             }
             self.lines += self.encoder.samples(&self.current, &b.samples, &mut self.pending);
             if let Some(a) = b.ack.take() {
+                self.urgent |= a.is_urgent();
                 self.acks.push(a);
+                acked = true;
             }
         }
         self.pool.put(std::mem::take(&mut b.samples));
+        acked
     }
 
     /// Encodes a health reading into the pending telemetry, within the same bound as `take`: while
@@ -431,6 +457,7 @@ impl Appender {
             for a in self.acks.drain(..) {
                 a.confirm();
             }
+            self.urgent = false;
             return;
         }
         let r = self.outbox.append(Kind::Telemetry, self.lines, self.pending.as_bytes(), now_ns());
@@ -442,6 +469,7 @@ impl Appender {
                 for a in self.acks.drain(..) {
                     a.confirm();
                 }
+                self.urgent = false;
                 self.pending.clear();
                 self.lines = 0;
                 self.stored(dropped);
@@ -627,6 +655,78 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use crate::metrics::Metrics;
+    use crate::model::pool::SamplePool;
+    use crate::model::{Ack, Batch, PointId, Quality, Registry, Sample};
+
+    /// A forwarder with no target (the appender does not need one) and `ack_delay_ms`.
+    fn forwarder(dir: &std::path::Path, ack_delay_ms: u64) -> (super::Forwarder, mpsc::Sender<Batch>) {
+        let text = format!(
+            r#"
+[site]
+id = "p"
+[[grids]]
+id = "g1"
+[[devices]]
+id = "m1"
+grid = "g1"
+category = "electrical"
+points = [{{ name = "ua", unit = "V" }}]
+[forward]
+outbox = "{}"
+ack_delay_ms = {ack_delay_ms}
+"#,
+            dir.join("outbox.db").display()
+        );
+        let config = crate::config::from_str(&text, "t.toml".as_ref(), ".".as_ref()).unwrap();
+        let registry = Arc::new(Registry::from_config(&config));
+        let pool = Arc::new(SamplePool::default());
+        let (_core_tx, core_rx) = mpsc::channel(8);
+        let core =
+            crate::core::Core::new(registry.clone(), Arc::new(Metrics::new(vec![], vec![], 10)), pool.clone(), 10);
+        let (core, _task) = crate::core::spawn(core, core_rx, None, None);
+        let (tx, rx) = mpsc::channel(8);
+        let f = super::start(&config, registry.into(), pool, rx, None, None, core).unwrap();
+        (f, tx)
+    }
+
+    fn reading(urgent: bool) -> (Batch, tokio::sync::oneshot::Receiver<()>) {
+        let (ack, rx) = Ack::with_urgency(urgent);
+        let sample =
+            Sample { point: PointId(0), quality: Quality::Good, ts: crate::model::time::now_ns(), value: 230.0 };
+        let mut b = Batch::new(vec![sample], Vec::new());
+        b.ack = Some(ack);
+        (b, rx)
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_gather_for_the_delay_unless_the_window_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_f, tx) = forwarder(dir.path(), 60_000);
+        // An ordinary reading waits to share its commit with those after it…
+        let (b, mut calm) = reading(false);
+        tx.send(b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(calm.try_recv().is_err(), "committed before the delay though the window was not full");
+        // …until a batch arrives whose source cannot receive more: both are committed at once.
+        let (b, urgent) = reading(true);
+        tx.send(b).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), urgent).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), calm).await.unwrap().unwrap();
+
+        // With the default delay an ordinary reading is durable within milliseconds.
+        let dir = tempfile::tempdir().unwrap();
+        let (_f, tx) = forwarder(dir.path(), 2);
+        let (b, rx) = reading(false);
+        tx.send(b).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), rx).await.unwrap().unwrap();
+    }
+
     #[test]
     fn write_url_escapes_org_and_bucket() {
         assert_eq!(

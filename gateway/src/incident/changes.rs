@@ -130,42 +130,57 @@ impl ChangeLog {
         scope: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<ChangeRow>, StoreError> {
-        // The scope travels as a JSON array so one cached statement serves every caller.
-        let grids = scope.map(|g| serde_json::Value::from(g.to_vec()).to_string());
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT e.seq, COALESCE(e.ts, e.at), e.kind, i.id, i.rule, i.title, i.category,
+        macro_rules! changes {
+            () => {
+                "SELECT e.seq, COALESCE(e.ts, e.at), e.kind, i.id, i.rule, i.title, i.category,
                     COALESCE(e.severity, i.severity), COALESCE(e.state, i.state), i.device, i.grid, i.point,
                     COALESCE(e.value, i.value), i.message, i.plan, e.who, e.note
              FROM incident_events e JOIN incidents i ON i.id = e.incident
-             WHERE e.seq > ?1 AND e.seq <= ?3 AND e.kind != 'comment'
-               AND (?4 IS NULL OR i.grid IN (SELECT value FROM json_each(?4)))
-             ORDER BY e.seq LIMIT ?2",
-        )?;
-        let rows = stmt
-            .query_map(params![seq, limit as i64, upto, grids], |r| {
-                let ts: i64 = r.get(1)?;
-                Ok(ChangeRow {
-                    seq: r.get(0)?,
-                    ts,
-                    at: fmt_ns(ts),
-                    change: r.get(2)?,
-                    id: r.get(3)?,
-                    rule: r.get(4)?,
-                    title: r.get(5)?,
-                    category: r.get(6)?,
-                    severity: r.get(7)?,
-                    state: r.get(8)?,
-                    device: r.get(9)?,
-                    grid: r.get(10)?,
-                    point: r.get(11)?,
-                    value: r.get(12)?,
-                    message: r.get(13)?,
-                    plan: r.get(14)?,
-                    who: r.get(15)?,
-                    note: r.get(16)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+             WHERE e.seq > ?1 AND e.seq <= ?2 AND e.kind != 'comment'"
+            };
+        }
+        // No parameter where SQLite reads its value while planning (`LIMIT ?`, `? IS NULL`): it
+        // compiles the value into the plan and prepares the statement again after every new bind,
+        // a parse per call of the hot readers. So two statements, and the limit is taken here
+        // (rows are stepped lazily). The scope travels as a JSON array so one cached statement
+        // serves every scoped caller.
+        let (mut stmt, grids) = match scope {
+            None => (self.conn.prepare_cached(concat!(changes!(), " ORDER BY e.seq"))?, None),
+            Some(g) => (
+                self.conn.prepare_cached(concat!(
+                    changes!(),
+                    " AND i.grid IN (SELECT value FROM json_each(?3)) ORDER BY e.seq"
+                ))?,
+                Some(serde_json::Value::from(g.to_vec()).to_string()),
+            ),
+        };
+        let map = |r: &rusqlite::Row<'_>| {
+            let ts: i64 = r.get(1)?;
+            Ok(ChangeRow {
+                seq: r.get(0)?,
+                ts,
+                at: fmt_ns(ts),
+                change: r.get(2)?,
+                id: r.get(3)?,
+                rule: r.get(4)?,
+                title: r.get(5)?,
+                category: r.get(6)?,
+                severity: r.get(7)?,
+                state: r.get(8)?,
+                device: r.get(9)?,
+                grid: r.get(10)?,
+                point: r.get(11)?,
+                value: r.get(12)?,
+                message: r.get(13)?,
+                plan: r.get(14)?,
+                who: r.get(15)?,
+                note: r.get(16)?,
+            })
+        };
+        let rows = match grids {
+            None => stmt.query_map(params![seq, upto], map)?.take(limit).collect::<Result<_, _>>()?,
+            Some(g) => stmt.query_map(params![seq, upto, g], map)?.take(limit).collect::<Result<_, _>>()?,
+        };
         Ok(rows)
     }
 

@@ -138,6 +138,8 @@ pub struct Ack {
 struct AckInner {
     tx: Option<tokio::sync::oneshot::Sender<()>>,
     failed: std::sync::atomic::AtomicBool,
+    /// The source cannot receive more until it acknowledges (its broker's in-flight window is full).
+    urgent: bool,
 }
 
 impl Drop for AckInner {
@@ -153,9 +155,20 @@ impl Drop for AckInner {
 impl Ack {
     /// A new promise and the receiver the source waits on.
     pub fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        Self::with_urgency(false)
+    }
+
+    /// A new promise; `urgent` when the source receives nothing more until it is kept, so that
+    /// holders store it now rather than gathering more into the same commit.
+    pub fn with_urgency(urgent: bool) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let inner = AckInner { tx: Some(tx), failed: std::sync::atomic::AtomicBool::new(false) };
+        let inner = AckInner { tx: Some(tx), failed: std::sync::atomic::AtomicBool::new(false), urgent };
         (Self { inner: Some(std::sync::Arc::new(inner)) }, rx)
+    }
+
+    /// Whether the source waits on this promise to receive more.
+    pub fn is_urgent(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.urgent)
     }
 
     /// Another holder that must confirm too before the source is told.

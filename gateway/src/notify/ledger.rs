@@ -153,13 +153,15 @@ impl Ledger {
     pub fn due(&self, now: i64, busy: &[i64], limit: usize) -> Result<Vec<Job>, NotifyError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, receiver, attempts, message FROM deliveries
-             WHERE status IN ('queued', 'retrying') AND next_at <= ?1 ORDER BY id LIMIT ?2",
+             WHERE status IN ('queued', 'retrying') AND next_at <= ?1 ORDER BY id",
         )?;
-        let rows = stmt.query_map(params![now, (limit + busy.len()) as i64], |r| {
+        // The limit is taken here, not bound: a bound `LIMIT ?` makes SQLite prepare the
+        // statement again on every call.
+        let rows = stmt.query_map(params![now], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?, r.get::<_, String>(3)?))
         })?;
         let mut out = Vec::new();
-        for row in rows {
+        for row in rows.take(limit + busy.len()) {
             let (id, receiver, attempts, json) = row?;
             if busy.contains(&id) {
                 continue;
