@@ -421,11 +421,19 @@ pub struct Broker {
     /// wait, the outbox commits at once instead of gathering for `forward.ack_delay_ms`.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
+    /// After a read of few messages, none of them waiting for an acknowledgement (QoS 0), the
+    /// next read waits this many milliseconds, so that at a steady rate messages are taken in
+    /// handfuls instead of one wake-up each. 0 reads at once. Default 1.
+    #[serde(default = "default_linger")]
+    pub linger_ms: u64,
     pub tls: Option<Tls>,
 }
 
 fn default_inflight() -> u16 {
     20
+}
+fn default_linger() -> u64 {
+    1
 }
 
 fn default_mqtt_port() -> u16 {

@@ -42,13 +42,14 @@ fn base_config_loads_with_defaults() {
     assert_eq!(c.mqtt.subscriptions[0].qos, 1);
     assert!(c.mqtt.brokers[0].persistent_session);
     assert_eq!(c.mqtt.brokers[0].inflight, 20);
+    assert_eq!(c.mqtt.brokers[0].linger_ms, 1);
     assert_eq!(c.forward.ack_delay_ms, 2);
 }
 
 #[test]
-fn a_broker_window_of_zero_is_refused() {
-    let text = BASE.replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\ninflight = 0");
-    assert_eq!(paths(&text), ["mqtt.brokers[0].inflight"]);
+fn a_broker_window_of_zero_and_a_long_read_pause_are_refused() {
+    let text = BASE.replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\ninflight = 0\nlinger_ms = 500");
+    assert_eq!(paths(&text), ["mqtt.brokers[0].linger_ms", "mqtt.brokers[0].inflight"]);
 }
 
 #[test]

@@ -309,6 +309,12 @@ pub(super) fn validate(config: &mut Config, base: &Path) -> Vec<Problem> {
                 ),
             );
         }
+        if b.linger_ms > 100 {
+            p.push(
+                format!("{at}.linger_ms"),
+                format!("{} ms; expected at most 100 (a read pauses this long; default 1)", b.linger_ms),
+            );
+        }
         if b.inflight == 0 {
             p.push(
                 format!("{at}.inflight"),

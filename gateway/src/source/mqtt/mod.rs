@@ -60,6 +60,8 @@ pub struct MqttSource {
     batch_samples: usize,
     /// The broker's in-flight window: with this many messages unacknowledged it sends no more.
     inflight: usize,
+    /// How long the next read waits after a small one with nothing unacknowledged.
+    linger: Duration,
     /// This broker's subscriptions after each reload.
     updates: Option<watch::Receiver<Arc<Vec<config::Subscription>>>>,
     provision: Option<mpsc::Sender<ProvisionRequest>>,
@@ -155,6 +157,7 @@ impl MqttSource {
             tx: ctx.tx,
             batch_samples: ctx.batch_samples,
             inflight: usize::from(b.inflight),
+            linger: Duration::from_millis(b.linger_ms),
             updates: None,
             provision: ctx.provision,
         })
@@ -233,6 +236,10 @@ impl MqttSource {
             let mut undelivered: Option<tokio::time::Instant> = None;
             let mut stored_since = false;
             let mut check = tokio::time::interval(Duration::from_millis(500));
+            // Set after a small read: the next one waits until then (see `linger_ms`).
+            let mut resume: Option<tokio::time::Instant> = None;
+            // Messages since the last hand-over.
+            let mut read = 0usize;
             let reopen = loop {
                 stored_since |= self.ack_ready(&mut waiting, &mut due, &mut undelivered);
                 write_acks(&mut eventloop, &mut due).await;
@@ -253,11 +260,16 @@ impl MqttSource {
                         self.resubscribe(&client, &broker);
                         continue;
                     }
-                    polled = eventloop.poll() => polled,
+                    () = linger_until(resume), if resume.is_some() => {
+                        resume = None;
+                        continue;
+                    }
+                    polled = eventloop.poll(), if resume.is_none() => polled,
                 };
                 match polled {
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         self.handle(&publish, &mut batch, &mut rejects);
+                        read += 1;
                         if publish.qos != QoS::AtMostOnce {
                             pending_acks.push(Unacked { pkid: publish.pkid, qos: publish.qos });
                         }
@@ -313,10 +325,18 @@ impl MqttSource {
                 }
                 // Hand over what one network read produced, or a full batch; never wait for more input
                 // while holding samples.
-                if (eventloop.state.events.is_empty() || batch.len() >= self.batch_samples)
-                    && self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err()
-                {
-                    break false;
+                if eventloop.state.events.is_empty() || batch.len() >= self.batch_samples {
+                    let small = read < READ_MAX;
+                    read = 0;
+                    if self.flush(&mut batch, &mut pending_acks, &mut waiting).await.is_err() {
+                        break false;
+                    }
+                    // At a steady rate each message would be its own read, wake-up and hand-over;
+                    // pausing a moment lets the socket gather a handful. Never while messages wait
+                    // for acknowledgement: they hold the broker's in-flight window.
+                    if small && waiting.is_empty() && !self.linger.is_zero() {
+                        resume = Some(tokio::time::Instant::now() + self.linger);
+                    }
                 }
             };
             if reopen {
@@ -516,6 +536,18 @@ impl MqttSource {
             waiting.push_back((durable, std::mem::take(acks)));
         }
         Ok(())
+    }
+}
+
+/// rumqttc takes at most this many packets from the socket per read. A read that brought fewer
+/// found the socket empty, so the next may wait (`linger_ms`); a full one may have left more.
+const READ_MAX: usize = 9;
+
+/// Completes at `at`; pending forever without one.
+async fn linger_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
