@@ -1123,4 +1123,4 @@ pub fn from_str(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigEr
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,7 +2,8 @@ use std::path::Path;
 
 use super::*;
 
-const BASE: &str = r#"
+/// A site with one grid, one meter and one MQTT subscription; other rooms' tests build on it.
+pub(crate) const BASE: &str = r#"
 [site]
 id = "p1"
 

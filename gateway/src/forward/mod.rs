@@ -309,10 +309,10 @@ impl Appender {
                 tokio::select! {
                     b = batches.recv() => match b {
                         Some(b) => {
-                            let acked = self.take(b);
+                            self.take(b);
                             let now = tokio::time::Instant::now();
                             since.get_or_insert(now);
-                            if acked {
+                            if !self.acks.is_empty() {
                                 acks_since.get_or_insert(now);
                             }
                             // Messages waiting for an acknowledgement hold the broker's in-flight
@@ -393,9 +393,7 @@ impl Appender {
     /// Encodes a batch into the pending telemetry. While the outbox fails, what does not fit in the
     /// bound is not held: its acknowledgement is withdrawn (the broker delivers it again) or, without
     /// one, its samples are counted lost.
-    /// Returns whether the batch brought an acknowledgement to wait on.
-    fn take(&mut self, mut b: Batch) -> bool {
-        let mut acked = false;
+    fn take(&mut self, mut b: Batch) {
         let m = &self.metrics.outbox;
         if self.retry_at.is_some() && self.lines >= self.batch_lines.saturating_mul(4) {
             let n = b.samples.len() as u64;
@@ -419,11 +417,9 @@ impl Appender {
             if let Some(a) = b.ack.take() {
                 self.urgent |= a.is_urgent();
                 self.acks.push(a);
-                acked = true;
             }
         }
         self.pool.put(std::mem::take(&mut b.samples));
-        acked
     }
 
     /// Encodes a health reading into the pending telemetry, within the same bound as `take`: while
@@ -667,20 +663,8 @@ mod tests {
     /// A forwarder with no target (the appender does not need one) and `ack_delay_ms`.
     fn forwarder(dir: &std::path::Path, ack_delay_ms: u64) -> (super::Forwarder, mpsc::Sender<Batch>) {
         let text = format!(
-            r#"
-[site]
-id = "p"
-[[grids]]
-id = "g1"
-[[devices]]
-id = "m1"
-grid = "g1"
-category = "electrical"
-points = [{{ name = "ua", unit = "V" }}]
-[forward]
-outbox = "{}"
-ack_delay_ms = {ack_delay_ms}
-"#,
+            "{}\n[forward]\noutbox = \"{}\"\nack_delay_ms = {ack_delay_ms}\n",
+            crate::config::tests::BASE,
             dir.join("outbox.db").display()
         );
         let config = crate::config::from_str(&text, "t.toml".as_ref(), ".".as_ref()).unwrap();

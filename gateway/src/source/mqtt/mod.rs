@@ -231,7 +231,7 @@ impl MqttSource {
             let mut due: Vec<Unacked> = Vec::new();
             // Messages handed over, waiting for their batch to become durable before they are
             // acknowledged, in order. Bounded by the core channel and the broker's in-flight window.
-            let mut waiting: Waiting = VecDeque::new();
+            let mut waiting = Waiting::default();
             // When messages were first left unacknowledged because their batch was not stored.
             let mut undelivered: Option<tokio::time::Instant> = None;
             let mut stored_since = false;
@@ -421,7 +421,7 @@ impl MqttSource {
         undelivered: &mut Option<tokio::time::Instant>,
     ) -> bool {
         let mut stored = false;
-        while let Some((rx, _)) = waiting.front_mut() {
+        while let Some((rx, _)) = waiting.batches.front_mut() {
             let durable = match rx {
                 None => true,
                 Some(rx) => match rx.try_recv() {
@@ -430,8 +430,7 @@ impl MqttSource {
                     Err(oneshot::error::TryRecvError::Closed) => false,
                 },
             };
-            let acks = waiting.pop_front().map(|(_, a)| a).unwrap_or_default();
-            stored |= self.ack((durable, acks), due, undelivered);
+            stored |= self.ack((durable, waiting.pop()), due, undelivered);
         }
         stored
     }
@@ -522,7 +521,7 @@ impl MqttSource {
             if !acks.is_empty() {
                 // A full window stops the broker until these are acknowledged: they are stored
                 // now rather than gathered with messages that cannot come.
-                let unacked = acks.len() + waiting.iter().map(|(_, a)| a.len()).sum::<usize>();
+                let unacked = acks.len() + waiting.messages;
                 let (ack, rx) = Ack::with_urgency(unacked >= self.inflight);
                 full.ack = Some(ack);
                 durable = Some(rx);
@@ -533,7 +532,7 @@ impl MqttSource {
         }
         if !acks.is_empty() {
             // Messages that produced nothing (all rejected) are done now, but wait their turn.
-            waiting.push_back((durable, std::mem::take(acks)));
+            waiting.push(durable, std::mem::take(acks));
         }
         Ok(())
     }
@@ -551,8 +550,36 @@ async fn linger_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Batches handed over whose messages wait for an acknowledgement, oldest first.
-type Waiting = VecDeque<(Option<oneshot::Receiver<()>>, Vec<Unacked>)>;
+/// Batches handed over whose messages wait for an acknowledgement, oldest first, and how many
+/// messages they hold (compared with the broker's window on every hand-over).
+#[derive(Default)]
+struct Waiting {
+    batches: VecDeque<(Option<oneshot::Receiver<()>>, Vec<Unacked>)>,
+    messages: usize,
+}
+
+impl Waiting {
+    fn push(&mut self, durable: Option<oneshot::Receiver<()>>, acks: Vec<Unacked>) {
+        self.messages += acks.len();
+        self.batches.push_back((durable, acks));
+    }
+
+    /// Takes the oldest batch's messages off the queue.
+    fn pop(&mut self) -> Vec<Unacked> {
+        let acks = self.batches.pop_front().map(|(_, a)| a).unwrap_or_default();
+        self.messages -= acks.len();
+        acks
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.batches.clear();
+        self.messages = 0;
+    }
+}
 
 /// A received message still to be acknowledged: only what the acknowledgement needs, so a
 /// payload is not kept alive while its batch becomes durable.
@@ -609,13 +636,12 @@ const REDELIVER_MAX: Duration = Duration::from_secs(60);
 /// Waits until the oldest handed-over batch is durable (`true`) or dropped (`false`) and takes it off
 /// the queue; pending forever when none waits. Cancel-safe: the entry is taken only on completion.
 async fn front_durable(waiting: &mut Waiting) -> (bool, Vec<Unacked>) {
-    let durable = match waiting.front_mut() {
+    let durable = match waiting.batches.front_mut() {
         Some((Some(rx), _)) => rx.await.is_ok(),
         Some((None, _)) => true,
         None => std::future::pending().await,
     };
-    let acks = waiting.pop_front().map(|(_, a)| a).unwrap_or_default();
-    (durable, acks)
+    (durable, waiting.pop())
 }
 
 /// Connection options for a configured broker: address, keep-alive, credentials, TLS, packet size.
