@@ -84,6 +84,19 @@ pub fn change_code(kind: &str) -> i64 {
     }
 }
 
+macro_rules! changes {
+    () => {
+        "SELECT e.seq, COALESCE(e.ts, e.at), e.kind, i.id, i.rule, i.title, i.category,
+                COALESCE(e.severity, i.severity), COALESCE(e.state, i.state), i.device, i.grid, i.point,
+                COALESCE(e.value, i.value), i.message, i.plan, e.who, e.note
+         FROM incident_events e JOIN incidents i ON i.id = e.incident
+         WHERE e.seq > ?1 AND e.seq <= ?2 AND e.kind != 'comment'"
+    };
+}
+/// The change log of the whole site, and of a scope of grids (a JSON array in ?3), in order.
+const CHANGES_SITE: &str = concat!(changes!(), " ORDER BY e.seq");
+const CHANGES_SCOPED: &str = concat!(changes!(), " AND i.grid IN (SELECT value FROM json_each(?3)) ORDER BY e.seq");
+
 /// A reading connection on the incident database for one sink.
 pub struct ChangeLog {
     conn: Connection,
@@ -130,29 +143,16 @@ impl ChangeLog {
         scope: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<ChangeRow>, StoreError> {
-        macro_rules! changes {
-            () => {
-                "SELECT e.seq, COALESCE(e.ts, e.at), e.kind, i.id, i.rule, i.title, i.category,
-                    COALESCE(e.severity, i.severity), COALESCE(e.state, i.state), i.device, i.grid, i.point,
-                    COALESCE(e.value, i.value), i.message, i.plan, e.who, e.note
-             FROM incident_events e JOIN incidents i ON i.id = e.incident
-             WHERE e.seq > ?1 AND e.seq <= ?2 AND e.kind != 'comment'"
-            };
-        }
         // No parameter where SQLite reads its value while planning (`LIMIT ?`, `? IS NULL`): it
         // compiles the value into the plan and prepares the statement again after every new bind,
         // a parse per call of the hot readers. So two statements, and the limit is taken here
         // (rows are stepped lazily). The scope travels as a JSON array so one cached statement
         // serves every scoped caller.
         let (mut stmt, grids) = match scope {
-            None => (self.conn.prepare_cached(concat!(changes!(), " ORDER BY e.seq"))?, None),
-            Some(g) => (
-                self.conn.prepare_cached(concat!(
-                    changes!(),
-                    " AND i.grid IN (SELECT value FROM json_each(?3)) ORDER BY e.seq"
-                ))?,
-                Some(serde_json::Value::from(g.to_vec()).to_string()),
-            ),
+            None => (self.conn.prepare_cached(CHANGES_SITE)?, None),
+            Some(g) => {
+                (self.conn.prepare_cached(CHANGES_SCOPED)?, Some(serde_json::Value::from(g.to_vec()).to_string()))
+            }
         };
         let map = |r: &rusqlite::Row<'_>| {
             let ts: i64 = r.get(1)?;
@@ -259,6 +259,32 @@ impl ChangeClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How often SQLite prepared the cached statement `sql` again.
+    fn reprepared(conn: &Connection, sql: &str) -> i32 {
+        conn.prepare_cached(sql).unwrap().get_status(rusqlite::StatementStatus::RePrepare)
+    }
+
+    #[test]
+    fn reading_the_log_with_other_limits_and_scopes_does_not_prepare_its_statements_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ChangeLog::open(&dir.path().join("incidents.db")).unwrap();
+        let grids = ["g1".to_owned(), "g2".to_owned()];
+        for limit in 1..=5 {
+            log.after_in(limit as i64, 1000, None, limit).unwrap();
+            log.after_in(limit as i64, 1000, Some(&grids[..limit % 2 + 1]), limit).unwrap();
+        }
+        assert_eq!(reprepared(&log.conn, CHANGES_SITE), 0);
+        assert_eq!(reprepared(&log.conn, CHANGES_SCOPED), 0);
+        // What the statements avoid: the same read with its limit bound is prepared again after
+        // every new limit (as the change log's reads were, one SQL parse each).
+        let bound = concat!(changes!(), " ORDER BY e.seq LIMIT ?3");
+        for limit in 1..=5 {
+            let mut stmt = log.conn.prepare_cached(bound).unwrap();
+            let _ = stmt.query_map(params![0, 1000, limit], |r| r.get::<_, i64>(0)).unwrap().count();
+        }
+        assert!(reprepared(&log.conn, bound) > 0, "SQLite no longer replans a bound LIMIT");
+    }
 
     #[test]
     fn stamps_are_unique_increasing_and_a_millisecond_apart_per_series() {
